@@ -1,0 +1,171 @@
+"""The one small interface every runtime engine implements.
+
+An engine is loaded for one model on one provider, generates exactly ``new_tokens`` greedy
+tokens per request (EOS is ignored, so every engine does the same amount of work), and is
+closed before the next model or configuration is loaded. Engines import their libraries
+lazily, inside ``load``/``unavailable_reason``, so the plugin imports without them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar, Sequence
+
+
+class EngineError(RuntimeError):
+    """A model could not be loaded, exported or run by an engine; the message is one line."""
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """What an engine needs to load a model.
+
+    ``ref`` is what ``from_pretrained`` takes: a local directory or a hub id.
+    ``key`` identifies the weights (used to key export caches), e.g. ``mini-gpt2@replica-3f2a``.
+    """
+
+    name: str
+    ref: str
+    key: str
+    architecture: str
+    cache_dir: Path
+    # Token ids the generation must not stop at (EOS); engines suppress them so that
+    # exactly ``new_tokens`` tokens are generated.
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+    weights: str = "replica"  # hub | local | replica
+
+
+@dataclass
+class Generation:
+    """One request's result: the generated ids (prompt excluded) and time to first token."""
+
+    token_ids: list[int]
+    ttft_s: float | None = None
+
+
+@dataclass
+class EngineOptions:
+    """Tuning knobs shared by engines; each engine reads what it understands."""
+
+    threads: int | None = None
+    openvino_precision: str = "f32"
+    #: called with one-line messages about long work (exports, traces)
+    progress: Callable[[str], None] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Engine(ABC):
+    """Base class of runtime engines (see ``engines/torch_eager.py`` for the simplest one)."""
+
+    #: name used in configuration strings (``onnx`` in ``onnx-cpu``)
+    name: ClassVar[str]
+    #: providers this engine can serve on
+    providers: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    #: distribution names whose versions key export caches and reports
+    libraries: ClassVar[tuple[str, ...]] = ("torch", "transformers")
+
+    def __init__(self, model: ModelHandle, provider: str, options: EngineOptions | None = None):
+        self.model = model
+        self.provider = provider
+        self.options = options or EngineOptions()
+
+    @classmethod
+    def unavailable_reason(cls, provider: str) -> str | None:
+        """Why this engine cannot serve on ``provider`` here, or None if it can."""
+        return None
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load (exporting first if needed) the model for ``self.provider``."""
+
+    @abstractmethod
+    def generate(self, input_ids: Sequence[int], new_tokens: int) -> Generation:
+        """Greedy-generate exactly ``new_tokens`` tokens after ``input_ids`` (batch of one)."""
+
+    def close(self) -> None:
+        """Release the model and any device memory."""
+
+    def versions(self) -> dict[str, str]:
+        return library_versions(self.libraries)
+
+
+def library_versions(names: Sequence[str]) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+def missing_module_reason(*modules: str, extra: str) -> str | None:
+    """A skip reason naming the pip extra to install when a module is absent."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed (pip install 'pytest-greenserve[{extra}]')"
+    return None
+
+
+def cuda_unavailable_reason() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return "torch not installed"
+    if not torch.cuda.is_available():
+        return "no CUDA device visible to torch"
+    return None
+
+
+class FirstTokenTimer:
+    """A transformers StoppingCriteria that notes when the first new token exists.
+
+    ``generate`` calls stopping criteria once after each generated token, so the first call
+    marks the time to first token. It never asks generation to stop.
+    """
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.first: float | None = None
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        if self.first is None:
+            self.first = time.perf_counter()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first is None else self.first - self.start
+
+
+def hf_generate(model, input_ids: Sequence[int], new_tokens: int, handle: ModelHandle, device="cpu") -> Generation:
+    """Run a transformers-style ``generate`` for exactly ``new_tokens`` greedy tokens."""
+    import torch
+    from transformers import StoppingCriteriaList
+
+    ids = torch.tensor([list(input_ids)], dtype=torch.long, device=device)
+    mask = torch.ones_like(ids)
+    timer = FirstTokenTimer()
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,  # suppresses EOS, so every engine does the same work
+        eos_token_id=list(handle.eos_token_ids) or None,
+        pad_token_id=handle.pad_token_id if handle.pad_token_id is not None else (handle.eos_token_ids or (0,))[0],
+        stopping_criteria=StoppingCriteriaList([timer]),
+        use_cache=True,
+    )
+    new = out[0, ids.shape[1]:].tolist()  # .tolist() synchronises a CUDA device
+    return Generation(token_ids=new, ttft_s=timer.ttft_s)

@@ -1,0 +1,48 @@
+"""PyTorch eager through Transformers: the paper's baseline (``torch``)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .base import Engine, EngineError, Generation, cuda_unavailable_reason, hf_generate, missing_module_reason
+
+
+class TorchEngine(Engine):
+    name = "torch"
+    libraries = ("torch", "transformers")
+
+    @classmethod
+    def unavailable_reason(cls, provider):
+        reason = missing_module_reason("torch", "transformers", extra="torch")
+        if reason is None and provider == "cuda":
+            reason = cuda_unavailable_reason()
+        return reason
+
+    def load(self):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        if self.options.threads and self.provider == "cpu":
+            torch.set_num_threads(self.options.threads)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(self.model.ref, dtype=torch.float32)
+        except (OSError, ValueError) as exc:
+            raise EngineError(f"torch could not load {self.model.name}: {exc}".splitlines()[0]) from exc
+        self.device = "cuda" if self.provider == "cuda" else "cpu"
+        self.torch_model = model.to(self.device).eval()
+
+    def generate(self, input_ids: Sequence[int], new_tokens: int) -> Generation:
+        import torch
+
+        with torch.inference_mode():
+            return hf_generate(self.torch_model, input_ids, new_tokens, self.model, device=self.device)
+
+    def close(self):
+        import gc
+
+        self.torch_model = None
+        gc.collect()
+        if self.provider == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
