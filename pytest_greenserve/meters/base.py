@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Callable, Mapping
+
+
+class MeterUnavailable(Exception):
+    """A meter cannot measure here; ``str(exc)`` is the one-line reason shown to the user."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,20 @@ class Reading:
         return self.source.startswith("estimated")
 
 
+@dataclass(frozen=True)
+class Probe:
+    """A callable the one background sampler thread reads periodically.
+
+    ``read()`` returns ``{series_name: value}``; a None value (or a missing name) is a
+    missing point, never 0. ``period_s`` None means every tick of the sampler; otherwise
+    the probe is read about every ``period_s`` seconds (at least once per tick interval).
+    """
+
+    read: Callable[[], Mapping[str, float | None]]
+    period_s: float | None = None
+    name: str = "probe"
+
+
 class Meter(ABC):
     #: short name shown in the session header
     name: str = "meter"
@@ -44,6 +63,14 @@ class Meter(ABC):
     @abstractmethod
     def stop(self) -> list[Reading]:
         """End the sample and return its readings."""
+
+    def probes(self) -> list[Probe]:
+        """Callables the shared sampler thread should read while a sample runs (optional)."""
+        return []
+
+    def sample_notes(self) -> list[str]:
+        """Lines about the last sample (a failed read, a figure to treat with care); optional."""
+        return []
 
     def close(self) -> None:
         """Release resources (threads, NVML handles)."""

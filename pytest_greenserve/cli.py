@@ -1,0 +1,162 @@
+"""The ``greenserve`` command.
+
+* ``greenserve report PATH... [--out DIR]``: re-render reports from saved runs (run
+  directories or samples.jsonl files); several runs, from one or several machines, are merged
+  into one analysis grouped by machine.
+* ``greenserve models``: list the model registry.
+
+Bad input gives one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EXIT_USAGE = 2
+REQUIRED_KEYS = ("model", "config")
+
+
+class InputError(Exception):
+    """Unusable input; the message is one line meant for the user."""
+
+
+def _samples_path(path: Path) -> Path:
+    if path.is_dir():
+        path = path / "samples.jsonl"
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (give a run directory or a samples.jsonl file)")
+    return path
+
+
+def load_run(path: Path) -> tuple[list[dict], dict]:
+    """Samples and run.json metadata (if any) of one run directory or samples.jsonl file.
+
+    Only a torn *last* line is tolerated (an interrupted session); any other bad line is an error.
+    """
+    file = _samples_path(path)
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{file}: cannot read ({exc.__class__.__name__}: {exc})") from None
+    numbered = [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip()]
+    rows = []
+    for i, (n, line) in enumerate(numbered):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if i == len(numbered) - 1 and i > 0:
+                print(f"greenserve: {file}:{n}: skipping a torn last line", file=sys.stderr)
+                continue
+            raise InputError(f"{file}:{n}: corrupt sample line ({exc.msg})") from None
+        if not isinstance(row, dict) or any(k not in row and not (k == "config" and "engine" in row)
+                                            for k in REQUIRED_KEYS):
+            raise InputError(f"{file}:{n}: not a greenserve sample (needs {', '.join(REQUIRED_KEYS)})")
+        rows.append(row)
+    if not rows:
+        raise InputError(f"{file}: no samples")
+    meta = {}
+    run_json = file.parent / "run.json"
+    if run_json.is_file():
+        try:
+            meta = json.loads(run_json.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            print(f"greenserve: {run_json}: unreadable, ignored", file=sys.stderr)
+            meta = {}
+    return rows, meta if isinstance(meta, dict) else {}
+
+
+def merge_meta(metas: list[dict], run_ids: list[str]) -> dict:
+    infos = [m.get("machine_info") for m in metas if isinstance(m.get("machine_info"), dict)]
+    versions = {}
+    for m in metas:
+        if isinstance(m.get("versions"), dict):
+            versions.update(m["versions"])
+    meta = {"run_id": run_ids[0] if len(run_ids) == 1 else "merged: " + ", ".join(run_ids),
+            "machine_info": infos[0] if len(infos) == 1 else infos, "versions": versions,
+            "options": {"sources": ", ".join(run_ids)}}
+    return meta
+
+
+def cmd_report(args) -> int:
+    from .report import terminal_summary, write_reports
+
+    paths = [Path(p) for p in args.paths]
+    rows, metas, run_ids = [], [], []
+    for p in paths:
+        r, m = load_run(p)
+        rows += r
+        metas.append(m)
+        run_ids.append(str(m.get("run_id") or (p.name if p.is_dir() else p.parent.name)))
+    if args.out:
+        out = Path(args.out)
+    else:
+        first = paths[0] if paths[0].is_dir() else paths[0].parent
+        out = first.resolve().parent / f"merged-{time.strftime('%Y%m%d-%H%M%S')}"
+        n = 1
+        while out.exists():
+            n += 1
+            out = out.with_name(out.name.split("~")[0] + f"~{n}")
+    written = write_reports(rows, out, merge_meta(metas, run_ids))
+    for line in terminal_summary(rows, written["html"]):
+        print(line)
+    for name, path in written.items():
+        print(f"wrote {name}: {path}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import REGISTRY
+
+    from .report.tables import text_table
+
+    rows = [[m.name, m.hub_id or "(replica only)", m.params or "—", str(m.category) if m.category else "—",
+             m.architecture] for m in REGISTRY.values()]
+    for line in text_table(["name", "hub id", "size", "category", "architecture"], rows):
+        print(line)
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints usage too; keep it short)
+        print(f"greenserve: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="greenserve", description="Reports and model registry of pytest-greenserve.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    rep = sub.add_parser("report", help="re-render reports from saved runs, merging several (grouped by machine)")
+    rep.add_argument("paths", nargs="+", metavar="PATH", help="run directories or samples.jsonl files")
+    rep.add_argument("--out", metavar="DIR", default=None,
+                     help="output directory (default: merged-<timestamp> beside the first run)")
+    rep.set_defaults(func=cmd_report)
+    mod = sub.add_parser("models", help="list the model registry (name, hub id, size, category, architecture)")
+    mod.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except InputError as exc:
+        print(f"greenserve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("greenserve: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"greenserve: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""Built-in runtime engines, registered through the same hook users implement.
+
+This module is registered as a pytest plugin by ``plugin.py`` (pluggy's host-registers-its-
+own-defaults pattern), so a ``conftest.py`` can add engines or replace a built-in one.
+"""
+
+from __future__ import annotations
+
+from .jit import JitEngine
+from .onnx import OnnxEngine
+from .openvino import OpenVinoEngine
+from .torch_eager import TorchEngine
+
+BUILTIN = (TorchEngine, OnnxEngine, OpenVinoEngine, JitEngine)
+
+
+def pytest_greenserve_register_engines(registry: dict) -> None:
+    for engine in BUILTIN:
+        registry.setdefault(engine.name, engine)

@@ -1,0 +1,335 @@
+"""NVIDIA GPU energy and utilisation through NVML (``import pynvml``, from nvidia-ml-py).
+
+Energy (field ``energy_gpu_j``):
+
+* ``nvml-counter``: ``nvmlDeviceGetTotalEnergyConsumption`` (mJ since the driver loaded;
+  Volta and newer), read at the start and stop of a sample. The counter advances about every
+  100 ms, so energy is read per sample (all prompts of one run); per-request and per-token
+  energy are that total divided, and named so by the runner.
+* ``nvml-power``: where the counter is NOT_SUPPORTED, ``nvmlDeviceGetPowerUsage`` (mW) is read
+  by the sampler thread at every tick and integrated (trapezoids; the end values held flat
+  to the sample's edges).
+* ``nvml-counter+power``: several GPUs, some of each kind.
+
+Utilisation probes (read by the sampler, device-wide, across the GPUs used): ``gpu_pct``
+(mean of ``nvmlDeviceGetUtilizationRates().gpu``), ``gpu_mem_util_pct`` (``.memory``, the
+share of time the memory was being read or written), ``gpu_mem_used_pct`` (used / total
+memory over all GPUs used) and ``gpu_mem_used_mb`` (whose peak is ``gpu_mem_peak_mb``).
+NVML's memory figures are per device, not per process.
+
+Which GPUs: the ones this process uses, from ``CUDA_VISIBLE_DEVICES`` (indices, or ``GPU-``/
+``MIG-`` UUIDs or prefixes; as CUDA does, the list stops at the first invalid entry), else all.
+Integer entries are NVML indices, which are in PCI bus order; CUDA agrees only with
+``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (a note says so when it matters).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable, Sequence
+
+from .base import Meter, MeterUnavailable, Probe, Reading
+from .sampler import Series
+
+MB = 1024 * 1024
+# below this sample length, the counter's ~100 ms steps are more than ~10% of the figure
+COARSE_BELOW_S = 1.0
+
+
+def load_nvml(nvml=None):
+    """The injected NVML module, else ``pynvml``; raises MeterUnavailable when absent."""
+    if nvml is not None:
+        return nvml
+    try:
+        import pynvml
+    except ImportError:
+        raise MeterUnavailable("no NVIDIA GPU (pynvml not installed: pip install nvidia-ml-py)") from None
+    return pynvml
+
+
+def nvml_reason(nvml, err: Exception) -> str:
+    """One line explaining an ``NVMLError``."""
+    value = getattr(err, "value", None)
+    text = str(err)
+    codes = {
+        getattr(nvml, "NVML_ERROR_LIBRARY_NOT_FOUND", 12): f"no NVIDIA GPU ({text})",
+        getattr(nvml, "NVML_ERROR_DRIVER_NOT_LOADED", 9): f"no NVIDIA driver loaded ({text})",
+        getattr(nvml, "NVML_ERROR_NO_PERMISSION", 4): (
+            f"NVML permission denied ({text}); run as a user with access to /dev/nvidia*"),
+        getattr(nvml, "NVML_ERROR_NOT_SUPPORTED", 3): f"not supported by this GPU or driver ({text})",
+        getattr(nvml, "NVML_ERROR_GPU_IS_LOST", 15): f"GPU is lost ({text}); the GPU needs a reset",
+        getattr(nvml, "NVML_ERROR_INSUFFICIENT_POWER", 8): f"GPU power cables not attached ({text})",
+    }
+    return codes.get(value, f"NVML error ({text})")
+
+
+@contextmanager
+def _handle_nvml_errors(nvml, what: str = ""):
+    """Turn an ``NVMLError`` into :class:`MeterUnavailable` with a one-line reason."""
+    try:
+        yield
+    except nvml.NVMLError as err:
+        reason = nvml_reason(nvml, err)
+        raise MeterUnavailable(f"{what}: {reason}" if what else reason) from err
+
+
+def is_not_supported(nvml, err: Exception) -> bool:
+    return getattr(err, "value", None) == getattr(nvml, "NVML_ERROR_NOT_SUPPORTED", 3)
+
+
+def parse_cuda_visible_devices(value: str | None) -> list[str] | None:
+    """Entries of ``CUDA_VISIBLE_DEVICES`` as CUDA reads them; None when unset (all GPUs)."""
+    if value is None:
+        return None
+    out = []
+    for entry in value.split(","):
+        entry = entry.strip()
+        if entry.isdigit() or entry.upper().startswith(("GPU-", "MIG-")):
+            out.append(entry)
+        else:  # CUDA ignores this entry and everything after it ("-1", "", typos)
+            break
+    return out
+
+
+class NvmlGpus:
+    """NVML initialised once, and handles for the GPUs this process uses.
+
+    ``reason`` is None when usable, else why not. ``notes`` are informational lines.
+    """
+
+    def __init__(self, nvml=None, indices: Sequence[int] | None = None,
+                 cuda_visible_devices: str | None = None, cuda_device_order: str | None = None):
+        self.nvml = None
+        self.handles: list = []
+        self.labels: list[str] = []
+        self.reason: str | None = None
+        self.notes: list[str] = []
+        self._inited = False
+        try:
+            self._open(nvml, indices, cuda_visible_devices, cuda_device_order)
+        except MeterUnavailable as exc:
+            self.reason = str(exc)
+            self.handles = []
+
+    def _open(self, nvml, indices, cvd, order):
+        self.nvml = nv = load_nvml(nvml)
+        with _handle_nvml_errors(nv):
+            nv.nvmlInit()
+        self._inited = True
+        with _handle_nvml_errors(nv):
+            count = nv.nvmlDeviceGetCount()
+        if count == 0:
+            raise MeterUnavailable("no NVIDIA GPU (NVML sees 0 devices)")
+        if indices is not None:
+            wanted = [str(i) for i in indices]
+            origin = "gpu_indices"
+        else:
+            wanted = parse_cuda_visible_devices(cvd)
+            origin = "CUDA_VISIBLE_DEVICES"
+        if wanted is None:
+            wanted = [str(i) for i in range(count)]
+            if count > 1:
+                self.notes.append(f"gpu: measuring all {count} GPUs (CUDA_VISIBLE_DEVICES unset)")
+        elif not wanted:
+            raise MeterUnavailable(f"no GPU visible to this process ({origin}={cvd!r})")
+        uuids = None
+        for entry in wanted:
+            if entry.isdigit():
+                idx = int(entry)
+                if idx >= count:
+                    break  # as CUDA: stop at the first invalid entry
+                with _handle_nvml_errors(nv, f"GPU {idx}"):
+                    handle = nv.nvmlDeviceGetHandleByIndex(idx)
+                self.handles.append(handle)
+                self.labels.append(f"GPU {idx}")
+            else:
+                if uuids is None:
+                    uuids = []
+                    for i in range(count):
+                        with _handle_nvml_errors(nv, f"GPU {i}"):
+                            h = nv.nvmlDeviceGetHandleByIndex(i)
+                            uuids.append((_text(nv.nvmlDeviceGetUUID(h)), h))
+                match = [h for u, h in uuids if u.upper().startswith(entry.upper())]
+                if len(match) != 1:
+                    if entry.upper().startswith("MIG-"):  # MIG instances: resolve by NVML directly
+                        with _handle_nvml_errors(nv, entry):
+                            match = [nv.nvmlDeviceGetHandleByUUID(entry)]
+                    else:
+                        break
+                self.handles.append(match[0])
+                self.labels.append(entry)
+        if not self.handles:
+            raise MeterUnavailable(f"no GPU matches {origin}={','.join(wanted)!r} ({count} present)")
+        if (indices is None and cvd and count > 1 and any(e.isdigit() for e in wanted)
+                and (order or "").upper() != "PCI_BUS_ID"):
+            self.notes.append(
+                "gpu: CUDA_VISIBLE_DEVICES indices are read in NVML's PCI bus order; "
+                "set CUDA_DEVICE_ORDER=PCI_BUS_ID so CUDA uses the same GPUs")
+
+    def close(self) -> None:
+        if self._inited and self.nvml is not None:
+            try:
+                self.nvml.nvmlShutdown()
+            except self.nvml.NVMLError:
+                pass
+            self._inited = False
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def unavailable_reason(nvml=None) -> str | None:
+    gpus = NvmlGpus(nvml)
+    gpus.close()
+    return gpus.reason
+
+
+def is_available(nvml=None) -> bool:
+    return unavailable_reason(nvml) is None
+
+
+class GpuEnergyMeter(Meter):
+    """GPU energy over one sample, summed over the GPUs used. Field ``energy_gpu_j``."""
+
+    name = "gpu energy"
+    field = "energy_gpu_j"
+
+    def __init__(self, gpus: NvmlGpus, clock: Callable[[], float] = time.monotonic):
+        self.gpus = gpus
+        self.clock = clock
+        self.nvml = gpus.nvml
+        self.counter_handles: list = []
+        self.power_handles: list = []
+        self._reason = gpus.reason
+        self._lock = threading.Lock()
+        self._power = Series()
+        self._start_mj: list[int] | None = None
+        self._t0 = self._t1 = None
+        self._notes: list[str] = []
+        if self._reason is None:
+            try:
+                self._classify()
+            except MeterUnavailable as exc:
+                self._reason = str(exc)
+
+    def _classify(self):
+        nv = self.nvml
+        for handle, label in zip(self.gpus.handles, self.gpus.labels):
+            try:
+                nv.nvmlDeviceGetTotalEnergyConsumption(handle)
+                self.counter_handles.append(handle)
+                continue
+            except nv.NVMLError as err:
+                if not is_not_supported(nv, err):
+                    raise MeterUnavailable(f"{label}: {nvml_reason(nv, err)}") from err
+            with _handle_nvml_errors(nv, f"{label}: no energy counter, and power reading"):
+                nv.nvmlDeviceGetPowerUsage(handle)
+            self.power_handles.append(handle)
+
+    @property
+    def source(self) -> str:
+        if self.counter_handles and self.power_handles:
+            return "nvml-counter+power"
+        return "nvml-power" if self.power_handles else "nvml-counter"
+
+    def unavailable_reason(self) -> str | None:
+        return self._reason
+
+    def start(self) -> None:
+        self._notes = []
+        with self._lock:
+            self._power = Series()
+        self._t0 = self.clock()
+        try:
+            self._start_mj = [self.nvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in self.counter_handles]
+        except self.nvml.NVMLError as err:
+            self._start_mj = None
+            self._notes.append(f"gpu energy: counter read failed at start: {nvml_reason(self.nvml, err)}")
+
+    def read_power_w(self) -> dict:
+        """Sampler probe: total power of the GPUs without an energy counter. Units: W."""
+        mw = sum(self.nvml.nvmlDeviceGetPowerUsage(h) for h in self.power_handles)
+        w = mw / 1000.0
+        with self._lock:
+            self._power.points.append((self.clock(), w))
+        return {"gpu_power_w": w}
+
+    def probes(self) -> list[Probe]:
+        return [Probe(read=self.read_power_w, name="nvml power")] if self.power_handles else []
+
+    def stop(self) -> list[Reading]:
+        t1 = self.clock()
+        value: float | None = 0.0
+        if self.counter_handles:
+            try:
+                end_mj = [self.nvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in self.counter_handles]
+            except self.nvml.NVMLError as err:
+                end_mj = None
+                self._notes.append(f"gpu energy: counter read failed at stop: {nvml_reason(self.nvml, err)}")
+            if end_mj is None or self._start_mj is None:
+                value = None
+            else:
+                value += sum(e - s for s, e in zip(self._start_mj, end_mj)) / 1000.0
+            if t1 - self._t0 < COARSE_BELOW_S:
+                self._notes.append(
+                    f"gpu energy: sample of {t1 - self._t0:.2f} s is short for NVML's counter, "
+                    "which advances about every 100 ms; read energy over longer samples")
+        if self.power_handles and value is not None:
+            with self._lock:
+                joules = self._power.integral(self._t0, t1)
+            if joules is None:
+                self._notes.append("gpu energy: no power readings in this sample (sampler not running?)")
+                value = None
+            else:
+                value += joules
+        self._start_mj = None
+        return [Reading(self.field, value, "J", self.source)]
+
+    def sample_notes(self) -> list[str]:
+        return list(self._notes)
+
+    def close(self) -> None:
+        self.gpus.close()
+
+
+class GpuUtilisation:
+    """Sampler probe for GPU utilisation and memory across the GPUs used."""
+
+    def __init__(self, gpus: NvmlGpus):
+        self.gpus = gpus
+        self.nvml = gpus.nvml
+        self.reason = gpus.reason
+        self.has_util = self.has_mem = False
+        if self.reason is None:
+            nv, h = self.nvml, gpus.handles[0]
+            try:
+                nv.nvmlDeviceGetUtilizationRates(h)
+                self.has_util = True
+            except nv.NVMLError as err:
+                self.reason = f"gpu utilisation: {nvml_reason(nv, err)}"
+            try:
+                nv.nvmlDeviceGetMemoryInfo(h)
+                self.has_mem = True
+            except nv.NVMLError as err:
+                self.reason = f"gpu memory: {nvml_reason(nv, err)}"
+
+    def read(self) -> dict[str, float | None]:
+        nv, handles = self.nvml, self.gpus.handles
+        out: dict[str, float | None] = {}
+        if self.has_util:
+            rates = [nv.nvmlDeviceGetUtilizationRates(h) for h in handles]
+            out["gpu_pct"] = sum(r.gpu for r in rates) / len(rates)
+            out["gpu_mem_util_pct"] = sum(r.memory for r in rates) / len(rates)
+        if self.has_mem:
+            mems = [nv.nvmlDeviceGetMemoryInfo(h) for h in handles]
+            used = sum(m.used for m in mems)
+            total = sum(m.total for m in mems)
+            out["gpu_mem_used_pct"] = 100.0 * used / total if total else None
+            out["gpu_mem_used_mb"] = used / MB
+        return out
+
+    def probes(self) -> list[Probe]:
+        return [Probe(read=self.read, name="nvml utilisation")] if (self.has_util or self.has_mem) else []

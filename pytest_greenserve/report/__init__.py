@@ -1,0 +1,91 @@
+"""Reports of one run (or several merged): samples.csv, stats.csv, summary.md, report.html,
+and the terminal summary printed at the end of a pytest session.
+
+No pytest here: the plugin calls :func:`write_reports` and :func:`terminal_summary`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..results import samples_frame, write_csv
+from ..stats import Analysis, analyze, prepare
+from ..stats import _summary as summarise
+from .guidelines import guideline_markdown
+from .tables import (SUMMARY_HEADERS, best_savings_lines, category_rows, energy_cell, markdown_table, per_token_cell,
+                     plain, rate, summary_rows, text_table)
+
+__all__ = ["write_reports", "terminal_summary", "summary_markdown"]
+
+
+def summary_markdown(analysis: Analysis, meta: dict) -> str:
+    run_id = meta.get("run_id") or "merged runs"
+    out = [f"# pytest-greenserve summary — {run_id}", ""]
+    if analysis.summary.empty:
+        out.append("No samples were recorded.")
+        return "\n".join(out) + "\n"
+    for machine in analysis.machines:
+        s = analysis.summary[analysis.summary["machine"] == machine]
+        out += [f"## {machine}", "", markdown_table(SUMMARY_HEADERS, summary_rows(s)), ""]
+    if analysis.exclusions:
+        out += ["## Excluded configurations", ""]
+        out += [f"- {e.machine} / {e.model}: {e.config} — {e.reason}" for e in analysis.exclusions] + [""]
+    lines = best_savings_lines(analysis)
+    if lines:
+        out += ["## Savings (range across models)", ""] + [f"- {x}" for x in lines] + [""]
+    for metric, unit, title in ((analysis.energy_metric, "J", "Median energy by size category (Table 4)"),
+                                ("time_s", "s", "Median time by size category (Table 5)")):
+        h, r = category_rows(analysis.category_medians, metric, unit)
+        if r:
+            out += [f"## {title}", "", markdown_table(h, r), ""]
+    out += ["## Guidelines", "", guideline_markdown(analysis), ""]
+    if analysis.notes:
+        out += ["## Notes", ""] + [f"- {n}" for n in analysis.notes] + [""]
+    out += ["Energy marked *estimated* comes from a power model, not a meter. Full test results: stats.csv; "
+            "plots and the words behind every test: report.html.", ""]
+    return "\n".join(out)
+
+
+def write_reports(rows: list[dict], run_dir: Path, meta: dict | None = None) -> dict[str, Path]:
+    """Write samples.csv, stats.csv, summary.md and report.html into ``run_dir``; return their paths."""
+    from .html import render
+
+    meta = dict(meta or {})
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    df = samples_frame(rows)
+    analysis = analyze(df)
+    paths = {"samples": run_dir / "samples.csv", "stats": run_dir / "stats.csv",
+             "summary": run_dir / "summary.md", "html": run_dir / "report.html"}
+    write_csv(rows, paths["samples"])
+    analysis.stats.to_csv(paths["stats"], index=False)
+    paths["summary"].write_text(summary_markdown(analysis, meta), encoding="utf-8")
+    paths["html"].write_text(render(analysis, df, meta), encoding="utf-8")
+    return paths
+
+
+TERMINAL_HEADERS = ["model", "config", "net energy (source)", "time", "J/token", "ms/token", "match"]
+
+
+def terminal_summary(rows: list[dict], report_path: Path | None = None) -> list[str]:
+    """Lines for pytest's terminal reporter: model × configuration medians, then the report's path."""
+    if not rows:
+        return ["greenserve: no samples were recorded"]
+    s = summarise(prepare(samples_frame(rows)))
+    machines = list(dict.fromkeys(s["machine"]))
+    lines = []
+    for machine in machines:
+        sm = s[s["machine"] == machine]
+        table = []
+        for r in sm.to_dict("records"):
+            config = r["config"] + (" !error-prone" if r["error_prone"] else "")
+            table.append([r["model"], config, energy_cell(r["energy_net_j"], r["energy_source"]),
+                          plain(r["time_s"], "s"), per_token_cell(r["j_per_token"], r["energy_source"]),
+                          plain(r["ms_per_token"]), rate(r["match_rate"])])
+        lines.append(f"greenserve medians on {machine} ({int(sm['n'].sum())} samples):")
+        lines += text_table(TERMINAL_HEADERS, table)
+    if s["error_prone"].any():
+        lines.append("!error-prone: outputs disagreed with torch; excluded from the statistics")
+    if report_path is not None:
+        lines.append(f"greenserve report: {report_path}")
+    return lines

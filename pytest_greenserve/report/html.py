@@ -1,0 +1,228 @@
+"""report.html: one self-contained file (inline CSS, inline PNG images, no network)."""
+
+from __future__ import annotations
+
+import html
+import math
+from importlib import metadata
+
+import pandas as pd
+
+from ..stats import METRIC_BY_NAME, Analysis, fmt_p, prepare, source_note
+from . import plots
+from .guidelines import guideline_text
+from .tables import (SUMMARY_HEADERS, best_savings_lines, category_rows, html_table, savings_rows,
+                     summary_rows)
+
+ANALYSIS_LIBS = ["pytest-greenserve", "pandas", "numpy", "scipy", "statsmodels", "pingouin", "scikit-posthocs",
+                 "matplotlib"]
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;margin-top:1.6em}h3{margin-bottom:.3em}
+table{border-collapse:collapse;margin:.5em 0;font-size:.85em}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
+th{background:#f2f2f2}.note{color:#8a5a00}.muted{color:#666}
+img{max-width:100%;height:auto;border:1px solid #eee}
+li{margin:.2em 0}details{margin:.5em 0}code{background:#f5f5f5;padding:0 3px}
+.guideline{background:#f3f9f3;border-left:4px solid #3a3;padding:.4em .8em;margin:.6em 0}
+"""
+
+# Lets a headless browser (and the test) see that every image decoded and no script failed.
+CHECK_SCRIPT = """
+window.__errors = [];
+window.addEventListener('error', function (e) { window.__errors.push(String(e.message || e)); });
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-images', ok + '/' + imgs.length);
+  document.body.setAttribute('data-errors', String(window.__errors.length));
+});
+"""
+
+
+def esc(text) -> str:
+    return html.escape(str(text))
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _kv_table(d: dict) -> str:
+    rows = [[k, v if not isinstance(v, (dict, list)) else ", ".join(f"{a}={b}" for a, b in v.items())
+             if isinstance(v, dict) else ", ".join(map(str, v))] for k, v in d.items()]
+    return html_table(["key", "value"], rows)
+
+
+def _machines_section(meta: dict, df: pd.DataFrame) -> str:
+    out = ["<h2>Machine and library versions</h2>"]
+    infos: dict[str, dict] = {}
+    if "machine_info" in df.columns:
+        for r in df.to_dict("records"):
+            mi = r.get("machine_info")
+            if isinstance(mi, dict):
+                infos.setdefault(str(r.get("machine") or mi.get("hostname") or "unknown"), mi)
+    meta_mi = meta.get("machine_info")
+    if isinstance(meta_mi, dict) and meta_mi:
+        infos.setdefault(str(meta_mi.get("hostname", "this machine")), meta_mi)
+    elif isinstance(meta_mi, list):  # merged runs: one per run
+        for mi in meta_mi:
+            if isinstance(mi, dict):
+                infos.setdefault(str(mi.get("hostname", "unknown")), mi)
+    if infos:
+        for name, mi in infos.items():
+            out.append(f"<h3>{esc(name)}</h3>" + _kv_table(mi))
+    else:
+        out.append('<p class="muted">No machine information was recorded.</p>')
+    versions = {}
+    if "versions" in df.columns:
+        for v in df["versions"]:
+            if isinstance(v, dict):
+                versions.update(v)
+    if isinstance(meta.get("versions"), dict):
+        versions.update(meta["versions"])
+    if versions:
+        out.append("<h3>Serving libraries (as recorded by the run)</h3>" + _kv_table(versions))
+    out.append("<h3>Analysis libraries (this report)</h3>" + _kv_table({d: _version(d) for d in ANALYSIS_LIBS}))
+    return "\n".join(out)
+
+
+def _notes(analysis: Analysis) -> str:
+    items = list(analysis.notes)
+    for e in analysis.exclusions:
+        items.append(f"{e.machine} / {e.model}: {e.config} excluded as error-prone — {e.reason}")
+    srcs = analysis.summary["energy_source"].dropna().unique() if not analysis.summary.empty else []
+    if any("estimated" in s for s in srcs):
+        items.append("Some energy values are estimated from CPU time with a power model, not measured; they are "
+                     "labelled estimated wherever they appear and are not comparable with measured values.")
+    if analysis.summary["energy_net_j"].notna().any() if not analysis.summary.empty else False:
+        items.append("Net energy = gross energy − idle energy over the same duration; the idle baseline is taken for "
+                     "the whole machine, so net energy is reported for the total only, gross for CPU and GPU apart.")
+    if not items:
+        return ""
+    return "<h2>Notes</h2><ul>" + "".join(f'<li class="note">{esc(i)}</li>' for i in items) + "</ul>"
+
+
+def _guidelines(analysis: Analysis) -> str:
+    out = ["<h2>Guidelines: which configuration to pick</h2>"]
+    if not analysis.guidelines:
+        out.append("<p>No guidelines: no configuration could be compared in this run.</p>")
+    for g in analysis.guidelines:
+        head, lines = guideline_text(g)
+        out.append(f'<div class="guideline"><b>{esc(g.shape)}</b> — {esc(head)}<ul>'
+                   + "".join(f"<li>{esc(x)}</li>" for x in lines) + "</ul></div>")
+    return "\n".join(out)
+
+
+def _stats_table(stats: pd.DataFrame) -> str:
+    cols = ["metric", "test", "config_a", "config_b", "n", "statistic_name", "statistic", "df1", "df2", "p_value",
+            "effect_name", "effect_size", "significant", "reason", "note"]
+    rows = []
+    for r in stats[cols + ["applicable"]].to_dict("records"):
+        cells = []
+        for c in cols:
+            v = r[c]
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                cells.append("")
+            elif c == "p_value":
+                cells.append(fmt_p(v))
+            elif isinstance(v, float):
+                cells.append(f"{v:.4g}")
+            else:
+                cells.append(str(v))
+        if r["applicable"] is False and r["p_value"] is None:
+            cells[cols.index("p_value")] = "not applicable"
+        rows.append(cells)
+    return html_table(cols, rows, "stats")
+
+
+def _model_section(analysis: Analysis, df: pd.DataFrame, machine: str, model: str) -> str:
+    out = [f"<h3>{esc(model)}" + (f" <span class='muted'>on {esc(machine)}</span>" if len(analysis.machines) > 1 else "")
+           + "</h3>"]
+    g = df[(df["machine"] == machine) & (df["model"] == model)]
+    good = g[~g["error_prone"]]
+    excluded = sorted(set(g.loc[g["error_prone"], "config"]))
+    if excluded:
+        out.append(f'<p class="note">Excluded as error-prone (outputs disagreed with torch): {esc(", ".join(excluded))}</p>')
+    if good.empty:
+        out.append("<p>Every configuration of this model was error-prone: no plots and no comparison.</p>")
+        return "\n".join(out)
+    uri, skipped = plots.box_plots(good, f"{model} — box plots per configuration")
+    if uri:
+        out.append(f'<figure><img alt="box plots for {esc(model)}" src="{uri}"></figure>')
+    summ = analysis.summary[(analysis.summary["machine"] == machine) & (analysis.summary["model"] == model)
+                            & (~analysis.summary["error_prone"])]
+    srcs = {r["config"]: r["energy_source"] for r in summ.to_dict("records")}
+    if any(srcs.values()):
+        note = source_note(srcs)
+        out.append("<p class='muted'>Energy sources: " + esc("; ".join(f"{c}: {s or 'unknown'}" for c, s in srcs.items()))
+                   + (f" — <span class='note'>{esc(note)}</span>" if note else "") + "</p>")
+    if skipped:
+        out.append(f'<p class="muted">Not plotted: {esc("; ".join(skipped))}.</p>')
+    puri, front = plots.pareto_plot(good, summ, analysis.energy_metric, f"{model} — energy vs time")
+    if puri:
+        out.append(f'<figure><img alt="energy vs time for {esc(model)}" src="{puri}">'
+                   f"<figcaption>Pareto front (no configuration is both cheaper and faster): "
+                   f"{esc(', '.join(front))}</figcaption></figure>")
+    else:
+        out.append('<p class="muted">No energy-vs-time plot: energy or time was not recorded.</p>')
+    words = analysis.findings.get((machine, model), [])
+    if words:
+        out.append("<h4>Significance, in words</h4><ul>"
+                   + "".join(f"<li>{esc(w.strip())}</li>" for w in words) + "</ul>")
+    dec_rows = [[METRIC_BY_NAME[d.metric].label, d.path, d.reason] for d in analysis.decisions
+                if d.machine == machine and d.model == model]
+    if dec_rows:
+        out.append("<details><summary>Which test, and why</summary>"
+                   + html_table(["metric", "path", "why"], dec_rows) + "</details>")
+    st = analysis.stats[(analysis.stats["machine"] == machine) & (analysis.stats["model"] == model)]
+    if not st.empty:
+        out.append("<details><summary>All test results (stats.csv rows)</summary>" + _stats_table(st) + "</details>")
+    return "\n".join(out)
+
+
+def render(analysis: Analysis, df: pd.DataFrame, meta: dict) -> str:
+    df = prepare(df)
+    run_id = meta.get("run_id") or ", ".join(sorted({str(x) for x in df.get("run_id", pd.Series(dtype=object)).dropna()})) \
+        or "unknown run"
+    parts = [f"<h1>pytest-greenserve report — {esc(run_id)}</h1>",
+             f"<p class='muted'>{len(df)} sample(s), {df['model'].nunique()} model(s), "
+             f"{df['config'].nunique()} configuration(s), machine(s): {esc(', '.join(analysis.machines) or 'none')}.</p>"]
+    options = meta.get("options")
+    if isinstance(options, dict) and options:
+        parts.append("<details><summary>Options</summary>" + _kv_table(options) + "</details>")
+    parts.append(_notes(analysis))
+    parts.append(_guidelines(analysis))
+    parts.append("<h2>Summary per model and configuration</h2>")
+    for machine in analysis.machines:
+        s = analysis.summary[analysis.summary["machine"] == machine]
+        if len(analysis.machines) > 1:
+            parts.append(f"<h3>{esc(machine)}</h3>")
+        parts.append(html_table(SUMMARY_HEADERS, summary_rows(s)))
+    lines = best_savings_lines(analysis)
+    if lines:
+        parts.append("<h2>Savings</h2><p>What the best configuration saves against each other one, as a range "
+                     "across models (the paper's “from X% up to Y%”):</p><ul>"
+                     + "".join(f"<li>{esc(x)}</li>" for x in lines) + "</ul>")
+        h, r = savings_rows(analysis.savings)
+        parts.append("<details><summary>Every pair</summary>" + html_table(h, r) + "</details>")
+    for metric, unit, title in ((analysis.energy_metric, "J", "Table 4: median energy by size category"),
+                                ("time_s", "s", "Table 5: median time by size category")):
+        h, r = category_rows(analysis.category_medians, metric, unit)
+        if r:
+            parts.append(f"<h3>{esc(title)}</h3>" + html_table(h, r))
+    parts.append("<h2>Per model</h2>")
+    models = df[["machine", "model"]].drop_duplicates().sort_values(["machine", "model"]).to_records(index=False)
+    if len(models) == 0:
+        parts.append("<p>No samples.</p>")
+    for machine, model in models:
+        parts.append(_model_section(analysis, df, machine, model))
+    parts.append(_machines_section(meta, df))
+    body = "\n".join(p for p in parts if p)
+    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            f"<title>greenserve report {esc(run_id)}</title><style>{CSS}</style>"
+            f"<script>{CHECK_SCRIPT}</script></head><body>\n{body}\n</body></html>\n")

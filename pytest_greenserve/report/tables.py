@@ -1,0 +1,133 @@
+"""Tables: the per model × configuration summary (summary.md, the terminal, report.html).
+
+Every energy value carries its source; a source starting with ``estimated`` is written out,
+so estimated numbers are labelled *estimated* wherever they appear.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+
+import pandas as pd
+
+from ..stats import fmt_value, is_estimated, sort_configs
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def energy_cell(value, source, unit: str = "J") -> str:
+    """``"1,234 J (rapl)"``; ``"1,234 J (estimated: estimated-cpu-time)"``; ``"not measured"``."""
+    if _missing(value):
+        return "not measured"
+    if not source:
+        return f"{fmt_value(value, unit)} (source unknown)"
+    if is_estimated(source):
+        return f"{fmt_value(value, unit)} (estimated: {source})"
+    return f"{fmt_value(value, unit)} ({source})"
+
+
+def per_token_cell(value, source) -> str:
+    if _missing(value):
+        return "not measured"
+    return fmt_value(value) + (" (estimated)" if is_estimated(source) else "")
+
+
+def plain(value, unit: str = "") -> str:
+    return "not measured" if _missing(value) else fmt_value(value, unit)
+
+
+def rate(value) -> str:
+    return "—" if _missing(value) else f"{value:.0%}"
+
+
+SUMMARY_HEADERS = ["model", "configuration", "n", "median time", "ms per token", "match rate",
+                   "median net energy (source)", "J/token"]
+
+
+def summary_rows(summary: pd.DataFrame) -> list[list[str]]:
+    """One list of cells per machine × model × configuration (machine column left to the caller)."""
+    out = []
+    for r in summary.to_dict("records"):
+        config = r["config"] + (" (error-prone: excluded)" if r["error_prone"] else "")
+        out.append([r["model"], config, str(r["n"]), plain(r["time_s"], "s"), plain(r["ms_per_token"]),
+                    rate(r["match_rate"]), energy_cell(r["energy_net_j"], r["energy_source"]),
+                    per_token_cell(r["j_per_token"], r["energy_source"])])
+    return out
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    def esc(c):
+        return str(c).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(esc(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def html_table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def text_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
+              for i, h in enumerate(headers)]
+    fmt = "  ".join("{:<%d}" % w for w in widths)
+    lines = [fmt.format(*headers), "  ".join("-" * w for w in widths)]
+    lines += [fmt.format(*[str(c) for c in r]) for r in rows]
+    return [line.rstrip() for line in lines]
+
+
+def category_rows(cat: pd.DataFrame, metric: str, unit: str) -> tuple[list[str], list[list[str]]]:
+    """The paper's Tables 4 (energy) and 5 (time): per size category × configuration medians."""
+    if cat is None or cat.empty:
+        return [], []
+    configs = sort_configs(cat["config"])
+    headers = ["machine", "size category"] + configs
+    rows = []
+    for (machine, category), g in cat.groupby(["machine", "category"], sort=True):
+        gi = g.set_index("config")
+        cells = [machine, category]
+        for c in configs:
+            if c not in gi.index:
+                cells.append("—")
+            elif metric.startswith("energy"):
+                cells.append(energy_cell(gi.loc[c, metric], gi.loc[c, "energy_source"]) if not _missing(gi.loc[c, metric])
+                             else "not measured")
+            else:
+                cells.append(plain(gi.loc[c, metric], unit))
+        rows.append(cells)
+    return headers, rows
+
+
+def savings_rows(savings: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    headers = ["machine", "metric", "configuration", "compared with", "models", "saving from", "up to", "note"]
+    rows = []
+    for r in savings.to_dict("records"):
+        rows.append([r["machine"], "time" if r["metric"] == "time_s" else r["metric"].replace("_j", "").replace("_", " "),
+                     r["config"], r["other"], str(r["n_models"]), f"{r['min_pct']:.2f}%", f"{r['max_pct']:.2f}%",
+                     r["note"] or ""])
+    return headers, rows
+
+
+def best_savings_lines(analysis) -> list[str]:
+    """For each machine and metric: what the best configuration saves against every other, in words."""
+    lines = []
+    sav = analysis.savings
+    if sav is None or sav.empty:
+        return lines
+    for (machine, metric), g in sav.groupby(["machine", "metric"], sort=False):
+        # the configuration whose worst-case saving is highest
+        best = g.groupby("config")["min_pct"].min().sort_values(ascending=False).index[0]
+        b = g[g["config"] == best]
+        what = "time" if metric == "time_s" else "energy"
+        if len(b) > 1 and b["min_pct"].min() >= 0:
+            lines.append(f"{machine}: {best} uses from {b['min_pct'].min():.2f}% up to {b['max_pct'].max():.2f}% "
+                         f"less {what} than the other configurations")
+        for r in g[g["config"] == best].to_dict("records"):
+            lines.append(f"{machine}: {r['text']}" + (f" — {r['note']}" if r["note"] else ""))
+    return lines

@@ -1,0 +1,128 @@
+"""write_reports and terminal_summary: files, labels, robustness; report.html in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pytest_greenserve.report import terminal_summary, write_reports
+from report.synth import make_rows
+
+CHROMIUM = "/usr/bin/chromium"
+META = {"run_id": "run-a", "machine_info": {"hostname": "box-a", "cpu_count": 2},
+        "versions": {"torch": "2.13.0"}, "options": {"reps": 4}}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    rows = make_rows(models=("mini-gpt2", "phi2"), configs=("torch-cpu", "onnx-cpu", "torch-cuda"), reps=4)
+    for r in rows:  # one error-prone configuration
+        if r["model"] == "phi2" and r["config"] == "onnx-cpu":
+            r["error_prone"], r["match_rate"] = True, 0.25
+    out = tmp_path_factory.mktemp("run-a")
+    return rows, write_reports(rows, out, META)
+
+
+def test_write_reports_writes_the_four_files(run):
+    _, paths = run
+    assert set(paths) == {"samples", "stats", "summary", "html"}
+    for p in paths.values():
+        assert p.is_file() and p.stat().st_size > 0
+    samples = pd.read_csv(paths["samples"])
+    assert len(samples) == 2 * 3 * 4
+    stats = pd.read_csv(paths["stats"], keep_default_na=False, dtype=str)
+    assert {"welch_anova", "kruskal"} & set(stats["test"])
+    assert {"games_howell", "dunn"} & set(stats["test"])
+    assert "nan" not in paths["stats"].read_text().lower()
+
+
+def test_summary_md_has_every_model_configuration_and_labels_estimates(run):
+    _, paths = run
+    md = paths["summary"].read_text()
+    for model in ("mini-gpt2", "phi2"):
+        for config in ("torch-cpu", "onnx-cpu", "torch-cuda"):
+            assert re.search(rf"\| {model} \| {config}", md)
+    assert "(estimated: estimated-cpu-time)" in md
+    assert "onnx-cpu (error-prone: excluded)" in md
+    assert "match rate" in md and "J/token" in md
+    assert "energy-constrained" in md and "latency-constrained" in md and "resource-constrained" in md
+
+
+def test_html_report_is_self_contained_and_complete(run):
+    _, paths = run
+    html = paths["html"].read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+    assert "<link" not in html
+    imgs = re.findall(r'<img [^>]*src="data:image/png;base64,', html)
+    assert len(imgs) == 4  # box plots + Pareto per model
+    for needle in ("box-a", "torch", "2.13.0", "pingouin", "Pareto front", "energy-constrained",
+                   "latency-constrained", "resource-constrained", "Significance, in words", "estimated",
+                   "excluded as error-prone", "Table 4", "Table 5"):
+        assert needle.lower() in html.lower(), needle
+
+
+def test_terminal_summary_is_one_compact_table_with_the_report_path(run):
+    rows, paths = run
+    lines = terminal_summary(rows, paths["html"])
+    text = "\n".join(lines)
+    assert "mini-gpt2" in text and "torch-cuda" in text
+    assert "estimated" in text and "!error-prone" in text
+    assert lines[-1] == f"greenserve report: {paths['html']}"
+    assert sum(1 for line in lines if line.startswith("model")) == 1
+
+
+@pytest.mark.parametrize("case", ["one-sample", "one-config", "all-error-prone", "no-energy", "no-samples"])
+def test_reports_survive_degenerate_runs(tmp_path, case):
+    rows = make_rows(models=("mini-gpt2",), configs=("torch-cpu", "onnx-cpu"), reps=3)
+    if case == "one-sample":
+        rows = rows[:1]
+    elif case == "one-config":
+        rows = [r for r in rows if r["config"] == "torch-cpu"]
+    elif case == "all-error-prone":
+        for r in rows:
+            r["error_prone"] = True
+    elif case == "no-energy":
+        for r in rows:
+            for k in ("energy_cpu_j", "energy_gpu_j", "energy_total_j", "energy_idle_j", "energy_net_j",
+                      "energy_cpu_source", "energy_gpu_source", "j_per_token"):
+                r[k] = None
+    elif case == "no-samples":
+        rows = []
+    paths = write_reports(rows, tmp_path, {})
+    md = paths["summary"].read_text()
+    html = paths["html"].read_text()
+    assert "nan" not in paths["stats"].read_text().lower()
+    assert " 0 J" not in md and ">0 J" not in html
+    lines = terminal_summary(rows)
+    assert lines
+    if case == "no-energy":
+        assert "not measured" in md
+    if case == "all-error-prone":
+        assert "Every configuration of this model was error-prone" in html
+    if case in ("one-sample", "one-config"):
+        stats = pd.read_csv(paths["stats"], keep_default_na=False, dtype=str)
+        assert (stats["applicable"] == "False").any() and (stats["p_value"][stats["applicable"] == "False"] == "").all()
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is absent")
+def test_html_report_renders_in_headless_chromium(run, tmp_path):
+    _, paths = run
+    html = paths["html"]
+    n_images = len(re.findall(r"<img ", html.read_text()))
+    profile = tmp_path / "profile"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--dump-dom", html.as_uri()]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    m = re.search(r'data-images="(\d+)/(\d+)"', dom)
+    assert m, "the page's load handler did not run"
+    assert int(m.group(2)) == n_images and m.group(1) == m.group(2), f"images rendered: {m.group(0)}"
+    assert 'data-errors="0"' in dom
+    shutil.rmtree(profile, ignore_errors=True)
