@@ -94,6 +94,7 @@ class GreenserveSession:
         self._references: dict[tuple[str, str], list[list[int]]] = {}
         self._unavailable: dict[ServingConfig, str | None] = {}
         self._failed: dict[tuple[str, ServingConfig], str] = {}
+        self._idles: dict[tuple[str, ServingConfig], object] = {}
         self._loaded: _Loaded | None = None
         self._order = 0
         self._machine = None
@@ -226,11 +227,25 @@ class GreenserveSession:
             msg = f"{case.config} could not serve {case.model}: {type(exc).__name__}: {exc}".splitlines()[0]
             self._failed[key] = msg
             raise EngineError(msg) from exc
-        idle = None
-        if self.meters is not None and self.settings.idle_s > 0:
-            idle = self.meters.measure_idle(self.settings.idle_s, progress=self.progress)
-        self._loaded = _Loaded(case.model, case.config, engine, idle)
+        self._loaded = _Loaded(case.model, case.config, engine, self._idle_baseline(case))
         return self._loaded
+
+    def _idle_baseline(self, case: Case):
+        """Idle power with this configuration loaded, measured at its first load.
+
+        In the shuffled order a configuration is loaded again and again; measuring idle at
+        every load would multiply the idle time by the repetitions for little gain, so the
+        baseline of the first load is reused (it is stored with every sample).
+        """
+        key = (case.model, case.config)
+        if key not in self._idles:
+            idle = None
+            if self.meters is not None and self.settings.idle_s > 0:
+                self.progress(f"greenserve: measuring idle power for {self.settings.idle_s:g} s "
+                              f"({case.model} on {case.config} loaded)")
+                idle = self.meters.measure_idle(self.settings.idle_s, progress=self.progress)
+            self._idles[key] = idle
+        return self._idles[key]
 
     def measure(self, case: Case) -> dict:
         """Run every prompt once against ``case``'s model and configuration: one sample."""
