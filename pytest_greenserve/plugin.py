@@ -24,7 +24,8 @@ CASE_FIXTURE = "greenserve_case"
 # (option suffix, ini/metavar, default, help). Every option is also an ini key greenserve_<name>.
 OPTIONS = [
     ("models", "NAMES", ",".join(DEFAULT_MODELS),
-     "comma-separated model names, name=/local/path, bare paths, 'paper' or 'all'"),
+     "comma-separated model names, name=/local/path, bare paths, 'paper' or 'all' "
+     "(unset: the embedded mini models, or any model that -k names)"),
     ("configs", "CONFIGS", "all", "serving configurations ENGINE-PROVIDER, e.g. torch-cpu,onnx-cpu; 'all'"),
     ("runs", "N", "3", "repetitions of every model x configuration"),
     ("prompts", "N", "164", "first N of HumanEval's 164 short prompts"),
@@ -91,8 +92,14 @@ def _float(config, name, default, low=0.0) -> float:
 
 def _settings(config, engines: dict, models: dict) -> Settings:
     defaults = {name: default for name, _, default, _ in OPTIONS}
+    chosen = _value(config, "models", "")
     try:
-        names, paths = parse_model_list(_value(config, "models", defaults["models"]))
+        if chosen:
+            names, paths = parse_model_list(chosen)
+        else:
+            # Every registered model gets items, so that `-k phi2` reaches phi2; only the
+            # embedded defaults run unless -k names another (see pytest_collection_modifyitems).
+            names, paths = list(DEFAULT_MODELS) + [m for m in models if m not in DEFAULT_MODELS], {}
         for name in names:
             if name not in models:
                 spec = spec_for(name, paths.get(name))
@@ -127,22 +134,28 @@ def _settings(config, engines: dict, models: dict) -> Settings:
     )
 
 
-def _meter_set(config, settings: Settings):
-    from .meters import MeterSet, MeterSettings
+def _meter_settings(config):
+    from .meters import MeterSettings, parse_cpu_watts
 
-    watts = _value(config, "cpu-watts", "")
     kwargs = {}
+    watts = _value(config, "cpu-watts", "")
     if watts:
         try:
-            parts = [float(w) for w in watts.split(",")]
-        except ValueError:
-            raise pytest.UsageError(f"--greenserve-cpu-watts={watts!r}: expected W_PER_CORE[,IDLE_W]") from None
-        kwargs["cpu_watts_per_core"] = parts[0]
-        if len(parts) > 1:
-            kwargs["cpu_idle_watts"] = parts[1]
+            parsed = parse_cpu_watts(watts)
+        except ValueError as exc:
+            raise pytest.UsageError(f"--greenserve-cpu-watts: {exc}") from None
+        kwargs["cpu_watts_per_core"] = parsed[0] if parsed else None
+        if parsed:
+            kwargs["cpu_idle_watts"] = parsed[1]
     url = _value(config, "wattmeter", "")
-    meter_settings = MeterSettings(sampler_hz=_float(config, "sampler-hz", "10", low=0.1),
-                                   wattmeter_url=url or None, **kwargs)
+    if url and not url.startswith(("http://", "https://")):
+        raise pytest.UsageError(f"--greenserve-wattmeter={url!r}: expected an http:// or https:// URL")
+    return MeterSettings(sampler_hz=_float(config, "sampler-hz", "10", low=0.1), wattmeter_url=url or None, **kwargs)
+
+
+def _meter_set(config, meter_settings):
+    from .meters import MeterSet
+
     extra: list = []
     config.hook.pytest_greenserve_register_meters(settings=meter_settings, meters=extra)
     return MeterSet(meter_settings, extra_meters=extra)
@@ -176,9 +189,10 @@ def pytest_configure(config):
     models = dict(REGISTRY)
     config.hook.pytest_greenserve_register_models(registry=models)
     settings = _settings(config, engines, models)
+    meter_settings = _meter_settings(config)
     # Meters are created lazily (first measured sample) so that plain test runs pay nothing.
     session = GreenserveSession(settings, engines, models, meters=None, progress=_progress_writer(config))
-    session.meter_factory = lambda: _meter_set(config, settings)
+    session.meter_factory = lambda: _meter_set(config, meter_settings)
     config.stash[SESSION_KEY] = session
 
 
@@ -189,10 +203,29 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize(CASE_FIXTURE, cases, ids=[c.id for c in cases])
 
 
+def _named_by_keyword(config, model: str) -> bool:
+    return model in (config.option.keyword or "") or model in (config.option.markexpr or "")
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
+    """Mark greenserve items; without --greenserve-models, keep only the embedded defaults and
+    the models a -k expression names, so a bare `pytest benchmarks` never downloads a model."""
+    explicit = bool(_value(config, "models", ""))
+    keep, dropped = [], []
     for item in items:
-        if CASE_FIXTURE in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.greenserve)
+        case = getattr(item, "callspec", None) and item.callspec.params.get(CASE_FIXTURE)
+        if case is None:
+            keep.append(item)
+            continue
+        item.add_marker(pytest.mark.greenserve)
+        if explicit or case.model in DEFAULT_MODELS or _named_by_keyword(config, case.model):
+            keep.append(item)
+        else:
+            dropped.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 class Greenserve:

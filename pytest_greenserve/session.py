@@ -352,10 +352,9 @@ class GreenserveSession:
     def summary_lines(self) -> list[str]:
         from .report import terminal_summary
 
-        lines = terminal_summary(self.finished_rows())
-        if self.report_paths and "report.html" in self.report_paths:
-            lines.append(f"report: {self.report_paths['report.html']}")
-        lines.append(f"samples: {self.store.samples_path}")
+        html = (self.report_paths or {}).get("html")
+        lines = terminal_summary(self.finished_rows(), report_path=html)
+        lines.append(f"greenserve samples: {self.store.samples_path}")
         return lines
 
 
