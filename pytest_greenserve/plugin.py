@@ -273,7 +273,11 @@ def pytest_sessionfinish(session, exitstatus):
         return
     gs.close()
     if gs.samples:
-        gs.report_paths = gs.write_reports()
+        try:
+            gs.report_paths = gs.write_reports()
+        except Exception as exc:  # the samples are safe on disk; say how to render them later
+            gs.report_error = (f"greenserve: reports not written ({type(exc).__name__}: {exc}); the samples are in "
+                               f"{gs.store.samples_path}; render them with: greenserve report {gs.store.run_dir}")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -281,5 +285,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if gs is None or not gs.samples:
         return
     terminalreporter.section("greenserve")
+    if getattr(gs, "report_error", None):
+        terminalreporter.write_line(gs.report_error.splitlines()[0], red=True)
+        return
     for line in gs.summary_lines():
         terminalreporter.write_line(line)

@@ -24,11 +24,15 @@ SAMPLE_COLUMNS = [
     "match_rate", "error_prone",
     # energy (issue 3): joules over the whole sample; per-token is derived by division
     "energy_cpu_j", "energy_gpu_j", "energy_total_j", "energy_idle_j", "energy_net_j",
-    "energy_cpu_source", "energy_gpu_source", "j_per_token",
+    "energy_cpu_source", "energy_gpu_source", "energy_total_source", "j_per_token",
+    # cross-check of the GPU counter: NVML power sampled by the sampler and integrated
+    "energy_gpu_power_j",
+    # optional wall-socket meter (never added to the total)
+    "energy_wall_j", "energy_wall_source", "energy_wall_idle_j", "energy_wall_net_j",
     # utilisation: means over the sample
-    "cpu_pct", "ram_pct", "proc_cpu_pct", "gpu_pct", "gpu_mem_util_pct", "gpu_mem_used_pct",
+    "cpu_pct", "ram_pct", "proc_cpu_pct", "proc_ram_pct", "gpu_pct", "gpu_mem_util_pct", "gpu_mem_used_pct",
     "rss_peak_mb", "gpu_mem_peak_mb", "sampler_hz", "sampler_overhead_pct",
-    "started_at", "finished_at",
+    "meter_time_s", "started_at", "finished_at",
 ]
 # Fields kept only in samples.jsonl (lists and nested objects).
 JSON_ONLY = ["latencies_s", "ttfts_s", "token_ids_digest", "versions", "machine_info", "meter_notes"]

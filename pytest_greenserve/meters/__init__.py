@@ -65,7 +65,7 @@ class MeterSettings:
 
 _BASE_FIELDS = [
     "energy_cpu_j", "energy_gpu_j", "energy_total_j", "energy_idle_j", "energy_net_j",
-    "energy_cpu_source", "energy_gpu_source", "energy_total_source",
+    "energy_cpu_source", "energy_gpu_source", "energy_total_source", "energy_gpu_power_j",
     "cpu_pct", "ram_pct", "proc_cpu_pct", "proc_ram_pct", "gpu_pct", "gpu_mem_util_pct",
     "gpu_mem_used_pct", "rss_peak_mb", "gpu_mem_peak_mb", "sampler_hz", "sampler_overhead_pct",
     "meter_time_s",
@@ -173,9 +173,8 @@ class MeterSet:
         if self._t0 is None:
             raise RuntimeError("MeterSet.stop() without start()")
         res = self.last_sampler_result = self.sampler.stop()
-        fields: dict = {k: None for k in _BASE_FIELDS}
-        if self.settings.wattmeter_url:
-            fields.update({k: None for k in _WALL_FIELDS})
+        # every column is present in every sample (None when not measured), wall ones included
+        fields: dict = {k: None for k in _BASE_FIELDS + _WALL_FIELDS}
         notes = list(self._sample_notes)
         builtin = {id(m) for m in (self.cpu_meter, self.gpu_meter, self.wattmeter) if m is not None}
         extra_readings: list[tuple[Meter, Reading]] = []

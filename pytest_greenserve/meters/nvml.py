@@ -206,6 +206,7 @@ class GpuEnergyMeter(Meter):
         self._reason = gpus.reason
         self._lock = threading.Lock()
         self._power = Series()
+        self._power_all = Series()
         self._start_mj: list[int] | None = None
         self._t0 = self._t1 = None
         self._notes: list[str] = []
@@ -242,6 +243,7 @@ class GpuEnergyMeter(Meter):
         self._notes = []
         with self._lock:
             self._power = Series()
+            self._power_all = Series()
         self._t0 = self.clock()
         try:
             self._start_mj = [self.nvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in self.counter_handles]
@@ -250,15 +252,22 @@ class GpuEnergyMeter(Meter):
             self._notes.append(f"gpu energy: counter read failed at start: {nvml_reason(self.nvml, err)}")
 
     def read_power_w(self) -> dict:
-        """Sampler probe: total power of the GPUs without an energy counter. Units: W."""
-        mw = sum(self.nvml.nvmlDeviceGetPowerUsage(h) for h in self.power_handles)
-        w = mw / 1000.0
+        """Sampler probe: power of every GPU used. Units: W.
+
+        Integrated over the sample, it is the energy of GPUs without a counter and, where
+        the counter exists, an independent cross-check of it (``energy_gpu_power_j``).
+        """
+        now = self.clock()
+        mw_counter = sum(self.nvml.nvmlDeviceGetPowerUsage(h) for h in self.counter_handles)
+        mw_power = sum(self.nvml.nvmlDeviceGetPowerUsage(h) for h in self.power_handles)
         with self._lock:
-            self._power.points.append((self.clock(), w))
-        return {"gpu_power_w": w}
+            if self.power_handles:
+                self._power.points.append((now, mw_power / 1000.0))
+            self._power_all.points.append((now, (mw_counter + mw_power) / 1000.0))
+        return {"gpu_power_w": (mw_counter + mw_power) / 1000.0}
 
     def probes(self) -> list[Probe]:
-        return [Probe(read=self.read_power_w, name="nvml power")] if self.power_handles else []
+        return [Probe(read=self.read_power_w, name="nvml power")] if self.gpus.handles else []
 
     def stop(self) -> list[Reading]:
         t1 = self.clock()
@@ -286,7 +295,13 @@ class GpuEnergyMeter(Meter):
             else:
                 value += joules
         self._start_mj = None
-        return [Reading(self.field, value, "J", self.source)]
+        readings = [Reading(self.field, value, "J", self.source)]
+        if self.counter_handles:
+            # cross-check of the counter: sampled power integrated over the same window
+            with self._lock:
+                check = self._power_all.integral(self._t0, t1)
+            readings.append(Reading("energy_gpu_power_j", check, "J", "nvml-power"))
+        return readings
 
     def sample_notes(self) -> list[str]:
         return list(self._notes)
