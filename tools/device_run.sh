@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The GPU measurements of issues 3 and 4, as run on the lent GPU machine (see tools/README.md).
+#   bash tools/device_run.sh install-ov   # first call: carries .whl-ov (openvino wheel alone)
+#   bash tools/device_run.sh issue3       # carries .whl: torch-cpu vs torch-cuda on two replicas
+#   bash tools/device_run.sh issue4       # torch-cpu, torch-cuda, onnx-cpu, openvino-cpu on two replicas
+# DRY=1 runs a tiny CPU-only version of the same sessions locally to check the script.
+# Each session is capped with SIGINT (pytest then finishes cleanly); finished samples are
+# never lost. Results: one tarball of the report directories under $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/greenserve-out}; mkdir -p "$OUT"
+SITE=/tmp/site; CACHE=${GREENSERVE_CACHE:-/tmp/gscache}; REPORTS=/tmp/greports
+PY=${PY:-python3}
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+
+install() {  # wheels carried in folder $1 go to /tmp/site, which outlives calls while the machine is warm
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE "$1"/*.whl || exit 3
+}
+export PYTHONPATH=$SITE:$PWD
+
+session() {  # session NAME CAP_S pytest-args...
+  local name=$1 cap=$2; shift 2
+  # not pip-installed there (no build backend offline): load the plugin by module name instead
+  local plugin="-p pytest_greenserve.plugin"
+  $PY -c "import importlib.metadata as m, sys; sys.exit(0 if any(e.name == 'greenserve' for e in m.entry_points(group='pytest11')) else 1)" && plugin=""
+  echo "=== $name (cap ${cap}s) $(date +%T)"
+  timeout -s INT -k 30 "$cap" $PY -m pytest benchmarks/test_autocomplete.py $plugin -q -rs \
+    -p no:cacheprovider --greenserve-cache-dir=$CACHE --greenserve-report-dir=$REPORTS/$name \
+    --greenserve-weights=replica "$@" 2>&1 | grep -vE "Warning|warnings.warn|^\s+(if|return|torch\.|with) " | tail -40
+  echo "=== $name done $(date +%T)"
+}
+
+probe() {
+  nvidia-smi --query-gpu=name,memory.total,driver_version,power.draw,power.limit --format=csv
+  nproc; free -g | head -2
+  $PY -c "import torch, transformers, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available(), transformers.__version__)"
+  $PY -c "import pynvml as n; n.nvmlInit(); h=n.nvmlDeviceGetHandleByIndex(0); print('energy counter mJ', n.nvmlDeviceGetTotalEnergyConsumption(h))"
+}
+
+pack() {
+  (cd $REPORTS && tar czf "$OUT/reports-$1.tgz" --exclude=latest .) && ls -la "$OUT"
+}
+
+if [ "${DRY:-0}" = 1 ]; then
+  small="--greenserve-prompts=4 --greenserve-runs=3 --greenserve-idle=1"
+  case "$1" in
+    issue3) session issue3-dry 200 --greenserve-models=mini-gpt2,mini-starcoder --greenserve-configs=torch-cpu,torch-cuda $small; pack issue3-dry ;;
+    issue4) session issue4-dry 300 --greenserve-models=mini-gpt2,mini-pythia --greenserve-configs=torch-cpu,torch-cuda,onnx-cpu,openvino-cpu $small; pack issue4-dry ;;
+  esac
+  exit 0
+fi
+
+case "$1" in
+  install-ov)
+    install .whl-ov; probe ;;
+  issue3)
+    install .whl; probe
+    session issue3-codeparrot 260 --greenserve-models=codeparrot-small --greenserve-configs=torch-cpu,torch-cuda \
+      --greenserve-prompts=64 --greenserve-runs=5 --greenserve-idle=5
+    session issue3-starcoderbase 250 --greenserve-models=starcoderbase-1b --greenserve-configs=torch-cpu,torch-cuda \
+      --greenserve-prompts=32 --greenserve-runs=5 --greenserve-idle=5
+    pack issue3 ;;
+  issue4)
+    [ -d $SITE/transformers ] || install .whl
+    session issue4 520 --greenserve-models=codeparrot-small,tiny-starcoder \
+      --greenserve-configs=torch-cpu,torch-cuda,onnx-cpu,openvino-cpu --greenserve-prompts=32 --greenserve-runs=3 --greenserve-idle=3
+    pack issue4 ;;
+esac
