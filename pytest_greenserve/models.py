@@ -17,14 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import socket
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from .engines.base import ModelHandle
+from .fsutil import build_dir_atomically
 
 DATA = resources.files("pytest_greenserve") / "data"
 
@@ -156,17 +155,13 @@ def build_model_dir(cfg: dict, out_dir: Path, seed: int = 0, progress=None) -> P
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config.pad_token_id = tok.pad_token_id
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".tmp-"))
-    try:
+
+    def save(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "greenserve.json").write_text(json.dumps({"weights": "replica", "seed": seed}))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    build_dir_atomically(out_dir, save)
     return out_dir
 
 

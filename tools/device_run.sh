@@ -59,6 +59,11 @@ case "$1" in
     session issue3-starcoderbase 250 --greenserve-models=starcoderbase-1b --greenserve-configs=torch-cpu,torch-cuda \
       --greenserve-prompts=32 --greenserve-runs=5 --greenserve-idle=5
     pack issue3 ;;
+  issue3-starcoderbase)  # the second replica again, alone, for 5 repetitions of both configurations
+    install .whl
+    session issue3-starcoderbase-5 420 --greenserve-models=starcoderbase-1b --greenserve-configs=torch-cpu,torch-cuda \
+      --greenserve-prompts=32 --greenserve-runs=5 --greenserve-idle=5
+    pack issue3-starcoderbase ;;
   issue4)
     [ -d $SITE/transformers ] || install .whl
     session issue4 520 --greenserve-models=codeparrot-small,tiny-starcoder \

@@ -124,6 +124,25 @@ def cuda_unavailable_reason() -> str | None:
     return None
 
 
+def load_torch_model(engine: "Engine"):
+    """The engine's model as an eager transformers model in fp32 on its provider's device.
+
+    Shared by the engines that run PyTorch themselves (``torch``, ``jit``); a model that
+    cannot be loaded becomes a one-line EngineError.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if engine.options.threads and engine.provider == "cpu":
+        torch.set_num_threads(engine.options.threads)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(engine.model.ref, dtype=torch.float32)
+    except Exception as exc:  # OSError (no weights), ValueError/KeyError (unknown architecture), ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EngineError(f"{engine.name} could not load {engine.model.name}: {first}") from exc
+    return model.to("cuda" if engine.provider == "cuda" else "cpu").eval()
+
+
 class FirstTokenTimer:
     """A transformers StoppingCriteria that notes when the first new token exists.
 

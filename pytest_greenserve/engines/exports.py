@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
+from ..fsutil import build_dir_atomically
 from .base import ModelHandle
 
 
@@ -22,22 +20,17 @@ def export_dir(model: ModelHandle, engine: str, versions: dict[str, str]) -> Pat
 def cached_export(target: Path, build: Callable[[Path], None], progress: Callable[[str], None] | None = None) -> Path:
     """Return ``target``, building it with ``build(tmpdir)`` first unless a finished export is there.
 
-    The export is written to a temporary sibling and renamed into place, so an interrupted
-    export never leaves a half-written cache entry behind.
+    The export is written to a temporary sibling and renamed into place (``fsutil``), so an
+    interrupted export never leaves a half-written cache entry behind.
     """
     marker = target / ".greenserve-complete"
     if marker.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     if progress:
         progress(f"exporting to {target} (cached for later sessions)")
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
+
+    def build_and_mark(tmp: Path) -> None:
         build(tmp)
         (tmp / ".greenserve-complete").write_text("ok")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return build_dir_atomically(target, build_and_mark)

@@ -28,7 +28,7 @@ import time
 import warnings
 from typing import Sequence
 
-from .base import Engine, EngineError, Generation, cuda_unavailable_reason, missing_module_reason
+from .base import Engine, EngineError, Generation, cuda_unavailable_reason, load_torch_model, missing_module_reason
 
 #: prompt length used for the example inputs of the traces (any length > 1 works)
 TRACE_PROMPT_LEN = 8
@@ -137,17 +137,9 @@ class JitEngine(Engine):
 
     def load(self):
         import torch
-        from transformers import AutoModelForCausalLM
 
-        if self.options.threads and self.provider == "cpu":
-            torch.set_num_threads(self.options.threads)
         self.device = "cuda" if self.provider == "cuda" else "cpu"
-        try:
-            model = AutoModelForCausalLM.from_pretrained(self.model.ref, dtype=torch.float32)
-        except Exception as exc:  # OSError (no weights), ValueError/KeyError (unknown architecture), ...
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise EngineError(f"jit could not load {self.model.name}: {first}") from exc
-        model = model.to(self.device).eval()
+        model = load_torch_model(self)
         if self.options.progress:
             self.options.progress(f"tracing {self.model.name} with TorchScript (prefill and decode step)")
         vocab = model.config.get_text_config().vocab_size

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .base import Engine, EngineError, Generation, cuda_unavailable_reason, hf_generate, missing_module_reason
+from .base import Engine, Generation, cuda_unavailable_reason, hf_generate, load_torch_model, missing_module_reason
 
 
 class TorchEngine(Engine):
@@ -19,17 +19,8 @@ class TorchEngine(Engine):
         return reason
 
     def load(self):
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        if self.options.threads and self.provider == "cpu":
-            torch.set_num_threads(self.options.threads)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(self.model.ref, dtype=torch.float32)
-        except (OSError, ValueError) as exc:
-            raise EngineError(f"torch could not load {self.model.name}: {exc}".splitlines()[0]) from exc
         self.device = "cuda" if self.provider == "cuda" else "cpu"
-        self.torch_model = model.to(self.device).eval()
+        self.torch_model = load_torch_model(self)
 
     def generate(self, input_ids: Sequence[int], new_tokens: int) -> Generation:
         import torch
