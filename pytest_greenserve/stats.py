@@ -637,7 +637,13 @@ def _guidelines(valid: pd.DataFrame, stats: pd.DataFrame, energy_metric: str) ->
                            if p <= ALPHA else f"not significantly different ({fmt_p(p)})")
                 else:
                     sig = "not tested: " + _not_tested_reason(stats, machine, model, key)
-                diff = f", {(vs - vb) / vs * 100:.1f}% less" if (pd.notna(vb) and pd.notna(vs) and vs) else ""
+                diff = ""
+                if pd.notna(vb) and pd.notna(vs) and vs:
+                    change = (vs - vb) / vs * 100
+                    # the resource rule ranks several metrics, so its pick can be higher on this one
+                    diff = f", {change:.1f}% less" if change >= 0 else f", {-change:.1f}% more"
+                    if change < 0:
+                        sig = sig.replace("significantly lower", "significantly higher")
                 evidence.append(f"{model}: {best} — median {metric.label}{est} {fmt_value(vb, metric.unit)} vs "
                                 f"{fmt_value(vs, metric.unit)} for the runner-up {second}{diff}; {sig}")
             if ranks:
