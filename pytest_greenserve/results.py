@@ -64,6 +64,12 @@ def machine_info() -> dict:
     return info
 
 
+def machine_label(info: dict) -> str:
+    """How a machine is named in reports: hostnames alone collide (every VM here is 'vm')."""
+    hardware = info.get("gpu") or f"{info.get('cpu_count')} CPUs"
+    return f"{info.get('hostname')} ({hardware})"
+
+
 class ResultsStore:
     """Append-only store of samples for one run, in ``<report_dir>/<run_id>/``."""
 

@@ -19,7 +19,7 @@ from .configs import ServingConfig
 from .engines.base import Engine, EngineError, EngineOptions, ModelHandle, library_versions
 from .models import ModelSpec, WeightsUnavailable, resolve
 from .prompts import make_prompts
-from .results import ResultsStore, machine_info, new_run_id
+from .results import ResultsStore, machine_info, machine_label, new_run_id
 
 LIBRARIES = ("pytest-greenserve", "torch", "transformers", "optimum", "optimum-onnx", "optimum-intel",
              "onnxruntime", "onnxruntime-gpu", "openvino", "psutil", "nvidia-ml-py", "pingouin")
@@ -63,7 +63,7 @@ def plan(settings: Settings) -> list[Case]:
     one model is loaded at a time.
     """
     cases = []
-    for n, model in enumerate(settings.models):
+    for model in settings.models:
         block = [Case(model, cfg, rep) for cfg in settings.configs for rep in range(1, settings.runs + 1)]
         random.Random(f"{settings.seed}:{model}").shuffle(block)
         cases += block
@@ -109,6 +109,8 @@ class GreenserveSession:
     def handle(self, model: str) -> ModelHandle:
         """Resolve (building a replica if needed) the model's weights; raises WeightsUnavailable."""
         if model not in self._handles:
+            if self._loaded is not None and self._loaded.model != model:
+                self._close_loaded()  # resolving may build a replica: keep one model in memory
             spec = self.models[model]
             try:
                 self._handles[model] = resolve(spec, self.settings.weights, self.settings.local_paths.get(model),
@@ -285,7 +287,7 @@ class GreenserveSession:
         self._order += 1
         sample = {
             "run_id": self.run_id,
-            "machine": (self._machine or {}).get("hostname"),
+            "machine": machine_label(self._machine or machine_info()),
             "model": case.model,
             "weights": handle.weights,
             "engine": case.config.engine,
