@@ -64,6 +64,11 @@ case "$1" in
     session issue3-starcoderbase-5 420 --greenserve-models=starcoderbase-1b --greenserve-configs=torch-cpu,torch-cuda \
       --greenserve-prompts=32 --greenserve-runs=5 --greenserve-idle=5
     pack issue3-starcoderbase ;;
+  cuda-engines)  # every engine on cuda that can run there (onnx-cuda needs onnxruntime-gpu: it says so)
+    install .whl
+    session cuda-engines 200 --greenserve-models=mini-gpt2,mini-starcoder,mini-pythia \
+      --greenserve-configs=torch-cuda,jit-cuda,onnx-cuda --greenserve-prompts=16 --greenserve-runs=3 --greenserve-idle=2
+    pack cuda-engines ;;
   issue4)
     [ -d $SITE/transformers ] || install .whl
     session issue4 520 --greenserve-models=codeparrot-small,tiny-starcoder \
