@@ -164,3 +164,24 @@ def test_meterset_shuts_nvml_down_on_close(tmp_path, no_cuda_env):
     assert nv.init_count == 1
     ms.close()
     assert nv.init_count == 0
+
+
+def test_counter_is_cross_checked_by_integrated_power(clock):
+    """With a counter, sampled power integrated over the same window is reported beside it,
+    so a reader can see the two methods agree (they did within 2% on an H100)."""
+    gpu = FakeGpu(energy_mj=1_000_000, power_mw=200_000)
+    gpus = NvmlGpus(FakeNvml([gpu]), indices=(0,))
+    meter = GpuEnergyMeter(gpus, clock=clock)
+    sampler = Sampler(meter.probes(), hz=10, clock=clock)
+    meter.start()
+    sampler.start(threaded=False)           # 200 W at t=0
+    for _ in range(10):                     # one second at a steady 200 W
+        clock.advance(0.1)
+        sampler.tick()
+    gpu.energy_mj += 200_000                # the counter saw 200 J too
+    readings = {r.field: r for r in meter.stop()}
+    sampler.stop()
+    assert readings["energy_gpu_j"].value == pytest.approx(200.0)
+    assert readings["energy_gpu_j"].source == "nvml-counter"
+    assert readings["energy_gpu_power_j"].value == pytest.approx(200.0)
+    assert readings["energy_gpu_power_j"].source == "nvml-power"
