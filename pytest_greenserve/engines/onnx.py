@@ -54,6 +54,12 @@ class OnnxEngine(Engine):
             use_cache=True, use_io_binding=cuda,
         )
         self.device = "cuda" if cuda else "cpu"
+        wanted = PROVIDER_NAMES[self.provider]
+        active = list(getattr(self.ort_model, "providers", [wanted]))
+        if active[:1] != [wanted]:
+            # ONNX Runtime silently falls back to the CPU when a provider cannot start;
+            # measuring that as "onnx-cuda" would be a lie.
+            raise EngineError(f"onnxruntime did not start {wanted} for {self.model.name} (active: {', '.join(active)})")
 
     def generate(self, input_ids: Sequence[int], new_tokens: int) -> Generation:
         return hf_generate(self.ort_model, input_ids, new_tokens, self.model, device=self.device)
