@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..analysis.summaries import summarise
 from ..results import samples_frame, write_csv
 from ..stats import Analysis, analyze, prepare
-from ..stats import _summary as summarise
 from .guidelines import guideline_markdown
 from .tables import (SUMMARY_HEADERS, best_savings_lines, category_rows, energy_cell, markdown_table, per_token_cell,
                      plain, rate, summary_rows, text_table)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..stats import Analysis, Guideline
+from ..analysis.guidelines import Guideline
+from ..stats import Analysis
 
 SHAPE_QUESTION = {
     "energy-constrained": "If energy is your constraint (battery, carbon budget, cost per request)",

@@ -8,7 +8,10 @@ from importlib import metadata
 
 import pandas as pd
 
-from ..stats import METRIC_BY_NAME, Analysis, fmt_p, prepare, source_note
+from ..analysis.formatting import fmt_p
+from ..analysis.metrics import METRIC_BY_NAME
+from ..analysis.sources import source_note
+from ..stats import Analysis, prepare
 from . import plots
 from .guidelines import guideline_text
 from .tables import (SUMMARY_HEADERS, best_savings_lines, category_rows, html_table, savings_rows,

@@ -14,7 +14,10 @@ import io
 
 import pandas as pd
 
-from ..stats import METRIC_BY_NAME, is_estimated, pareto_front, sort_configs
+from ..analysis.metrics import METRIC_BY_NAME
+from ..analysis.ordering import sort_configs
+from ..analysis.pareto import pareto_front
+from ..analysis.sources import is_estimated
 
 BOX_METRICS = ["energy_net_j", "energy_cpu_j", "energy_gpu_j", "time_s", "cpu_pct", "ram_pct", "gpu_pct",
                "gpu_mem_util_pct", "gpu_mem_used_pct"]
@@ -52,7 +55,7 @@ def _label(metric: str, samples: pd.DataFrame) -> str:
     m = METRIC_BY_NAME[metric]
     if not m.source:
         return f"{m.label} ({m.unit})"
-    from ..stats import row_energy_source
+    from ..analysis.sources import row_energy_source
 
     return energy_label(metric, [row_energy_source(r, m.source) for r in samples.to_dict("records")])
 

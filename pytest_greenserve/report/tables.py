@@ -11,7 +11,9 @@ import math
 
 import pandas as pd
 
-from ..stats import fmt_value, is_estimated, sort_configs
+from ..analysis.formatting import fmt_value
+from ..analysis.ordering import sort_configs
+from ..analysis.sources import is_estimated
 
 
 def _missing(v) -> bool:

@@ -1,0 +1,108 @@
+"""The energy-, latency- and resource-constrained guidelines, with the evidence behind each pick."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .formatting import fmt_p, fmt_value
+from .hypothesis import ALPHA
+from .metrics import METRIC_BY_NAME, RESOURCE_METRICS
+from .ordering import config_sort_key
+from .sources import source_note
+
+
+@dataclass
+class Guideline:
+    shape: str  # energy-constrained | latency-constrained | resource-constrained
+    machine: str
+    best_config: str | None
+    per_model: dict[str, str]
+    evidence: list[str]
+    caveats: list[str] = field(default_factory=list)
+
+    @property
+    def headline(self) -> str:
+        if not self.best_config:
+            return f"{self.shape}: no recommendation ({'; '.join(self.caveats) or 'no data'})"
+        return f"{self.shape}: use {self.best_config}"
+
+
+def _pair_p(stats: pd.DataFrame, machine, model, metric, a, b):
+    r = stats[(stats["machine"] == machine) & (stats["model"] == model) & (stats["metric"] == metric)
+              & (stats["test"].isin(["games_howell", "dunn"]))
+              & (((stats["config_a"] == a) & (stats["config_b"] == b)) | ((stats["config_a"] == b) & (stats["config_b"] == a)))]
+    if r.empty:
+        return None, None
+    return r["p_value"].iloc[0], r["test"].iloc[0]
+
+
+def _not_tested_reason(stats: pd.DataFrame, machine, model, metric) -> str:
+    r = stats[(stats["machine"] == machine) & (stats["model"] == model) & (stats["metric"] == metric)
+              & (stats["test"] == "omnibus")]
+    return str(r["reason"].iloc[0]) if not r.empty and r["reason"].iloc[0] else "see the statistics table"
+
+
+def build_guidelines(valid: pd.DataFrame, stats: pd.DataFrame, energy_metric: str) -> list[Guideline]:
+    out = []
+    shapes = [("energy-constrained", [energy_metric], "lowest median energy"),
+              ("latency-constrained", ["time_s"], "lowest median time"),
+              ("resource-constrained", RESOURCE_METRICS, "lowest mean rank of RAM, CPU and GPU-memory use")]
+    for machine, m in valid.groupby("machine", sort=False):
+        for shape, metrics, rule in shapes:
+            per_model, evidence, caveats, ranks = {}, [], [], {}
+            for model, g in m.groupby("model", sort=True):
+                # rank only on metrics every configuration has (GPU memory is absent on CPU runs)
+                usable = [x for x in metrics if g[x].notna().all()] or [x for x in metrics if g[x].notna().any()]
+                if not usable:
+                    caveats.append(f"{model}: no " + ", ".join(METRIC_BY_NAME[x].label for x in metrics) + " recorded")
+                    continue
+                rank = pd.concat([g.set_index("config")[x].rank(method="average") for x in usable], axis=1).mean(axis=1)
+                rank = rank.dropna()
+                if rank.empty:
+                    continue
+                ordered = sorted(rank.index, key=lambda c: (rank[c], config_sort_key(c)))
+                best = ordered[0]
+                per_model[model] = best
+                for c in rank.index:
+                    ranks.setdefault(c, []).append(rank[c])
+                if len(ordered) == 1:
+                    evidence.append(f"{model}: {best} is the only configuration measured")
+                    continue
+                second = ordered[1]
+                key = usable[0]
+                gi = g.set_index("config")
+                vb, vs = gi.loc[best, key], gi.loc[second, key]
+                metric = METRIC_BY_NAME[key]
+                p, test = _pair_p(stats, machine, model, key, best, second)
+                est = " (estimated)" if metric.source and (gi.loc[best, "estimated"] or gi.loc[second, "estimated"]) else ""
+                if p is not None and not pd.isna(p):
+                    sig = (f"significantly lower ({'Games-Howell' if test == 'games_howell' else 'Dunn-Holm'} {fmt_p(p)})"
+                           if p <= ALPHA else f"not significantly different ({fmt_p(p)})")
+                else:
+                    sig = "not tested: " + _not_tested_reason(stats, machine, model, key)
+                diff = ""
+                if pd.notna(vb) and pd.notna(vs) and vs:
+                    change = (vs - vb) / vs * 100
+                    # the resource rule ranks several metrics, so its pick can be higher on this one
+                    diff = f", {change:.1f}% less" if change >= 0 else f", {-change:.1f}% more"
+                    if change < 0:
+                        sig = sig.replace("significantly lower", "significantly higher")
+                evidence.append(f"{model}: {best} — median {metric.label}{est} {fmt_value(vb, metric.unit)} vs "
+                                f"{fmt_value(vs, metric.unit)} for the runner-up {second}{diff}; {sig}")
+            if ranks:
+                wins = pd.Series(per_model).value_counts()
+                best_config = sorted(ranks, key=lambda c: (-wins.get(c, 0), np.mean(ranks[c]), config_sort_key(c)))[0]
+                evidence.insert(0, f"{best_config} has the {rule} for {wins.get(best_config, 0)} of "
+                                   f"{len(per_model)} model(s) on {machine}")
+            else:
+                best_config = None
+            if any(m[x].notna().any() for x in metrics if METRIC_BY_NAME[x].source):
+                srcs = {c: s for c, s in zip(m["config"], m["energy_source"])}
+                n = source_note(srcs)
+                if n:
+                    caveats.append(n)
+            out.append(Guideline(shape, machine, best_config, per_model, evidence, caveats))
+    return out

@@ -1,0 +1,109 @@
+"""Per-configuration medians, the paper's savings ranges and the per-size-category medians (Tables 4 and 5)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .categories import category_label, model_category
+from .floats import as_float
+from .formatting import pct_text
+from .metrics import METRICS
+from .ordering import config_sort_key, sort_configs
+from .sources import group_energy_source, is_estimated, source_note
+
+
+def summarise(df: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for (machine, model, config), g in df.groupby(["machine", "model", "config"], sort=False):
+        row = dict(machine=machine, model=model, config=config, category=model_category(model),
+                   n=len(g), error_prone=bool(g["error_prone"].any()),
+                   match_rate=as_float(g["match_rate"].mean()),
+                   energy_source=group_energy_source(g, "total"),
+                   energy_cpu_source=group_energy_source(g, "cpu"),
+                   energy_gpu_source=group_energy_source(g, "gpu"))
+        for m in METRICS:
+            row[m.name] = as_float(g[m.name].median())
+        for col in ("rss_peak_mb", "gpu_mem_peak_mb", "energy_idle_j"):
+            row[col] = as_float(g[col].median())
+        row["estimated"] = is_estimated(row["energy_source"])
+        out.append(row)
+    cols = ["machine", "model", "config", "category", "n", "error_prone", "match_rate", "energy_source",
+            "energy_cpu_source", "energy_gpu_source", "estimated"] + [m.name for m in METRICS] + \
+        ["rss_peak_mb", "gpu_mem_peak_mb", "energy_idle_j"]
+    s = pd.DataFrame(out, columns=cols)
+    if not s.empty:
+        s["_k"] = s["config"].map(config_sort_key)
+        s = s.sort_values(["machine", "model", "_k"]).drop(columns="_k").reset_index(drop=True)
+    return s
+
+
+def pick_energy_metric(summary: pd.DataFrame) -> str:
+    for name in ("energy_net_j", "energy_total_j"):
+        if name in summary and summary[name].notna().any():
+            return name
+    return "energy_net_j"
+
+
+def savings_tables(valid: pd.DataFrame, energy_metric: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Per machine: the paper's 'X% to Y% less' ranges across models, and per-category medians."""
+    sav_rows, cat_rows, cat_sav = [], [], []
+    for machine, m in valid.groupby("machine", sort=False):
+        for metric in (energy_metric, "time_s"):
+            configs = sort_configs(m["config"])
+            for a in configs:
+                for b in configs:
+                    if a == b:
+                        continue
+                    pcts, models, srcs = [], [], {}
+                    for model, g in m.groupby("model"):
+                        ra, rb = g[g["config"] == a], g[g["config"] == b]
+                        if ra.empty or rb.empty:
+                            continue
+                        va, vb = ra[metric].iloc[0], rb[metric].iloc[0]
+                        if va is None or vb is None or pd.isna(va) or pd.isna(vb) or vb == 0:
+                            continue
+                        pcts.append((vb - va) / vb * 100.0)
+                        models.append(model)
+                        srcs[a], srcs[b] = ra["energy_source"].iloc[0], rb["energy_source"].iloc[0]
+                    if not pcts:
+                        continue
+                    lo, hi = min(pcts), max(pcts)
+                    what = "energy" if metric != "time_s" else "time"
+                    if lo >= 0:
+                        text = f"{a} uses from {pct_text(lo)} up to {pct_text(hi)} less {what} than {b}"
+                    elif hi <= 0:
+                        text = f"{a} uses from {pct_text(-hi)} up to {pct_text(-lo)} more {what} than {b}"
+                    else:
+                        text = (f"{a} uses from {pct_text(-lo)} more up to {pct_text(hi)} less {what} than {b}"
+                                " (depends on the model)")
+                    text += f" ({len(pcts)} model{'s' if len(pcts) != 1 else ''})"
+                    note = source_note(srcs) if metric != "time_s" else ""
+                    sav_rows.append(dict(machine=machine, metric=metric, config=a, other=b, n_models=len(pcts),
+                                         min_pct=lo, max_pct=hi, models=",".join(models), text=text, note=note))
+        # Tables 4 and 5: per size-category medians of the per-sample values
+        for cat_key, g in m.groupby(m["category"].map(category_label), sort=True):
+            med = {}
+            for config, gc in g.groupby("config"):
+                med[config] = dict(machine=machine, category=cat_key, config=config, models=gc["model"].nunique())
+                for metric in ("energy_net_j", "energy_total_j", "energy_cpu_j", "energy_gpu_j", "time_s",
+                               "j_per_token", "ms_per_token"):
+                    med[config][metric] = (as_float(gc[f"_samples_{metric}"].iloc[0])
+                                           if f"_samples_{metric}" in gc else None)
+                med[config]["energy_source"] = " / ".join(sorted({s for s in gc["energy_source"] if s})) or None
+                med[config]["estimated"] = any(is_estimated(s) for s in gc["energy_source"] if s)
+                cat_rows.append(med[config])
+            for metric in (energy_metric, "time_s"):
+                for a in med:
+                    for b in med:
+                        va, vb = med[a].get(metric), med[b].get(metric)
+                        if a == b or va is None or vb is None or vb == 0:
+                            continue
+                        cat_sav.append(dict(machine=machine, category=cat_key, metric=metric, config=a, other=b,
+                                            saving_pct=(vb - va) / vb * 100.0))
+    sav = pd.DataFrame(sav_rows, columns=["machine", "metric", "config", "other", "n_models", "min_pct", "max_pct",
+                                          "models", "text", "note"])
+    cat = pd.DataFrame(cat_rows)
+    if not cat.empty:
+        cat["_k"] = cat["config"].map(config_sort_key)
+        cat = cat.sort_values(["machine", "category", "_k"]).drop(columns="_k").reset_index(drop=True)
+    return sav, cat, pd.DataFrame(cat_sav, columns=["machine", "category", "metric", "config", "other", "saving_pct"])
