@@ -131,6 +131,27 @@ def read_samples(paths: Iterable[Path]) -> list[dict]:
     return rows
 
 
+def mark_error_prone(rows: list[dict]) -> list[dict]:
+    """A configuration whose outputs ever disagreed with torch's is error-prone for that model.
+
+    Every sample of such a (machine, model, configuration) is marked, in place, so the
+    analysis excludes the configuration as a whole (the paper dropped JIT for producing
+    wrong completions). A sample already marked stays marked; samples without a match rate
+    (no reference) and no mark are left as they are.
+    """
+    def key(r):
+        return r.get("machine"), r["model"], r["config"]
+
+    bad = {key(r) for r in rows
+           if r.get("error_prone") is True or (r.get("match_rate") is not None and r["match_rate"] < 1.0)}
+    for r in rows:
+        if key(r) in bad:
+            r["error_prone"] = True
+        elif r.get("match_rate") is not None:
+            r["error_prone"] = False
+    return rows
+
+
 def samples_frame(rows: list[dict]):
     import pandas as pd
 

@@ -98,6 +98,7 @@ class GreenserveSession:
         self._loaded: _Loaded | None = None
         self._order = 0
         self._machine = None
+        self.final_rows: list[dict] = []  # the saved samples, read back once at session end
 
     # -- what can run -------------------------------------------------------------------
     def unavailable_reason(self, config: ServingConfig) -> str | None:
@@ -337,38 +338,20 @@ class GreenserveSession:
             for note in self.meters.notes():
                 self.progress(f"greenserve meters: {note}")
 
-    def finished_rows(self) -> list[dict]:
-        """This run's samples as saved, with ``error_prone`` set for whole configurations."""
+    def write_reports(self) -> dict:
+        """Read this run's samples back as saved, once, and render every report from them."""
+        from .report import write_reports
         from .results import read_samples
 
-        rows = read_samples([self.store.run_dir])
-        return mark_error_prone(rows)
-
-    def write_reports(self) -> dict:
-        from .report import write_reports
-
-        rows = self.finished_rows()
-        self.store.write_meta(self.meta())
-        return write_reports(rows, self.store.run_dir, self.meta())
+        self.final_rows = read_samples([self.store.run_dir])
+        meta = self.meta()
+        self.store.write_meta(meta)
+        return write_reports(self.final_rows, self.store.run_dir, meta)
 
     def summary_lines(self) -> list[str]:
         from .report import terminal_summary
 
         html = (self.report_paths or {}).get("html")
-        lines = terminal_summary(self.finished_rows(), report_path=html)
+        lines = terminal_summary(self.final_rows, report_path=html)
         lines.append(f"greenserve samples: {self.store.samples_path}")
         return lines
-
-
-def mark_error_prone(rows: list[dict]) -> list[dict]:
-    """A configuration whose outputs ever disagreed with torch's is error-prone for that model.
-
-    Every sample of such a (model, configuration) is marked, so the analysis excludes the
-    configuration as a whole (the paper dropped JIT for producing wrong completions).
-    """
-    bad = {(r["model"], r["config"]) for r in rows
-           if r.get("match_rate") is not None and r["match_rate"] < 1.0}
-    for r in rows:
-        if r.get("match_rate") is not None:
-            r["error_prone"] = (r["model"], r["config"]) in bad
-    return rows

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..analysis.summaries import summarise
-from ..results import samples_frame, write_csv
+from ..results import mark_error_prone, samples_frame, write_csv
 from ..stats import Analysis, analyze, prepare
 from .guidelines import guideline_markdown
 from .tables import (SUMMARY_HEADERS, best_savings_lines, category_rows, energy_cell, markdown_table, per_token_cell,
@@ -53,6 +53,7 @@ def write_reports(rows: list[dict], run_dir: Path, meta: dict | None = None) -> 
     meta = dict(meta or {})
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    mark_error_prone(rows)  # per sample as measured -> per configuration, for samples.csv too
     df = samples_frame(rows)
     analysis = analyze(df)
     paths = {"samples": run_dir / "samples.csv", "stats": run_dir / "stats.csv",
