@@ -11,62 +11,17 @@ Bad input gives one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
+from .results import SamplesError, read_run
+
 EXIT_USAGE = 2
-REQUIRED_KEYS = ("model", "config")
 
 
 class InputError(Exception):
     """Unusable input; the message is one line meant for the user."""
-
-
-def _samples_path(path: Path) -> Path:
-    if path.is_dir():
-        path = path / "samples.jsonl"
-    if not path.is_file():
-        raise InputError(f"{path}: no such file (give a run directory or a samples.jsonl file)")
-    return path
-
-
-def load_run(path: Path) -> tuple[list[dict], dict]:
-    """Samples and run.json metadata (if any) of one run directory or samples.jsonl file.
-
-    Only a torn *last* line is tolerated (an interrupted session); any other bad line is an error.
-    """
-    file = _samples_path(path)
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{file}: cannot read ({exc.__class__.__name__}: {exc})") from None
-    numbered = [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip()]
-    rows = []
-    for i, (n, line) in enumerate(numbered):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if i == len(numbered) - 1 and i > 0:
-                print(f"greenserve: {file}:{n}: skipping a torn last line", file=sys.stderr)
-                continue
-            raise InputError(f"{file}:{n}: corrupt sample line ({exc.msg})") from None
-        if not isinstance(row, dict) or any(k not in row and not (k == "config" and "engine" in row)
-                                            for k in REQUIRED_KEYS):
-            raise InputError(f"{file}:{n}: not a greenserve sample (needs {', '.join(REQUIRED_KEYS)})")
-        rows.append(row)
-    if not rows:
-        raise InputError(f"{file}: no samples")
-    meta = {}
-    run_json = file.parent / "run.json"
-    if run_json.is_file():
-        try:
-            meta = json.loads(run_json.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            print(f"greenserve: {run_json}: unreadable, ignored", file=sys.stderr)
-            meta = {}
-    return rows, meta if isinstance(meta, dict) else {}
 
 
 def merge_meta(metas: list[dict], run_ids: list[str]) -> dict:
@@ -87,7 +42,9 @@ def cmd_report(args) -> int:
     paths = [Path(p) for p in args.paths]
     rows, metas, run_ids = [], [], []
     for p in paths:
-        r, m = load_run(p)
+        r, m = read_run(p)  # SamplesError (a ValueError) names file:line; main() prints it
+        if not r:
+            raise InputError(f"{p}: no samples")
         rows += r
         metas.append(m)
         run_ids.append(str(m.get("run_id") or (p.name if p.is_dir() else p.parent.name)))
@@ -147,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.func(args)
-    except InputError as exc:
+    except (InputError, SamplesError) as exc:
         print(f"greenserve: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -70,3 +70,30 @@ def pytest_greenserve_register_models(registry: dict) -> None:
 
     .. versionadded:: 0.1
     """
+
+
+@hookspec
+def pytest_greenserve_register_metrics(registry: dict) -> None:
+    """Add metrics to ``registry`` (name -> :class:`~pytest_greenserve.metrics.Metric`), or replace one.
+
+    One entry is all a metric needs: the sample builder computes a metric with ``derive`` (or
+    a meter fills its field), and samples.csv, stats.csv (``analysed``), report.html
+    (``plotted``) and summary.md pick it up. ``derive`` gets the sample (a dict of its other
+    fields) and must return None, never 0, when an input is missing. The built-ins come first
+    in the registry's order. Example: throughput, in a ``conftest.py``::
+
+        from pytest_greenserve.metrics import Metric
+
+        def tokens_per_s(sample):
+            tokens, time_s = sample.get("tokens_generated"), sample.get("time_s")
+            return tokens / time_s if tokens is not None and time_s else None
+
+        def pytest_greenserve_register_metrics(registry):
+            registry["tokens_per_s"] = Metric("tokens_per_s", "tokens/s", "throughput", better="higher",
+                                              kind="time", analysed=True, plotted=True, derive=tokens_per_s)
+
+    then ``pytest benchmarks``: samples.csv gets a ``tokens_per_s`` column, stats.csv its tests
+    and report.html a box plot per model.
+
+    .. versionadded:: 0.2
+    """

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .engines.base import ModelHandle
+from .handle import ModelHandle
 from .fsutil import build_dir_atomically
 
 DATA = resources.files("pytest_greenserve") / "data"
@@ -214,12 +214,32 @@ def parse_model_list(text: str) -> tuple[list[str], dict[str, str]]:
 
 
 def spec_for(name: str, local_path: str | None = None) -> ModelSpec:
+    """The registered spec of ``name``, or one read from ``local_path``'s config.json.
+
+    A local path is checked even for a registered name; raises ModelError (one line).
+    """
+    cfg = _local_config(name, local_path) if local_path is not None else None
     if name in REGISTRY:
         return REGISTRY[name]
-    if local_path is None:
+    if cfg is None:
         raise ModelError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
-    cfg = json.loads((Path(local_path) / "config.json").read_text())
-    return ModelSpec(name, cfg.get("model_type", "unknown"))
+    return ModelSpec(name, str(cfg.get("model_type", "unknown")))
+
+
+def _local_config(name: str, local_path: str) -> dict:
+    """The config.json of a local model directory; ModelError if there is none to read."""
+    path = Path(local_path) / "config.json"
+    if not path.is_file():
+        raise ModelError(f"model path {local_path!r} for {name!r} has no config.json "
+                         f"(expected a Hugging Face model directory)")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"model path {local_path!r} for {name!r}: cannot read config.json "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"model path {local_path!r} for {name!r}: config.json is not a JSON object")
+    return cfg
 
 
 def _hub_reachable(timeout: float = 2.0) -> bool:

@@ -8,43 +8,19 @@ selects models and configurations as a pytest user expects.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from . import hookspecs
-from .configs import ConfigError, parse_config_list
+from . import hookspecs, options
 from .engines.base import EngineError
-from .models import DEFAULT_MODELS, REGISTRY, ModelError, WeightsUnavailable, default_cache_dir, parse_model_list, spec_for
-from .session import GreenserveSession, Settings, plan
+from .models import DEFAULT_MODELS, REGISTRY, WeightsUnavailable
+from .options import OPTIONS, OptionError, Settings, option, read_settings
+from .session import GreenserveSession, plan
 
 SESSION_KEY = pytest.StashKey["GreenserveSession"]()
 CASE_FIXTURE = "greenserve_case"
-
-# (option suffix, ini/metavar, default, help). Every option is also an ini key greenserve_<name>.
-OPTIONS = [
-    ("models", "NAMES", ",".join(DEFAULT_MODELS),
-     "comma-separated model names, name=/local/path, bare paths, 'paper' or 'all' "
-     "(unset: the embedded mini models, or any model that -k names)"),
-    ("configs", "CONFIGS", "all", "serving configurations ENGINE-PROVIDER, e.g. torch-cpu,onnx-cpu; 'all'"),
-    ("runs", "N", "3", "repetitions of every model x configuration"),
-    ("prompts", "N", "164", "first N of HumanEval's 164 short prompts"),
-    ("new-tokens", "N", "32", "tokens generated per request (greedy, EOS ignored)"),
-    ("seed", "N", "0", "seed for prompt windows, replica weights and run order"),
-    ("weights", "auto|hub|replica", "auto", "where weights come from; replica = random weights, same shapes"),
-    ("report-dir", "DIR", "reports", "where run reports are written (relative to rootdir)"),
-    ("cache-dir", "DIR", "", "cache of replicas, exports and reference tokens (default $GREENSERVE_CACHE or "
-                              "~/.cache/pytest-greenserve)"),
-    ("warmup", "N", "2", "requests sent after each load, before measuring"),
-    ("idle", "SECONDS", "5", "idle-power baseline measured before each configuration (the paper used 300)"),
-    ("cooldown", "SECONDS", "0", "rest between configurations"),
-    ("sampler-hz", "HZ", "10", "utilisation sampling rate"),
-    ("cpu-watts", "W_PER_CORE[,IDLE_W]", "", "power model for estimated CPU energy where RAPL is absent"),
-    ("wattmeter", "URL", "", "wall-socket meter with a NETIO-style JSON API, e.g. http://10.0.0.5/netio.json"),
-    ("openvino-precision", "f32|bf16|default", "f32",
-     "OpenVINO inference precision (its bf16 CPU default changes greedy tokens)"),
-    ("threads", "N", "", "CPU threads for the engines (default: library default)"),
-]
 
 
 def pytest_addhooks(pluginmanager):
@@ -53,112 +29,52 @@ def pytest_addhooks(pluginmanager):
 
 def pytest_addoption(parser):
     group = parser.getgroup("greenserve", "serving-configuration energy benchmarks (pytest-greenserve)")
-    for name, metavar, default, help_text in OPTIONS:
-        group.addoption(f"--greenserve-{name}", metavar=metavar, default=None,
-                        help=f"{help_text} (default: {default or 'unset'}; ini: greenserve_{name.replace('-', '_')})")
-        parser.addini(f"greenserve_{name.replace('-', '_')}", help_text, default=None)
+    for opt in OPTIONS:  # options.py holds every default, check and help text
+        group.addoption(opt.flag, metavar=opt.metavar, default=None,
+                        help=f"{opt.help} (default: {opt.shown_default}; ini: {opt.ini})")
+        parser.addini(opt.ini, opt.help, default=None)
 
 
-def _value(config, name: str, default: str) -> str:
-    cli = config.getoption(f"--greenserve-{name}")
+def _raw(config, name: str) -> str | None:
+    """What the user gave for option ``name``: the command line's value, else the ini's, else None."""
+    opt = option(name)
+    cli = config.getoption(opt.flag)
     if cli is not None:
         return cli
-    ini = config.getini(f"greenserve_{name.replace('-', '_')}")
-    return ini if ini not in (None, "", []) else default
+    ini = config.getini(opt.ini)
+    return ini if ini not in (None, "", []) else None
 
 
-def _int(config, name, default, low=1, high=None) -> int:
-    raw = _value(config, name, default)
-    try:
-        value = int(raw)
-    except ValueError:
-        raise pytest.UsageError(f"--greenserve-{name}={raw!r}: expected a whole number") from None
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise pytest.UsageError(f"--greenserve-{name}={value}: must be {bound}")
-    return value
-
-
-def _float(config, name, default, low=0.0) -> float:
-    raw = _value(config, name, default)
-    try:
-        value = float(raw)
-    except ValueError:
-        raise pytest.UsageError(f"--greenserve-{name}={raw!r}: expected a number") from None
-    if value < low:
-        raise pytest.UsageError(f"--greenserve-{name}={value}: must be at least {low}")
-    return value
+def _models_chosen(config) -> bool:
+    """Whether --greenserve-models (or its ini key) names models."""
+    return bool(_raw(config, "models"))
 
 
 def _settings(config, engines: dict, models: dict) -> Settings:
-    defaults = {name: default for name, _, default, _ in OPTIONS}
-    chosen = _value(config, "models", "")
     try:
-        if chosen:
-            names, paths = parse_model_list(chosen)
-        else:
-            # Every registered model gets items, so that `-k phi2` reaches phi2; only the
-            # embedded defaults run unless -k names another (see pytest_collection_modifyitems).
-            names, paths = list(DEFAULT_MODELS) + [m for m in models if m not in DEFAULT_MODELS], {}
-        for name in names:
-            if name not in models:
-                spec = spec_for(name, paths.get(name))
-                models[name] = spec
-        configs = parse_config_list(_value(config, "configs", defaults["configs"]), engines)
-    except (ModelError, ConfigError) as exc:
+        return read_settings(lambda name: _raw(config, name), engines=engines, models=models,
+                             rootpath=Path(config.rootpath))
+    except OptionError as exc:
         raise pytest.UsageError(str(exc)) from None
-    weights = _value(config, "weights", "auto")
-    if weights not in ("auto", "hub", "replica"):
-        raise pytest.UsageError(f"--greenserve-weights={weights!r}: expected auto, hub or replica")
-    precision = _value(config, "openvino-precision", "f32")
-    if precision not in ("f32", "bf16", "f16", "default"):
-        raise pytest.UsageError(f"--greenserve-openvino-precision={precision!r}: expected f32, bf16, f16 or default")
-    threads = _value(config, "threads", "")
-    cache = _value(config, "cache-dir", "")
-    report_dir = Path(_value(config, "report-dir", "reports"))
-    if not report_dir.is_absolute():
-        report_dir = Path(config.rootpath) / report_dir
-    return Settings(
-        models=tuple(names), local_paths=paths, configs=tuple(configs),
-        runs=_int(config, "runs", "3"),
-        prompts=_int(config, "prompts", "164", high=164),
-        new_tokens=_int(config, "new-tokens", "32"),
-        seed=_int(config, "seed", "0", low=0),
-        weights=weights, report_dir=report_dir,
-        cache_dir=Path(cache).expanduser() if cache else default_cache_dir(),
-        warmup=_int(config, "warmup", "2", low=0),
-        idle_s=_float(config, "idle", "5"),
-        cooldown_s=_float(config, "cooldown", "0"),
-        threads=int(threads) if threads else None,
-        openvino_precision=precision,
-    )
-
-
-def _meter_settings(config):
-    from .meters import MeterSettings, parse_cpu_watts
-
-    kwargs = {}
-    watts = _value(config, "cpu-watts", "")
-    if watts:
-        try:
-            parsed = parse_cpu_watts(watts)
-        except ValueError as exc:
-            raise pytest.UsageError(f"--greenserve-cpu-watts: {exc}") from None
-        kwargs["cpu_watts_per_core"] = parsed[0] if parsed else None
-        if parsed:
-            kwargs["cpu_idle_watts"] = parsed[1]
-    url = _value(config, "wattmeter", "")
-    if url and not url.startswith(("http://", "https://")):
-        raise pytest.UsageError(f"--greenserve-wattmeter={url!r}: expected an http:// or https:// URL")
-    return MeterSettings(sampler_hz=_float(config, "sampler-hz", "10", low=0.1), wattmeter_url=url or None, **kwargs)
 
 
 def _meter_set(config, meter_settings):
+    """Every meter registered through the hook, the built-ins first (meters/builtin.py)."""
     from .meters import MeterSet
 
-    extra: list = []
-    config.hook.pytest_greenserve_register_meters(settings=meter_settings, meters=extra)
-    return MeterSet(meter_settings, extra_meters=extra)
+    meters: list = []
+    config.hook.pytest_greenserve_register_meters(settings=meter_settings, meters=meters)
+    return MeterSet(meter_settings, meters=meters)
+
+
+def _register_builtins(config) -> None:
+    """The built-in engines, meters and metrics register through the hooks users implement."""
+    from . import engines, metrics
+    from .meters import builtin as meters
+
+    for name, module in (("engines", engines), ("meters", meters), ("metrics", metrics)):
+        if not config.pluginmanager.is_registered(module):
+            config.pluginmanager.register(module, f"greenserve-builtin-{name}")
 
 
 def _progress_writer(config):
@@ -179,21 +95,20 @@ def _progress_writer(config):
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config):
-    from . import engines as builtin_engines
-
     config.addinivalue_line("markers", "greenserve: a pytest-greenserve serving benchmark item")
-    if not config.pluginmanager.is_registered(builtin_engines):
-        config.pluginmanager.register(builtin_engines, "greenserve-builtin-engines")
+    _register_builtins(config)
     engines: dict = {}
     config.hook.pytest_greenserve_register_engines(registry=engines)
     models = dict(REGISTRY)
     config.hook.pytest_greenserve_register_models(registry=models)
+    metrics: dict = {}
+    config.hook.pytest_greenserve_register_metrics(registry=metrics)
     settings = _settings(config, engines, models)
-    meter_settings = _meter_settings(config)
+    meter_settings = options.meter_settings(settings)
     # Meters are created lazily (first measured sample) so that plain test runs pay nothing.
-    session = GreenserveSession(settings, engines, models, meters=None, progress=_progress_writer(config))
-    session.meter_factory = lambda: _meter_set(config, meter_settings)
-    config.stash[SESSION_KEY] = session
+    config.stash[SESSION_KEY] = GreenserveSession(
+        settings, engines, models, progress=_progress_writer(config), metrics=metrics,
+        meters_factory=lambda: _meter_set(config, meter_settings))
 
 
 def pytest_generate_tests(metafunc):
@@ -211,7 +126,7 @@ def _named_by_keyword(config, model: str) -> bool:
 def pytest_collection_modifyitems(config, items):
     """Mark greenserve items; without --greenserve-models, keep only the embedded defaults and
     the models a -k expression names, so a bare `pytest benchmarks` never downloads a model."""
-    explicit = bool(_value(config, "models", ""))
+    explicit = _models_chosen(config)
     keep, dropped = [], []
     for item in items:
         case = getattr(item, "callspec", None) and item.callspec.params.get(CASE_FIXTURE)
@@ -237,7 +152,6 @@ class Greenserve:
 
     def measure(self) -> dict:
         """Run all prompts once against the case; return the sample (also saved to disk)."""
-        self.session.ensure_meters()
         try:
             return self.session.measure(self.case)
         except EngineError as exc:
@@ -267,26 +181,52 @@ def pytest_report_header(config):
             f"runs={s.runs} prompts={s.prompts} new_tokens={s.new_tokens} weights={s.weights} seed={s.seed}"]
 
 
+@dataclass
+class SessionEnd:
+    """What session end produced, for the terminal summary."""
+
+    rows: list = field(default_factory=list)  # the samples as saved
+    report_paths: dict = field(default_factory=dict)
+    report_error: str | None = None
+
+
+END_KEY = pytest.StashKey[SessionEnd]()
+
+
 def pytest_sessionfinish(session, exitstatus):
+    """Reports first, from the samples as saved; the energy gate (which will set the exit
+    status) comes after them, so a failing gate never costs the user the reports."""
     gs = session.config.stash.get(SESSION_KEY, None)
     if gs is None:
         return
     gs.close()
-    if gs.samples:
-        try:
-            gs.report_paths = gs.write_reports()
-        except Exception as exc:  # the samples are safe on disk; say how to render them later
-            gs.report_error = (f"greenserve: reports not written ({type(exc).__name__}: {exc}); the samples are in "
-                               f"{gs.store.samples_path}; render them with: greenserve report {gs.store.run_dir}")
+    if not gs.samples:
+        return
+    end = session.config.stash[END_KEY] = SessionEnd()
+    try:
+        from .report import write_reports
+
+        end.rows = gs.saved_samples()
+        meta = gs.meta()
+        gs.store.write_meta(meta)
+        end.report_paths = write_reports(end.rows, gs.store.run_dir, meta, metrics=gs.metrics)
+    except Exception as exc:  # the samples are safe on disk; say how to render them later
+        first = (str(exc).splitlines() or [""])[0]
+        end.report_error = (f"greenserve: reports not written ({type(exc).__name__}: {first}); the samples are in "
+                            f"{gs.store.samples_path}; render them with: greenserve report {gs.store.run_dir}")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     gs = config.stash.get(SESSION_KEY, None)
-    if gs is None or not gs.samples:
+    end = config.stash.get(END_KEY, None)
+    if gs is None or end is None:
         return
+    from .report import terminal_summary
+
     terminalreporter.section("greenserve")
-    if getattr(gs, "report_error", None):
-        terminalreporter.write_line(gs.report_error.splitlines()[0], red=True)
+    if end.report_error:
+        terminalreporter.write_line(end.report_error, red=True)
         return
-    for line in gs.summary_lines():
+    for line in terminal_summary(end.rows, report_path=end.report_paths.get("html")):
         terminalreporter.write_line(line)
+    terminalreporter.write_line(f"greenserve samples: {gs.store.samples_path}")

@@ -3,6 +3,10 @@
 One *sample* is one run of all prompts against one model in one serving configuration.
 Each finished sample is appended at once to ``reports/<run-id>/samples.jsonl`` (flushed and
 fsynced), so an interrupted session keeps every finished sample.
+
+Every sample and ``run.json`` carry ``schema_version`` (:data:`SCHEMA_VERSION`); samples
+written before it existed have none and read as version 0. :func:`read_run` and
+:func:`read_samples` are the one reader of saved runs, for the session and ``greenserve report``.
 """
 
 from __future__ import annotations
@@ -11,29 +15,39 @@ import json
 import os
 import platform
 import socket
+import sys
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
-# Columns of samples.csv, in order. Units are in the names. Values that could not be
-# measured are empty (None), never 0.
-SAMPLE_COLUMNS = [
-    "run_id", "machine", "model", "weights", "engine", "provider", "config", "repetition", "order",
-    "requests", "new_tokens", "tokens_generated", "prompt_tokens_mean",
-    "time_s", "latency_mean_s", "latency_p50_s", "latency_p95_s", "ttft_mean_s", "ms_per_token",
-    "match_rate", "error_prone",
-    # energy (issue 3): joules over the whole sample; per-token is derived by division
-    "energy_cpu_j", "energy_gpu_j", "energy_total_j", "energy_idle_j", "energy_net_j",
-    "energy_cpu_source", "energy_gpu_source", "energy_total_source", "j_per_token",
-    # cross-check of the GPU counter: NVML power sampled by the sampler and integrated
-    "energy_gpu_power_j",
-    # optional wall-socket meter (never added to the total)
-    "energy_wall_j", "energy_wall_source", "energy_wall_idle_j", "energy_wall_net_j",
-    # utilisation: means over the sample
-    "cpu_pct", "ram_pct", "proc_cpu_pct", "proc_ram_pct", "gpu_pct", "gpu_mem_util_pct", "gpu_mem_used_pct",
-    "rss_peak_mb", "gpu_mem_peak_mb", "sampler_hz", "sampler_overhead_pct",
-    "meter_time_s", "started_at", "finished_at",
+from .metrics import Metric, metrics_or_builtin
+
+# Version of the sample and run.json layout this code writes and understands. Bump it when a
+# field changes meaning or unit (not when one is added), so that an older pytest-greenserve
+# refuses runs it would misread.
+SCHEMA_VERSION = 1
+
+# Columns of samples.csv, in order: who and what was measured, the metrics (one column per
+# registered metric, in the registry's order; see metrics.py), then where the numbers come from.
+# Units are in the names. Values that could not be measured are empty (None), never 0.
+CONTEXT_COLUMNS = [
+    "run_id", "machine", "model", "category", "weights", "engine", "provider", "config", "repetition", "order",
+    "requests", "new_tokens", "tokens_generated", "prompt_tokens_mean", "error_prone",
 ]
+PROVENANCE_COLUMNS = [
+    "energy_cpu_source", "energy_gpu_source", "energy_total_source", "energy_wall_source", "started_at",
+    "finished_at",
+]
+
+
+def sample_columns(metrics: dict[str, Metric] | None = None) -> list[str]:
+    """The columns of samples.csv for this metric registry (None: the built-in metrics)."""
+    names = metrics_or_builtin(metrics)
+    return list(dict.fromkeys([*CONTEXT_COLUMNS, *names, *PROVENANCE_COLUMNS]))
+
+
+SAMPLE_COLUMNS = sample_columns()  # the built-in metrics' columns
+
 # Fields kept only in samples.jsonl (lists and nested objects).
 JSON_ONLY = ["latencies_s", "ttfts_s", "token_ids_digest", "versions", "machine_info", "meter_notes"]
 
@@ -93,6 +107,9 @@ class ResultsStore:
             (self.report_dir / "LATEST").write_text(self.run_id + "\n")
 
     def append(self, sample: dict) -> None:
+        """Append one sample (stamped with ``schema_version`` unless it has one), flushed and fsynced."""
+        if "schema_version" not in sample:
+            sample = {"schema_version": SCHEMA_VERSION, **sample}
         line = json.dumps(sample, default=_json_default, allow_nan=False)
         with open(self.samples_path, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
@@ -100,6 +117,8 @@ class ResultsStore:
             os.fsync(fh.fileno())
 
     def write_meta(self, meta: dict) -> None:
+        if "schema_version" not in meta:
+            meta = {"schema_version": SCHEMA_VERSION, **meta}
         (self.run_dir / "run.json").write_text(json.dumps(meta, indent=2, default=_json_default))
 
 
@@ -111,23 +130,101 @@ def _json_default(obj):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def read_samples(paths: Iterable[Path]) -> list[dict]:
-    """Read samples from run directories or samples.jsonl files; a torn last line is skipped."""
+class SamplesError(ValueError):
+    """A saved run that cannot be read; the message is one line, ``file:line: reason``."""
+
+
+# Keys every sample has (``engine`` stands in for ``config`` in hand-made files).
+REQUIRED_KEYS = ("model", "config")
+
+
+def _stderr_note(message: str) -> None:
+    print(f"greenserve: {message}", file=sys.stderr)
+
+
+def samples_file(path: Path) -> Path:
+    """The samples.jsonl of a run directory, or the file itself; SamplesError if there is none."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "samples.jsonl"
+    if not path.is_file():
+        raise SamplesError(f"{path}: no such file (give a run directory or a samples.jsonl file)")
+    return path
+
+
+def _schema_version(obj: dict, where: str) -> int:
+    version = obj.get("schema_version", 0)  # written before schema_version existed: version 0
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise SamplesError(f"{where}: bad schema_version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise SamplesError(f"{where}: schema_version {version} is newer than this pytest-greenserve reads "
+                           f"({SCHEMA_VERSION}); upgrade pytest-greenserve")
+    return version
+
+
+def read_sample_file(path: Path, note: Callable[[str], None] | None = None) -> list[dict]:
+    """The samples of one run directory or samples.jsonl file, as saved.
+
+    Only a torn *last* line (a session interrupted mid-write) is tolerated: it is skipped
+    and ``note`` (default: a line on stderr) says so. Any other line that is not a JSON
+    object with ``model`` and ``config``, or whose ``schema_version`` is newer than
+    :data:`SCHEMA_VERSION`, raises :class:`SamplesError` naming ``file:line``. Samples
+    without ``schema_version`` (older runs) are accepted.
+    """
+    note = note or _stderr_note
+    file = samples_file(path)
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise SamplesError(f"{file}: cannot read ({exc.__class__.__name__}: {exc.strerror or exc})") from None
+    numbered = [(n, line.strip()) for n, line in enumerate(data.split(b"\n"), 1) if line.strip()]
+    rows = []
+    for i, (n, raw) in enumerate(numbered):
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            if i == len(numbered) - 1:
+                note(f"{file}:{n}: skipping a torn last line (an interrupted session)")
+                continue
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+            raise SamplesError(f"{file}:{n}: corrupt sample line ({why})") from None
+        if not isinstance(row, dict) or any(k not in row and not (k == "config" and "engine" in row)
+                                            for k in REQUIRED_KEYS):
+            raise SamplesError(f"{file}:{n}: not a greenserve sample (needs {', '.join(REQUIRED_KEYS)})")
+        _schema_version(row, f"{file}:{n}")
+        rows.append(row)
+    return rows
+
+
+def read_meta(path: Path, note: Callable[[str], None] | None = None) -> dict:
+    """run.json beside a run's samples ({} if absent; an unreadable one is noted and ignored)."""
+    note = note or _stderr_note
+    path = Path(path)
+    run_json = (path if path.is_dir() else path.parent) / "run.json"
+    if not run_json.is_file():
+        return {}
+    try:
+        meta = json.loads(run_json.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        note(f"{run_json}: unreadable, ignored")
+        return {}
+    if not isinstance(meta, dict):
+        note(f"{run_json}: not a JSON object, ignored")
+        return {}
+    _schema_version(meta, str(run_json))
+    return meta
+
+
+def read_run(path: Path, note: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:
+    """Samples (see :func:`read_sample_file`) and run.json metadata of one saved run."""
+    return read_sample_file(path, note), read_meta(path, note)
+
+
+def read_samples(paths: Iterable[Path], note: Callable[[str], None] | None = None) -> list[dict]:
+    """The samples of several run directories or samples.jsonl files, in order (see :func:`read_sample_file`)."""
     rows = []
     for path in paths:
-        path = Path(path)
-        if path.is_dir():
-            path = path / "samples.jsonl"
-        with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    # a session killed mid-write leaves at most one torn line at the end
-                    continue
+        rows += read_sample_file(path, note)
     return rows
 
 
@@ -152,16 +249,17 @@ def mark_error_prone(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def samples_frame(rows: list[dict]):
+def samples_frame(rows: list[dict], metrics: dict[str, Metric] | None = None):
+    """The samples as a DataFrame with every column of :func:`sample_columns` (missing ones None)."""
     import pandas as pd
 
     df = pd.DataFrame(rows)
-    for col in SAMPLE_COLUMNS:
+    for col in sample_columns(metrics):
         if col not in df.columns:
             df[col] = None
     return df
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    df = samples_frame(rows)
-    df[SAMPLE_COLUMNS].to_csv(path, index=False)
+def write_csv(rows: list[dict], path: Path, metrics: dict[str, Metric] | None = None) -> None:
+    columns = sample_columns(metrics)
+    samples_frame(rows, metrics)[columns].to_csv(path, index=False)

@@ -26,26 +26,26 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .analysis.categories import category_label, model_category
+from .analysis.categories import category_label, group_category
 from .analysis.effect_sizes import epsilon_squared_kw, hedges_g, omega_squared_welch
 from .analysis.floats import as_float, as_numeric
 from .analysis.formatting import fmt_p, fmt_value
 from .analysis.guidelines import Guideline, build_guidelines
 from .analysis.hypothesis import ALPHA, MIN_REPS, STATS_COLUMNS, Decision, compare, stats_row
-from .analysis.metrics import METRIC_BY_NAME, METRICS, RESOURCE_METRICS, Metric
 from .analysis.ordering import config_sort_key, sort_configs
 from .analysis.pareto import pareto_front
 from .analysis.sources import group_energy_source, is_estimated, row_energy_source, source_note
 from .analysis.summaries import pick_energy_metric, savings_tables, summarise
+from .metrics import Metric, analysed, builtin_metrics, metrics_or_builtin
 
 __all__ = [
     # entry point and results
     "analyze", "prepare", "Analysis", "Decision", "Exclusion", "Guideline",
-    # metrics, test parameters, stats.csv layout
-    "Metric", "METRICS", "METRIC_BY_NAME", "RESOURCE_METRICS", "ALPHA", "MIN_REPS", "STATS_COLUMNS",
+    # metrics (the registry: pytest_greenserve.metrics), test parameters, stats.csv layout
+    "Metric", "builtin_metrics", "ALPHA", "MIN_REPS", "STATS_COLUMNS",
     # configuration order, energy sources, categories
     "config_sort_key", "sort_configs", "row_energy_source", "is_estimated", "group_energy_source", "source_note",
-    "model_category", "category_label",
+    "group_category", "category_label",
     # effect sizes, Pareto front, formatting, summaries
     "omega_squared_welch", "epsilon_squared_kw", "hedges_g", "pareto_front", "fmt_p", "fmt_value", "summarise",
 ]
@@ -91,8 +91,8 @@ class Analysis:
 
 # ---------------------------------------------------------------- preparation
 
-def prepare(df: pd.DataFrame) -> pd.DataFrame:
-    """Normalise a samples frame: machine/config as strings, metrics numeric, error_prone bool."""
+def prepare(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> pd.DataFrame:
+    """Normalise a samples frame: machine/config as strings, metrics and category numeric, error_prone bool."""
     df = df.copy()
     for col in ("machine", "model", "config"):
         if col not in df.columns:
@@ -103,9 +103,9 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
         df["config"] = df["config"].where(df["config"].notna(), filled)
     df["config"] = df["config"].astype(str)
     df["model"] = df["model"].astype(str)
-    for m in METRICS:
-        df[m.name] = as_numeric(df[m.name]) if m.name in df.columns else np.nan
-    for col in ("match_rate", "rss_peak_mb", "gpu_mem_peak_mb", "energy_idle_j", "tokens_generated"):
+    for name in metrics_or_builtin(metrics):
+        df[name] = as_numeric(df[name]) if name in df.columns else np.nan
+    for col in ("match_rate", "rss_peak_mb", "gpu_mem_peak_mb", "energy_idle_j", "tokens_generated", "category"):
         df[col] = as_numeric(df[col]) if col in df.columns else np.nan
     ep = df["error_prone"] if "error_prone" in df.columns else pd.Series(False, index=df.index)
     df["error_prone"] = ep.map(
@@ -118,15 +118,20 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- entry point
 
-def analyze(df: pd.DataFrame) -> Analysis:
-    """Answer the paper's questions for the samples in ``df`` (see the module docstring)."""
-    df = prepare(df)
+def analyze(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> Analysis:
+    """Answer the paper's questions for the samples in ``df`` (see the module docstring).
+
+    ``metrics``: the metric registry (None: the built-in metrics); its ``analysed`` metrics are tested.
+    """
+    metrics = metrics_or_builtin(metrics)
+    tested = analysed(metrics)
+    df = prepare(df, metrics)
     stats_rows: list[dict] = []
     decisions: list[Decision] = []
     exclusions: list[Exclusion] = []
     findings: dict[tuple[str, str], list[str]] = {}
     notes: list[str] = []
-    summary = summarise(df)
+    summary = summarise(df, metrics)
     machines = list(dict.fromkeys(df["machine"]))
     if df.empty:
         notes.append("no samples: nothing to analyse")
@@ -141,11 +146,11 @@ def analyze(df: pd.DataFrame) -> Analysis:
         if bad:
             words.append("Excluded as error-prone: " + ", ".join(bad) + " (outputs disagreed with the torch reference).")
         good = g[~g["error_prone"]]
-        sources = {c: group_energy_source(gc, "total") for c, gc in good.groupby("config")}
-        cpu_sources = {c: group_energy_source(gc, "cpu") for c, gc in good.groupby("config")}
-        gpu_sources = {c: group_energy_source(gc, "gpu") for c, gc in good.groupby("config")}
-        for metric in METRICS:
-            srcs = {"total": sources, "cpu": cpu_sources, "gpu": gpu_sources}.get(metric.source or "total", sources)
+        # per energy source (total, cpu, gpu...): configuration -> source label
+        sources = {which: {c: group_energy_source(gc, which) for c, gc in good.groupby("config")}
+                   for which in dict.fromkeys(["total", *(m.energy_source for m in tested if m.energy_source)])}
+        for metric in tested:
+            srcs = sources[metric.energy_source or "total"]
             if good.empty:
                 reason = "every configuration of this model was error-prone (outputs disagreed with torch); nothing to compare"
                 stats_rows.append(stats_row(machine=machine, model=model, metric=metric.name, test="omnibus",
@@ -169,22 +174,21 @@ def analyze(df: pd.DataFrame) -> Analysis:
         notes.append("net energy was not recorded; savings, Pareto fronts and guidelines use gross energy")
     # per-sample medians per category need the samples, not per-model medians
     cat_samples = df[~df["error_prone"]].copy()
-    cat_samples["category"] = cat_samples["model"].map(model_category)
+    cat_samples["category"] = cat_samples["model"].map(df.groupby("model")["category"].agg(group_category))
     if not valid.empty:
-        for metric in ("energy_net_j", "energy_total_j", "energy_cpu_j", "energy_gpu_j", "time_s", "j_per_token",
-                       "ms_per_token"):
+        for metric in (m.name for m in tested):
             med = cat_samples.groupby(["machine", cat_samples["category"].map(category_label), "config"])[metric].median()
             valid[f"_samples_{metric}"] = [
                 med.get((r.machine, category_label(r.category), r.config)) for r in valid.itertuples()]
-        savings, cat_medians, cat_savings = savings_tables(valid, energy_metric)
+        savings, cat_medians, cat_savings = savings_tables(valid, energy_metric, metrics)
         valid = valid.drop(columns=[c for c in valid.columns if c.startswith("_samples_")])
-        guidelines = build_guidelines(valid, stats, energy_metric)
+        guidelines = build_guidelines(valid, stats, energy_metric, metrics)
     else:
-        savings, cat_medians, cat_savings = savings_tables(valid, energy_metric)
+        savings, cat_medians, cat_savings = savings_tables(valid, energy_metric, metrics)
         guidelines = []
         if not df.empty:
             notes.append("every configuration was error-prone or no samples remain: no savings or guidelines")
-    for metric in METRICS:
+    for metric in tested:
         if df[metric.name].isna().all() and not df.empty:
             notes.append(f"{metric.label} ({metric.name}) was not recorded in any sample; its tests are skipped")
     if len(machines) > 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 
 from pytest_greenserve.cli import main
+from pytest_greenserve.results import SCHEMA_VERSION
 from report.synth import make_rows, write_run
 
 
@@ -52,6 +54,46 @@ def test_corrupt_file_exits_2_with_one_line(tmp_path, capsys):
     assert main(["report", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "corrupt" in err and "samples.jsonl:2" in err
+
+
+def small_rows(run_id: str) -> list[dict]:
+    return make_rows(models=("mini-gpt2",), configs=("torch-cpu", "onnx-cpu"), reps=3, run_id=run_id)
+
+
+def test_torn_last_line_is_skipped_with_a_note(tmp_path, capsys):
+    run = write_run(tmp_path, small_rows("run-t"), "run-t")
+    with open(run / "samples.jsonl", "a") as fh:
+        fh.write('{"model": "mini-gpt2", "conf')   # a session killed mid-write
+    out = tmp_path / "out"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert "samples.jsonl:7: skipping a torn last line" in capsys.readouterr().err
+    assert len(pd.read_csv(out / "samples.csv")) == 6
+
+
+def test_newer_schema_exits_2_with_one_line(tmp_path, capsys):
+    run = write_run(tmp_path, small_rows("run-n"), "run-n")
+    with open(run / "samples.jsonl", "a") as fh:
+        fh.write(json.dumps({"model": "mini-gpt2", "config": "torch-cpu", "schema_version": SCHEMA_VERSION + 1}) + "\n")
+    assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "samples.jsonl:7: schema_version" in err and "newer" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_old_run_without_schema_version_is_reported(tmp_path, capsys):
+    run = tmp_path / "old-run"
+    run.mkdir()
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in small_rows("old-run")))
+    out = tmp_path / "out"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert len(pd.read_csv(out / "samples.csv")) == 6 and (out / "report.html").is_file()
+
+
+def test_file_without_samples_exits_2(tmp_path, capsys):
+    f = tmp_path / "samples.jsonl"
+    f.write_text("\n")
+    assert main(["report", str(f)]) == 2
+    assert capsys.readouterr().err.strip() == f"greenserve: {f}: no samples"
 
 
 def test_missing_path_exits_2_without_traceback(tmp_path):

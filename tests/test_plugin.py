@@ -20,6 +20,7 @@ import time
 import pytest
 
 from pytest_greenserve.configs import ServingConfig
+from pytest_greenserve.results import machine_label
 from pytest_greenserve.session import Settings, plan
 
 # The 3-line test in benchmarks/test_autocomplete.py.
@@ -242,10 +243,16 @@ def test_configuration_that_cannot_run_here_is_skipped_with_the_reason(bench, cu
 @pytest.mark.parametrize("option, words", [
     ("--greenserve-configs=tensorrt-cpu", "unknown engine 'tensorrt'"),
     ("--greenserve-configs=openvino-cuda", "'openvino-cuda' does not exist"),
-    ("--greenserve-runs=0", "--greenserve-runs=0: must be at least 1"),
+    ("--greenserve-runs=0", "--greenserve-runs='0': must be at least 1"),
+    ("--greenserve-runs=x", "--greenserve-runs='x': expected a whole number"),
     ("--greenserve-models=gpt5", "unknown model 'gpt5'"),
     ("--greenserve-weights=cloud", "--greenserve-weights='cloud'"),
-    ("--greenserve-prompts=500", "--greenserve-prompts=500: must be between 1 and 164"),
+    ("--greenserve-prompts=500", "--greenserve-prompts='500': must be between 1 and 164"),
+    ("--greenserve-threads=two", "--greenserve-threads='two': expected a whole number"),
+    ("--greenserve-idle=inf", "--greenserve-idle='inf': expected a finite number"),
+    ("--greenserve-cpu-watts=lots", "--greenserve-cpu-watts='lots': expected W_PER_BUSY_CORE[,IDLE_W]"),
+    ("--greenserve-wattmeter=netio.local", "--greenserve-wattmeter='netio.local': expected an http://"),
+    ("--greenserve-models=foo=/", "model path '/' for 'foo' has no config.json"),
 ])
 def test_bad_option_is_a_one_line_usage_error(bench, option, words):
     result, _ = bench.collect(option)
@@ -264,12 +271,13 @@ def test_measured_run_writes_samples_and_reports(bench):
 
     samples = bench.samples()
     assert len(samples) == 4  # one line per passed item
+    run_meta = json.loads((bench.latest / "run.json").read_text(encoding="utf-8"))
     assert sorted((s["config"], s["repetition"]) for s in samples) == \
         [("onnx-cpu", 1), ("onnx-cpu", 2), ("torch-cpu", 1), ("torch-cpu", 2)]
     for s in samples:
         missing = [f for f in REQUIRED_SAMPLE_FIELDS if f not in s]
         assert not missing, missing
-        assert "machine_info" in s or "machine" in s
+        assert s["machine"] == machine_label(run_meta["machine_info"])  # the machine run.json describes
         assert (s["model"], s["engine"] + "-" + s["provider"]) == ("mini-gpt2", s["config"])
         assert s["requests"] == 3 and s["new_tokens"] == 6
         assert s["tokens_generated"] == s["requests"] * s["new_tokens"]  # exactly new_tokens per request
@@ -392,3 +400,41 @@ def test_engine_with_wrong_tokens_is_marked_error_prone_and_excluded(bench):
     assert re.search(r"mini-gpt2: wrongtorch-cpu — outputs disagreed with the torch reference", summary), summary
     result.stdout.fnmatch_lines(["mini-gpt2*wrongtorch-cpu !error-prone*",
                                  "!error-prone: outputs disagreed with torch; excluded from the statistics"])
+
+
+# ------------------------------------------------------------------ faults
+
+FLAKY_ENGINE = '''
+from pytest_greenserve.engines.torch_eager import TorchEngine
+
+
+class FlakyTorch(TorchEngine):
+    """torch that runs out of memory on the third request it ever gets (whatever the instance)."""
+    name = "flakytorch"
+    calls = 0
+
+    def generate(self, input_ids, new_tokens):
+        FlakyTorch.calls += 1
+        if FlakyTorch.calls == 3:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB (planted)")
+        return super().generate(input_ids, new_tokens)
+
+
+def pytest_greenserve_register_engines(registry):
+    registry["flakytorch"] = FlakyTorch
+'''
+
+
+def test_an_engine_raising_mid_sample_fails_that_item_alone(bench):
+    """The third request raises inside the first measured sample: that item fails with the
+    reason in one line, the meters are stopped, and the later samples measure normally."""
+    bench.pytester.makeconftest(FLAKY_ENGINE)
+    result = bench.run(configs="flakytorch-cpu", runs=3, prompts=3, warmup=0)
+    result.assert_outcomes(passed=2, failed=1)
+    out = result.stdout.str()
+    assert "request 3 of 3 failed: RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB (planted)" in out
+    assert "Traceback" not in out and "sampler already running" not in out
+    samples = bench.samples()
+    assert [s["config"] for s in samples] == ["flakytorch-cpu"] * 2
+    assert all(s["requests"] == 3 and s["match_rate"] == 1.0 for s in samples)
+    assert (bench.latest / "report.html").is_file()  # the session still reached its reports

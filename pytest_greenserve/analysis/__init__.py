@@ -1,6 +1,6 @@
 """The parts behind :func:`pytest_greenserve.stats.analyze`, one job per module.
 
-* ``metrics``: which metrics are analysed (name, label, unit, energy source);
+* ``metrics``: the analysed metrics, read from the metric registry (``pytest_greenserve.metrics``);
 * ``ordering``: the order configurations are listed in;
 * ``sources``: energy-source labels (measured or estimated) and the notes they call for;
 * ``floats``: turning values into floats (``None`` for NaN/inf), never NaN;

@@ -9,7 +9,7 @@ import pandas as pd
 
 from .formatting import fmt_p, fmt_value
 from .hypothesis import ALPHA
-from .metrics import METRIC_BY_NAME, RESOURCE_METRICS
+from .metrics import Metric, metrics_or_builtin, resource_metrics
 from .ordering import config_sort_key
 from .sources import source_note
 
@@ -45,19 +45,30 @@ def _not_tested_reason(stats: pd.DataFrame, machine, model, metric) -> str:
     return str(r["reason"].iloc[0]) if not r.empty and r["reason"].iloc[0] else "see the statistics table"
 
 
-def build_guidelines(valid: pd.DataFrame, stats: pd.DataFrame, energy_metric: str) -> list[Guideline]:
+def _words(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def build_guidelines(valid: pd.DataFrame, stats: pd.DataFrame, energy_metric: str,
+                     metrics: dict[str, Metric] | None = None) -> list[Guideline]:
+    """One guideline per machine and shape; the resource shape ranks :func:`~..metrics.resource_metrics`."""
+    registry = metrics_or_builtin(metrics)
+    resources = [m.name for m in resource_metrics(registry)]
     out = []
     shapes = [("energy-constrained", [energy_metric], "lowest median energy"),
               ("latency-constrained", ["time_s"], "lowest median time"),
-              ("resource-constrained", RESOURCE_METRICS, "lowest mean rank of RAM, CPU and GPU-memory use")]
+              ("resource-constrained", resources,
+               "lowest mean rank of " + _words([registry[x].label for x in resources]) if resources else "")]
     for machine, m in valid.groupby("machine", sort=False):
-        for shape, metrics, rule in shapes:
+        for shape, names, rule in shapes:
+            if not names:  # a registry without resource metrics
+                continue
             per_model, evidence, caveats, ranks = {}, [], [], {}
             for model, g in m.groupby("model", sort=True):
                 # rank only on metrics every configuration has (GPU memory is absent on CPU runs)
-                usable = [x for x in metrics if g[x].notna().all()] or [x for x in metrics if g[x].notna().any()]
+                usable = [x for x in names if g[x].notna().all()] or [x for x in names if g[x].notna().any()]
                 if not usable:
-                    caveats.append(f"{model}: no " + ", ".join(METRIC_BY_NAME[x].label for x in metrics) + " recorded")
+                    caveats.append(f"{model}: no " + ", ".join(registry[x].label for x in names) + " recorded")
                     continue
                 rank = pd.concat([g.set_index("config")[x].rank(method="average") for x in usable], axis=1).mean(axis=1)
                 rank = rank.dropna()
@@ -75,9 +86,9 @@ def build_guidelines(valid: pd.DataFrame, stats: pd.DataFrame, energy_metric: st
                 key = usable[0]
                 gi = g.set_index("config")
                 vb, vs = gi.loc[best, key], gi.loc[second, key]
-                metric = METRIC_BY_NAME[key]
+                metric = registry[key]
                 p, test = _pair_p(stats, machine, model, key, best, second)
-                est = " (estimated)" if metric.source and (gi.loc[best, "estimated"] or gi.loc[second, "estimated"]) else ""
+                est = " (estimated)" if metric.energy_source and (gi.loc[best, "estimated"] or gi.loc[second, "estimated"]) else ""
                 if p is not None and not pd.isna(p):
                     sig = (f"significantly lower ({'Games-Howell' if test == 'games_howell' else 'Dunn-Holm'} {fmt_p(p)})"
                            if p <= ALPHA else f"not significantly different ({fmt_p(p)})")
@@ -99,7 +110,7 @@ def build_guidelines(valid: pd.DataFrame, stats: pd.DataFrame, energy_metric: st
                                    f"{len(per_model)} model(s) on {machine}")
             else:
                 best_config = None
-            if any(m[x].notna().any() for x in metrics if METRIC_BY_NAME[x].source):
+            if any(m[x].notna().any() for x in names if registry[x].energy_source):
                 srcs = {c: s for c, s in zip(m["config"], m["energy_source"])}
                 n = source_note(srcs)
                 if n:

@@ -62,7 +62,7 @@ def compare(machine: str, model: str, metric: Metric, data: pd.DataFrame,
     words: list[str] = []
     energy_source = None
     note = ""
-    if metric.source:
+    if metric.energy_source:
         sub = {c: s for c, s in sources.items() if c in set(data["config"])}
         energy_source = " | ".join(f"{c}: {s or 'unknown'}" for c, s in sub.items()) or None
         note = source_note(sub)
@@ -249,8 +249,8 @@ def _findings(metric: Metric, sources: dict[str, str | None], kept: list[str], p
               center_name: str) -> list[str]:
     """The sentences for one (machine, model, metric): the omnibus result, then each significant pair."""
     words: list[str] = []
-    est = " (estimated energy)" if metric.source and any(is_estimated(sources.get(c)) for c in kept) else ""
-    mixed = " [energy sources differ across configurations]" if metric.source and \
+    est = " (estimated energy)" if metric.energy_source and any(is_estimated(sources.get(c)) for c in kept) else ""
+    mixed = " [energy sources differ across configurations]" if metric.energy_source and \
         len({sources.get(c) or "unknown" for c in kept}) > 1 else ""
     post = "Games-Howell" if path.startswith("welch") else "Dunn, Holm-adjusted"
     if omni["significant"]:
@@ -272,10 +272,11 @@ def _findings(metric: Metric, sources: dict[str, str | None], kept: list[str], p
 
 
 def _verb(metric: Metric, higher: bool) -> str:
-    if metric.kind == "time":
-        return ("is significantly slower than" if higher else "is significantly faster than") if metric.name == "time_s" \
-            else f"has a significantly {'longer' if higher else 'shorter'} {metric.label} than"
-    if metric.kind == "energy":
+    if metric.name == "time_s":
+        return "is significantly slower than" if higher else "is significantly faster than"
+    if metric.kind == "time" and metric.better == "lower":  # durations (a rate like tokens/s is "higher")
+        return f"has a significantly {'longer' if higher else 'shorter'} {metric.label} than"
+    if metric.kind == "energy" and metric.better == "lower":
         return f"uses significantly {'more' if higher else 'less'} {metric.label} than"
     return f"has significantly {'higher' if higher else 'lower'} {metric.label} than"
 

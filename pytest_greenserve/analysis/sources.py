@@ -15,9 +15,15 @@ def _src(value) -> str | None:
 
 
 def row_energy_source(row, which: str = "total") -> str | None:
-    """The source label of one sample's energy: ``rapl``, ``estimated-cpu-time+nvml-counter``..."""
-    cpu, gpu = _src(row.get("energy_cpu_source")), _src(row.get("energy_gpu_source"))
-    parts = {"cpu": [cpu], "gpu": [gpu], "total": [cpu, gpu]}[which]
+    """The source label of one sample's energy: ``rapl``, ``estimated-cpu-time+nvml-counter``...
+
+    ``which`` is a metric's ``energy_source``: ``total`` joins the CPU and GPU sources; any other
+    (``cpu``, ``gpu``, ``wall``...) reads the sample's ``energy_<which>_source``.
+    """
+    if which == "total":
+        parts = [_src(row.get("energy_cpu_source")), _src(row.get("energy_gpu_source"))]
+    else:
+        parts = [_src(row.get(f"energy_{which}_source"))]
     parts = [p for p in parts if p]
     return "+".join(parts) or None
 

@@ -4,31 +4,34 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .categories import category_label, model_category
+from .categories import category_label, group_category
 from .floats import as_float
 from .formatting import pct_text
-from .metrics import METRICS
+from .metrics import Metric, analysed
 from .ordering import config_sort_key, sort_configs
 from .sources import group_energy_source, is_estimated, source_note
 
 
-def summarise(df: pd.DataFrame) -> pd.DataFrame:
+def summarise(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> pd.DataFrame:
+    """One row per machine × model × configuration: medians of the analysed metrics (registry order)."""
+    names = [m.name for m in analysed(metrics)]
     out = []
+    category = df.groupby("model", sort=False)["category"].agg(group_category) if "category" in df else {}
     for (machine, model, config), g in df.groupby(["machine", "model", "config"], sort=False):
-        row = dict(machine=machine, model=model, config=config, category=model_category(model),
+        row = dict(machine=machine, model=model, config=config, category=category.get(model),
                    n=len(g), error_prone=bool(g["error_prone"].any()),
                    match_rate=as_float(g["match_rate"].mean()),
                    energy_source=group_energy_source(g, "total"),
                    energy_cpu_source=group_energy_source(g, "cpu"),
                    energy_gpu_source=group_energy_source(g, "gpu"))
-        for m in METRICS:
-            row[m.name] = as_float(g[m.name].median())
+        for name in names:
+            row[name] = as_float(g[name].median())
         for col in ("rss_peak_mb", "gpu_mem_peak_mb", "energy_idle_j"):
             row[col] = as_float(g[col].median())
         row["estimated"] = is_estimated(row["energy_source"])
         out.append(row)
     cols = ["machine", "model", "config", "category", "n", "error_prone", "match_rate", "energy_source",
-            "energy_cpu_source", "energy_gpu_source", "estimated"] + [m.name for m in METRICS] + \
+            "energy_cpu_source", "energy_gpu_source", "estimated"] + names + \
         ["rss_peak_mb", "gpu_mem_peak_mb", "energy_idle_j"]
     s = pd.DataFrame(out, columns=cols)
     if not s.empty:
@@ -44,8 +47,14 @@ def pick_energy_metric(summary: pd.DataFrame) -> str:
     return "energy_net_j"
 
 
-def savings_tables(valid: pd.DataFrame, energy_metric: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Per machine: the paper's 'X% to Y% less' ranges across models, and per-category medians."""
+def savings_tables(valid: pd.DataFrame, energy_metric: str,
+                   metrics: dict[str, Metric] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Per machine: the paper's 'X% to Y% less' ranges across models, and per-category medians.
+
+    The category medians are of the per-sample values (``_samples_<metric>`` columns of
+    ``valid``), for every analysed metric.
+    """
+    names = [m.name for m in analysed(metrics)]
     sav_rows, cat_rows, cat_sav = [], [], []
     for machine, m in valid.groupby("machine", sort=False):
         for metric in (energy_metric, "time_s"):
@@ -85,8 +94,7 @@ def savings_tables(valid: pd.DataFrame, energy_metric: str) -> tuple[pd.DataFram
             med = {}
             for config, gc in g.groupby("config"):
                 med[config] = dict(machine=machine, category=cat_key, config=config, models=gc["model"].nunique())
-                for metric in ("energy_net_j", "energy_total_j", "energy_cpu_j", "energy_gpu_j", "time_s",
-                               "j_per_token", "ms_per_token"):
+                for metric in names:
                     med[config][metric] = (as_float(gc[f"_samples_{metric}"].iloc[0])
                                            if f"_samples_{metric}" in gc else None)
                 med[config]["energy_source"] = " / ".join(sorted({s for s in gc["energy_source"] if s})) or None

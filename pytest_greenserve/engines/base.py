@@ -12,32 +12,16 @@ import importlib.util
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, ClassVar, Sequence
+
+
+from ..handle import ModelHandle  # what an engine loads; re-exported for engines written against 0.1
+
+__all__ = ["Engine", "EngineError", "EngineOptions", "Generation", "ModelHandle", "library_versions"]
 
 
 class EngineError(RuntimeError):
     """A model could not be loaded, exported or run by an engine; the message is one line."""
-
-
-@dataclass(frozen=True)
-class ModelHandle:
-    """What an engine needs to load a model.
-
-    ``ref`` is what ``from_pretrained`` takes: a local directory or a hub id.
-    ``key`` identifies the weights (used to key export caches), e.g. ``mini-gpt2@replica-3f2a``.
-    """
-
-    name: str
-    ref: str
-    key: str
-    architecture: str
-    cache_dir: Path
-    # Token ids the generation must not stop at (EOS); engines suppress them so that
-    # exactly ``new_tokens`` tokens are generated.
-    eos_token_ids: tuple[int, ...] = ()
-    pad_token_id: int | None = None
-    weights: str = "replica"  # hub | local | replica
 
 
 @dataclass

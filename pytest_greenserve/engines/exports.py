@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..fsutil import build_dir_atomically
-from .base import ModelHandle
+from ..handle import ModelHandle
 
 
 def export_dir(model: ModelHandle, engine: str, versions: dict[str, str]) -> Path:

@@ -9,7 +9,9 @@ fields None, never 0):
 * Wall energy: :mod:`.wattmeter` (NETIO JSON API), when a URL is given.
 * Utilisation: :mod:`.sampler`, one background thread for every sampled quantity.
 
-Fields of :meth:`MeterSet.stop` (see ``results.SAMPLE_COLUMNS``) and the extra ones:
+Built-in meters register through ``pytest_greenserve_register_meters`` (:mod:`.builtin`), as a
+user's do. Fields of :meth:`MeterSet.stop` (what was measured; the metric registry,
+``pytest_greenserve.metrics``, names the columns every sample has):
 
 ``energy_cpu_j, energy_gpu_j, energy_total_j, energy_idle_j, energy_net_j`` (J; total = the
 parts measured, see :mod:`.idle`), ``energy_cpu_source, energy_gpu_source`` and the extra
@@ -27,24 +29,21 @@ there (and then counts in the total), and is ignored with a note otherwise.
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from .base import Meter, MeterUnavailable, Probe, Reading
-from .cpu_estimate import (DEFAULT_CPU_IDLE_W, DEFAULT_CPU_W_PER_CORE, CpuEstimateMeter, describe,
-                           parse_cpu_watts)
-from .idle import IdleBaseline, idle_from_energy, source_key, subtract_idle, total_energy
-from .nvml import GpuEnergyMeter, GpuUtilisation, NvmlGpus
-from .rapl import RaplMeter
-from .sampler import CpuPercent, Sampler, SamplerResult, SystemMemoryProbe
-from .wattmeter import NetioWattmeter
+from .builtin import builtin_meters
+from .cpu_estimate import DEFAULT_CPU_IDLE_W, DEFAULT_CPU_W_PER_CORE, parse_cpu_watts
+from .idle import TOTAL_PARTS, IdleBaseline, idle_from_energy, source_key, subtract_idle, total_energy
+from .sampler import CpuPercent, Sampler, SystemMemoryProbe
 
 __all__ = [
-    "IdleBaseline", "Meter", "MeterSet", "MeterSettings", "MeterUnavailable", "Probe", "Reading",
-    "parse_cpu_watts",
+    "IdleBaseline", "Meter", "MeterSet", "MeterSettings", "MeterUnavailable", "Probe", "Reading", "Tracked",
+    "builtin_meters", "parse_cpu_watts",
 ]
 
 
@@ -63,103 +62,69 @@ class MeterSettings:
     wattmeter_poll_s: float = 1.0                # NETIO refreshes its measures about once a second
 
 
-_BASE_FIELDS = [
-    "energy_cpu_j", "energy_gpu_j", "energy_total_j", "energy_idle_j", "energy_net_j",
-    "energy_cpu_source", "energy_gpu_source", "energy_total_source", "energy_gpu_power_j",
-    "cpu_pct", "ram_pct", "proc_cpu_pct", "proc_ram_pct", "gpu_pct", "gpu_mem_util_pct",
-    "gpu_mem_used_pct", "rss_peak_mb", "gpu_mem_peak_mb", "sampler_hz", "sampler_overhead_pct",
-    "meter_time_s",
-]
-_WALL_FIELDS = ["energy_wall_j", "energy_wall_source", "energy_wall_idle_j", "energy_wall_net_j"]
-
-
 class MeterSet:
-    """All meters of a session: ``start()`` / ``stop(idle)`` around each sample."""
+    """All meters of a session, run around each sample by :meth:`track`.
 
-    def __init__(self, settings: MeterSettings, extra_meters: Sequence[Meter] = (),
-                 clock: Callable[[], float] = time.monotonic):
-        self.settings = s = settings
+    ``meters`` are the meters in priority order (None: :func:`~.builtin.builtin_meters`, what
+    the plugin gets through ``pytest_greenserve_register_meters``); ``extra_meters`` follow
+    them. A meter that cannot run here is noted once (``name: reason``) and never started.
+    """
+
+    def __init__(self, settings: MeterSettings, meters: Sequence[Meter] | None = None,
+                 extra_meters: Sequence[Meter] = (), clock: Callable[[], float] = time.monotonic):
+        self.settings = settings
         self.clock = clock
         self._sleep = time.sleep
         self._notes: list[str] = []
         self._sample_notes: list[str] = []
-        self.last_sampler_result: SamplerResult | None = None
         self._t0: float | None = None
-
-        # CPU energy: RAPL, else an estimate that says so
-        self.cpu_meter: Meter | None = None
-        rapl = RaplMeter(s.powercap_root)
-        reason = rapl.unavailable_reason()
-        if reason is None:
-            self.cpu_meter = rapl
-        elif s.cpu_watts_per_core is not None:
-            self.cpu_meter = CpuEstimateMeter(s.cpu_watts_per_core, s.cpu_idle_watts)
-            self._notes.append(f"cpu energy: {reason}; {describe(s.cpu_watts_per_core, s.cpu_idle_watts)}")
-        else:
-            self._notes.append(f"cpu energy: {reason}; estimate turned off")
-
-        # GPU energy and utilisation
-        cvd = os.environ.get("CUDA_VISIBLE_DEVICES") if s.gpu_indices is None else None
-        self.gpus = NvmlGpus(s.nvml, s.gpu_indices, cvd, os.environ.get("CUDA_DEVICE_ORDER"))
-        self.gpu_meter: GpuEnergyMeter | None = None
-        self.gpu_util: GpuUtilisation | None = None
-        if self.gpus.reason is not None:
-            self._notes.append(f"gpu energy and utilisation: {self.gpus.reason}")
-        else:
-            self._notes.extend(self.gpus.notes)
-            gm = GpuEnergyMeter(self.gpus)
-            if gm.unavailable_reason() is None:
-                self.gpu_meter = gm
-            else:
-                self._notes.append(f"gpu energy: {gm.unavailable_reason()}")
-            self.gpu_util = GpuUtilisation(self.gpus)
-            if self.gpu_util.reason is not None:
-                self._notes.append(self.gpu_util.reason)
-
-        # wall energy
-        self.wattmeter: NetioWattmeter | None = None
-        if s.wattmeter_url:
-            wm = NetioWattmeter(s.wattmeter_url, s.wattmeter_output, poll_period_s=s.wattmeter_poll_s)
-            if wm.unavailable_reason() is None:
-                self.wattmeter = wm
-            else:
-                self._notes.append(f"wattmeter: {wm.unavailable_reason()}")
-
-        # user meters
-        self.extra_meters: list[Meter] = []
-        for m in extra_meters:
+        candidates = list(builtin_meters(settings) if meters is None else meters) + list(extra_meters)
+        self.all_meters: list[Meter] = candidates  # closed at the end, usable or not
+        self.meters: list[Meter] = []
+        for m in candidates:
             try:
-                r = m.unavailable_reason()
-            except Exception as exc:
-                r = f"{type(exc).__name__}: {exc}"
-            if r is None:
-                self.extra_meters.append(m)
+                reason = m.unavailable_reason()
+                self._notes += m.notes()
+            except Exception as exc:  # a user's meter must not take the session down
+                reason = f"{type(exc).__name__}: {exc}"
+            if reason is None:
+                self.meters.append(m)
             else:
-                self._notes.append(f"{m.name}: {r}")
-
+                self._notes.append(f"{m.name}: {reason}")
         probes: list[Probe] = [SystemMemoryProbe().probe()]
-        if self.gpu_util is not None:
-            probes += self.gpu_util.probes()
-        for m in self._meters():
+        for m in self.meters:
             probes += m.probes()
-        self.sampler = Sampler(probes, s.sampler_hz)
+        self.sampler = Sampler(probes, settings.sampler_hz)
         self.cpu_pct = CpuPercent()
         self._running: list[Meter] = []
-
-    def _meters(self) -> list[Meter]:
-        builtin = [self.cpu_meter, self.gpu_meter, self.wattmeter]
-        return [m for m in builtin if m is not None] + self.extra_meters
 
     def notes(self) -> list[str]:
         """One line per meter that cannot run (and how the CPU figure is obtained instead)."""
         return list(self._notes)
 
     # -- samples --------------------------------------------------------------------------
+    @contextmanager
+    def track(self, idle: IdleBaseline | None = None) -> Iterator[Tracked]:
+        """Measure the block: ``with meters.track(idle) as tracked: ...``; then ``tracked.fields``.
+
+        The meters are stopped however the block ends, so an engine that raises mid-sample
+        leaves no sampler thread running; its exception then goes on up, and the fields of
+        the broken window are still in ``tracked.fields`` for whoever wants them.
+        """
+        tracked = Tracked()
+        self.start()
+        try:
+            yield tracked
+        finally:
+            tracked.fields = self.stop(idle)
+
     def start(self) -> None:
+        if self._t0 is not None:  # a window left open (a caller that did not use track()): close it
+            self.stop()
         self._sample_notes = []
         self._running = []
         self._t0 = self.clock()
-        for m in self._meters():
+        for m in self.meters:
             try:
                 m.start()
                 self._running.append(m)
@@ -169,39 +134,30 @@ class MeterSet:
         self.sampler.start()
 
     def stop(self, idle: IdleBaseline | None = None) -> dict:
-        """End the sample; the fields listed in this module's docstring."""
+        """End the sample; the fields listed in this module's docstring (only what was measured,
+        plus the meter notes; the sample builder adds every other column as None)."""
         if self._t0 is None:
             raise RuntimeError("MeterSet.stop() without start()")
-        res = self.last_sampler_result = self.sampler.stop()
-        # every column is present in every sample (None when not measured), wall ones included
-        fields: dict = {k: None for k in _BASE_FIELDS + _WALL_FIELDS}
+        res = self.sampler.stop()
+        fields: dict = {}
         notes = list(self._sample_notes)
-        builtin = {id(m) for m in (self.cpu_meter, self.gpu_meter, self.wattmeter) if m is not None}
-        extra_readings: list[tuple[Meter, Reading]] = []
-        for m in self._running:
+        for m in self._running:  # in priority order: the first meter to measure a field keeps it
             try:
                 readings = m.stop()
             except Exception as exc:
                 notes.append(f"{m.name}: failed to stop ({type(exc).__name__}: {exc})")
                 continue
             notes += m.sample_notes()
-            if id(m) not in builtin:
-                extra_readings += [(m, r) for r in readings]
-                continue
             for r in readings:
+                if fields.get(r.field) is not None:
+                    if r.value is not None:
+                        notes.append(f"{m.name}: {r.field} ignored, already measured by "
+                                     f"{fields.get(source_key(r.field))}")
+                    continue
                 fields[r.field] = r.value
                 fields[source_key(r.field)] = r.source if r.value is not None else None
         t1 = self.clock()
         fields.update(self.cpu_pct.stop())
-        for m, r in extra_readings:
-            if fields.get(r.field) is not None:
-                notes.append(f"{m.name}: {r.field} ignored, already measured by "
-                             f"{fields.get(source_key(r.field))}")
-                continue
-            fields[r.field] = r.value
-            fields[source_key(r.field)] = r.source if r.value is not None else None
-        if isinstance(self.cpu_meter, RaplMeter) and self.cpu_meter.last_error:
-            notes.append(f"cpu energy: {self.cpu_meter.last_error}")
         fields["energy_total_j"], fields["energy_total_source"] = total_energy(fields)
         time_s = t1 - self._t0
         fields["meter_time_s"] = time_s
@@ -228,9 +184,8 @@ class MeterSet:
         """
         if seconds <= 0:
             raise ValueError("idle duration must be > 0 s")
-        self.start()
-        t0 = self.clock()
-        try:
+        with self.track() as tracked:
+            t0 = self.clock()
             while True:
                 elapsed = self.clock() - t0
                 if elapsed >= seconds:
@@ -238,12 +193,12 @@ class MeterSet:
                 self._sleep(min(1.0, seconds - elapsed))
                 if progress is not None:
                     progress(f"idle baseline: {min(self.clock() - t0, seconds):.1f}/{seconds:g} s")
-        finally:
-            fields = self.stop()
-        energy = {k: v for k, v in fields.items()
-                  if k.startswith("energy_") and k.endswith("_j")
-                  and k not in ("energy_total_j", "energy_idle_j", "energy_net_j",
-                                "energy_wall_idle_j", "energy_wall_net_j")}
+        fields = tracked.fields
+        energy = {p: None for p in TOTAL_PARTS}  # the parts of the total: known, if only as None
+        energy.update({k: v for k, v in fields.items()
+                       if k.startswith("energy_") and k.endswith("_j")
+                       and k not in ("energy_total_j", "energy_idle_j", "energy_net_j",
+                                     "energy_wall_idle_j", "energy_wall_net_j")})
         sources = {k: fields.get(source_key(k)) for k in energy}
         idle = idle_from_energy(energy, sources, fields["meter_time_s"])
         if progress is not None:
@@ -251,11 +206,17 @@ class MeterSet:
         return idle
 
     def close(self) -> None:
-        if self.sampler._thread is not None:
-            self.sampler.stop()
-        for m in self._meters():
+        if self._t0 is not None:
+            self.stop()
+        for m in self.all_meters:
             try:
                 m.close()
             except Exception:
                 pass
-        self.gpus.close()
+
+
+@dataclass
+class Tracked:
+    """What :meth:`MeterSet.track` measured; ``fields`` is filled when the block ends."""
+
+    fields: dict = field(default_factory=dict)

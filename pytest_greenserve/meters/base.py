@@ -72,5 +72,26 @@ class Meter(ABC):
         """Lines about the last sample (a failed read, a figure to treat with care); optional."""
         return []
 
+    def notes(self) -> list[str]:
+        """Lines about the whole session, shown once (how a figure is obtained instead); optional."""
+        return []
+
     def close(self) -> None:
         """Release resources (threads, NVML handles)."""
+
+
+class UnavailableMeter(Meter):
+    """A built-in meter that cannot run here: it only says why (``name: reason``), once."""
+
+    def __init__(self, name: str, reason: str):
+        self.name = name
+        self.reason = reason
+
+    def unavailable_reason(self) -> str | None:
+        return self.reason
+
+    def start(self) -> None:
+        raise MeterUnavailable(self.reason)
+
+    def stop(self) -> list[Reading]:
+        raise MeterUnavailable(self.reason)

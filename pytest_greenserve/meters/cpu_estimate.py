@@ -72,12 +72,18 @@ class CpuEstimateMeter(Meter):
         cpu_idle_w: float = DEFAULT_CPU_IDLE_W,
         cpu_time_s: Callable[[], float] = tree_cpu_time_s,
         clock: Callable[[], float] = time.monotonic,
+        why_estimated: str | None = None,
     ):
+        self.why_estimated = why_estimated  # e.g. why RAPL could not be read
         self.cpu_w_per_core = cpu_w_per_core
         self.cpu_idle_w = cpu_idle_w
         self.cpu_time_s = cpu_time_s
         self.clock = clock
         self._start: tuple[float, float] | None = None
+
+    def notes(self) -> list[str]:
+        how = describe(self.cpu_w_per_core, self.cpu_idle_w)
+        return [f"cpu energy: {self.why_estimated}; {how}" if self.why_estimated else f"cpu energy: {how}"]
 
     def start(self) -> None:
         self._start = (self.cpu_time_s(), self.clock())

@@ -303,6 +303,9 @@ class GpuEnergyMeter(Meter):
             readings.append(Reading("energy_gpu_power_j", check, "J", "nvml-power"))
         return readings
 
+    def notes(self) -> list[str]:
+        return list(self.gpus.notes)
+
     def sample_notes(self) -> list[str]:
         return list(self._notes)
 
@@ -310,8 +313,14 @@ class GpuEnergyMeter(Meter):
         self.gpus.close()
 
 
-class GpuUtilisation:
-    """Sampler probe for GPU utilisation and memory across the GPUs used."""
+class GpuUtilisation(Meter):
+    """Sampler probe for GPU utilisation and memory across the GPUs used.
+
+    A meter with nothing to read at start and stop: its probes feed the shared sampler, whose
+    means become ``gpu_pct``, ``gpu_mem_util_pct`` and ``gpu_mem_used_pct``.
+    """
+
+    name = "gpu utilisation"
 
     def __init__(self, gpus: NvmlGpus):
         self.gpus = gpus
@@ -348,3 +357,15 @@ class GpuUtilisation:
 
     def probes(self) -> list[Probe]:
         return [Probe(read=self.read, name="nvml utilisation")] if (self.has_util or self.has_mem) else []
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> list[Reading]:
+        return []
+
+    def notes(self) -> list[str]:
+        return [self.reason] if self.reason is not None else []
+
+    def close(self) -> None:
+        self.gpus.close()

@@ -183,3 +183,6 @@ class RaplMeter(Meter):
     @property
     def last_error(self) -> str | None:
         return self._error
+
+    def sample_notes(self) -> list[str]:
+        return [f"cpu energy: {self._error}"] if self._error else []

@@ -1,0 +1,59 @@
+"""The measure step: every prompt once against a loaded target, inside the meters' window.
+
+The meters run in ``with meters.track(idle)``, so they stop however the block ends: a target
+that raises on its third request fails this sample only (:class:`RequestFailed`, one line),
+and the next sample starts with no sampler thread left running.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .engines.base import EngineError
+from .targets import Target
+
+
+class RequestFailed(EngineError):
+    """A request raised inside a measured window; the message is one line."""
+
+
+@dataclass
+class Measurement:
+    """What one measured window gave, before any derived figure."""
+
+    outputs: list[list[int]]  # generated token ids, per request
+    latencies_s: list[float]  # wall time of each request
+    ttfts_s: list[float | None]  # time to first token of each request, where the target knows it
+    time_s: float  # wall time of the whole window (all requests)
+    meter_fields: dict = field(default_factory=dict)  # what the meters measured, plus meter_notes
+    started_at: float = 0.0  # Unix time
+    finished_at: float = 0.0
+
+
+def measure_prompts(target: Target, prompt_ids: Sequence[Sequence[int]], new_tokens: int,
+                    meters=None, idle=None) -> Measurement:
+    """Send every prompt once, in order, batch of one; time each request and the whole window."""
+    latencies: list[float] = []
+    ttfts: list[float | None] = []
+    outputs: list[list[int]] = []
+    started_at = time.time()
+    window = meters.track(idle) if meters is not None else nullcontext(None)
+    with window as tracked:
+        t0 = time.perf_counter()
+        for i, ids in enumerate(prompt_ids, 1):
+            t = time.perf_counter()
+            try:
+                gen = target.generate(ids, new_tokens)
+            except Exception as exc:
+                first = (str(exc).strip().splitlines() or [""])[0]
+                raise RequestFailed(f"request {i} of {len(prompt_ids)} failed: "
+                                    f"{type(exc).__name__}: {first}".rstrip(": ")) from exc
+            latencies.append(time.perf_counter() - t)
+            ttfts.append(gen.ttft_s)
+            outputs.append(list(gen.token_ids))
+        time_s = time.perf_counter() - t0
+    return Measurement(outputs, latencies, ttfts, time_s, tracked.fields if tracked is not None else {},
+                       started_at, time.time())

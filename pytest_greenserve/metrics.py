@@ -1,0 +1,213 @@
+"""The metric registry: one entry per measured number, read by every part that handles metrics.
+
+A :class:`Metric` says what a sample field is (unit, words for reports, which way is better,
+its kind and energy source) and what is done with it: statistics per configuration
+(``analysed``), a box plot per model (``plotted``), the CI energy gate (``gateable``), and,
+for a field computed from the sample's other fields, how (``derive``). The sample builder,
+samples.csv, stats.csv, summary.md and report.html all iterate the registry, so adding a metric
+is one entry: a ``pytest_greenserve_register_metrics`` hook (see ``hookspecs.py``) or, in code,
+an entry added to :func:`builtin_metrics`' dict.
+
+Pure: no pytest, nothing else from the package. The built-ins register through the same hook
+users implement (:func:`pytest_greenserve_register_metrics`, as ``engines/__init__.py`` does).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, Mapping
+
+BETTER = ("lower", "higher", None)
+KINDS = ("energy", "time", "use", "quality", "other")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One sample field and what the reports do with it.
+
+    ``better``: ``"lower"``, ``"higher"`` or None (context only, never ranked). ``kind``:
+    energy | time | use | quality | other. ``energy_source``: cpu | gpu | total | wall, the
+    ``energy_<source>_source`` column that says whether the value is measured or estimated
+    (``total`` joins the CPU and GPU sources). ``derive``: computed by the sample builder from
+    the sample's other fields; it must return None (never 0) when an input is missing. None:
+    a meter or the measure step fills the field.
+
+    The resource-constrained guideline ranks the ``analysed`` metrics of kind ``use`` where
+    lower is better (:func:`resource_metrics`), quoting the first of them in registry order.
+    """
+
+    name: str  # the sample field; unit in the name (energy_net_j)
+    unit: str  # "J", "s", "ms/token", "J/token", "%", "MB", "Hz", "" ...
+    label: str  # words in reports: "net energy"
+    better: str | None = "lower"
+    kind: str = "other"
+    analysed: bool = False  # statistics per configuration (stats.csv rows, summary medians)
+    plotted: bool = False  # a box plot per model in report.html
+    gateable: bool = False  # may be named by the CI energy gate
+    energy_source: str | None = None
+    derive: Callable[[Mapping[str, Any]], float | None] | None = None
+
+    def __post_init__(self):
+        if self.better not in BETTER:
+            raise ValueError(f"metric {self.name!r}: better must be 'lower', 'higher' or None, not {self.better!r}")
+
+
+# ---------------------------------------------------------------- derivations (the sample builder's)
+
+def _latencies(sample: Mapping[str, Any]) -> list[float] | None:
+    values = sample.get("latencies_s")
+    return list(values) if values else None
+
+
+def _latency_mean(sample):
+    lat = _latencies(sample)
+    return statistics.fmean(lat) if lat else None
+
+
+def _latency_p50(sample):
+    lat = _latencies(sample)
+    return statistics.median(lat) if lat else None
+
+
+def _latency_p95(sample):
+    lat = _latencies(sample)
+    if not lat:
+        return None
+    ordered = sorted(lat)
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+
+def _ttft_mean(sample):
+    known = [t for t in (sample.get("ttfts_s") or []) if t is not None]
+    return statistics.fmean(known) if known else None
+
+
+def _ms_per_token(sample):
+    time_s, tokens = sample.get("time_s"), sample.get("tokens_generated")
+    return 1000 * time_s / tokens if (time_s is not None and tokens) else None
+
+
+def _j_per_token(sample):
+    energy_j, tokens = sample.get("energy_total_j"), sample.get("tokens_generated")
+    return energy_j / tokens if (energy_j is not None and tokens) else None
+
+
+# ---------------------------------------------------------------- the built-in metrics
+
+def _builtin() -> list[Metric]:
+    M = Metric
+    return [
+        # analysed, in the order stats.csv lists them (energy, then time, then use)
+        M("energy_net_j", "J", "net energy", kind="energy", energy_source="total",
+          analysed=True, plotted=True, gateable=True),
+        M("energy_total_j", "J", "gross energy", kind="energy", energy_source="total", analysed=True, gateable=True),
+        M("energy_cpu_j", "J", "gross CPU energy", kind="energy", energy_source="cpu",
+          analysed=True, plotted=True, gateable=True),
+        M("energy_gpu_j", "J", "gross GPU energy", kind="energy", energy_source="gpu",
+          analysed=True, plotted=True, gateable=True),
+        M("time_s", "s", "time", kind="time", analysed=True, plotted=True, gateable=True),
+        M("j_per_token", "J/token", "energy per token", kind="energy", energy_source="total",
+          analysed=True, gateable=True, derive=_j_per_token),
+        M("ms_per_token", "ms/token", "time per token", kind="time", analysed=True, gateable=True,
+          derive=_ms_per_token),
+        M("ttft_mean_s", "s", "time to first token", kind="time", analysed=True, gateable=True, derive=_ttft_mean),
+        M("ram_pct", "%", "RAM use", kind="use", analysed=True, plotted=True),
+        M("cpu_pct", "%", "CPU use", kind="use", analysed=True, plotted=True),
+        M("gpu_pct", "%", "GPU use", better=None, kind="use", analysed=True, plotted=True),
+        M("gpu_mem_util_pct", "%", "GPU memory utilisation", better=None, kind="use", analysed=True, plotted=True),
+        M("gpu_mem_used_pct", "%", "GPU memory used", kind="use", analysed=True, plotted=True),
+        # recorded with every sample, not analysed
+        M("latency_mean_s", "s", "mean request latency", kind="time", gateable=True, derive=_latency_mean),
+        M("latency_p50_s", "s", "median request latency", kind="time", gateable=True, derive=_latency_p50),
+        M("latency_p95_s", "s", "95th-percentile request latency", kind="time", gateable=True, derive=_latency_p95),
+        M("match_rate", "", "match rate with the torch reference", better="higher", kind="quality"),
+        M("energy_idle_j", "J", "idle energy", better=None, kind="energy", energy_source="total"),
+        M("energy_gpu_power_j", "J", "GPU energy from sampled power (cross-check)", better=None, kind="energy"),
+        M("energy_wall_j", "J", "gross wall energy", kind="energy", energy_source="wall", gateable=True),
+        M("energy_wall_idle_j", "J", "idle wall energy", better=None, kind="energy", energy_source="wall"),
+        M("energy_wall_net_j", "J", "net wall energy", kind="energy", energy_source="wall", gateable=True),
+        M("proc_cpu_pct", "%", "process-tree CPU use (of one core)", kind="use"),
+        M("proc_ram_pct", "%", "process-tree RAM use", kind="use"),
+        M("rss_peak_mb", "MB", "peak process-tree memory", kind="use"),
+        M("gpu_mem_peak_mb", "MB", "peak GPU memory", kind="use"),
+        M("sampler_hz", "Hz", "sampling rate achieved", better=None),
+        M("sampler_overhead_pct", "%", "sampler overhead (of one core)", better=None),
+        M("meter_time_s", "s", "metered window", better=None),
+    ]
+
+
+def builtin_metrics() -> dict[str, Metric]:
+    """A fresh ordered dict name -> :class:`Metric` of the built-in metrics."""
+    return {m.name: m for m in _builtin()}
+
+
+def pytest_greenserve_register_metrics(registry: dict) -> None:
+    """The built-ins, through the hook users implement: a metric already there is kept.
+
+    The built-ins come first in the registry's order (then the others, in their order) whether
+    this runs before or after a user's hook, so samples.csv and stats.csv start the same way.
+    """
+    builtins = builtin_metrics()
+    ordered = {name: registry.get(name, m) for name, m in builtins.items()}
+    ordered.update((name, m) for name, m in registry.items() if name not in builtins)
+    registry.clear()
+    registry.update(ordered)
+
+
+# ---------------------------------------------------------------- readers' helpers
+
+def metrics_or_builtin(metrics: Mapping[str, Metric] | None) -> dict[str, Metric]:
+    """``metrics`` as a dict, or the built-ins for None."""
+    return builtin_metrics() if metrics is None else dict(metrics)
+
+
+def analysed(metrics: Mapping[str, Metric] | None = None) -> list[Metric]:
+    return [m for m in metrics_or_builtin(metrics).values() if m.analysed]
+
+
+def plotted(metrics: Mapping[str, Metric] | None = None) -> list[Metric]:
+    return [m for m in metrics_or_builtin(metrics).values() if m.plotted]
+
+
+def resource_metrics(metrics: Mapping[str, Metric] | None = None) -> list[Metric]:
+    """Behind the resource-constrained guideline: analysed ``use`` metrics where lower is better."""
+    return [m for m in analysed(metrics) if m.kind == "use" and m.better == "lower"]
+
+
+def derive_fields(sample: dict, registry: Mapping[str, Metric]) -> None:
+    """In place: every derived metric computed (in registry order), every other missing one None."""
+    for name, metric in registry.items():
+        if metric.derive is not None:
+            sample[name] = metric.derive(sample)
+        elif name not in sample:
+            sample[name] = None
+
+
+# ---------------------------------------------------------------- run.json
+
+_JSON_FIELDS = [f.name for f in fields(Metric) if f.name != "derive"]
+
+
+def metrics_to_json(registry: Mapping[str, Metric]) -> list[dict]:
+    """The registry for run.json: one object per metric, in order, without ``derive``."""
+    return [{k: v for k, v in asdict(m).items() if k != "derive"} for m in registry.values()]
+
+
+def metrics_from_json(items) -> dict[str, Metric]:
+    """Rebuild a registry from run.json (derive None: the values are already in the samples).
+
+    Unknown keys are ignored; an entry without a name, or with an unusable value, is skipped.
+    """
+    out: dict[str, Metric] = {}
+    for item in items or []:
+        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str) or not item["name"]:
+            continue
+        kw = {k: item[k] for k in _JSON_FIELDS if k in item}
+        kw.setdefault("unit", "")
+        kw.setdefault("label", kw["name"])
+        try:
+            out[kw["name"]] = Metric(**kw)
+        except (TypeError, ValueError):
+            continue
+    return out

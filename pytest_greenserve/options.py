@@ -1,0 +1,278 @@
+"""The options, once: their names, defaults, checks and help, and the :class:`Settings` they make.
+
+No pytest here. ``plugin.py`` turns :data:`OPTIONS` into command-line options and ini keys
+(``--greenserve-new-tokens`` / ``greenserve_new_tokens``) and calls :func:`read_settings`
+with a function that returns what the user gave for an option (command line first, then the
+ini file, else None). Every default is written once, in :data:`OPTIONS`: the
+:class:`Settings` field defaults are parsed from it, and a test holds the README's option
+table to it.
+
+A malformed value raises :class:`OptionError`, whose message is one line meant for the user
+(``--greenserve-runs='x': expected a whole number``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .configs import ConfigError, ServingConfig, parse_config_list
+from .meters import MeterSettings, parse_cpu_watts
+from .models import DEFAULT_MODELS, ModelError, default_cache_dir, parse_model_list, spec_for
+from .prompts import N_PROBLEMS
+
+__all__ = ["OPTIONS", "Option", "OptionError", "Settings", "meter_settings", "option", "read_settings"]
+
+
+class OptionError(ValueError):
+    """A malformed option value; the message is one line meant for the user."""
+
+
+# -- converters: the raw string -> the typed value, or ValueError saying what was expected ----
+
+def whole(low: int = 1, high: int | None = None) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise ValueError(f"must be between {low} and {high}" if high is not None else f"must be at least {low}")
+        return value
+
+    return convert
+
+
+def number(low: float = 0.0) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if not math.isfinite(value):
+            raise ValueError("expected a finite number")
+        if value < low:
+            raise ValueError(f"must be at least {low:g}")
+        return value
+
+    return convert
+
+
+def choice(*values: str) -> Callable[[str], str]:
+    expected = ", ".join(values[:-1]) + f" or {values[-1]}"
+
+    def convert(text: str) -> str:
+        if text not in values:
+            raise ValueError(f"expected {expected}")
+        return text
+
+    return convert
+
+
+def _optional(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Empty means None (the library's or the meter's own choice)."""
+    return lambda text: None if not text.strip() else convert(text.strip())
+
+
+def _model_list(text: str) -> tuple[tuple[str, ...], dict[str, str]] | None:
+    """None (empty): every registered model, the embedded ones first (see read_settings)."""
+    if not text.strip():
+        return None
+    names, paths = parse_model_list(text)
+    return tuple(names), paths
+
+
+def _config_list(text: str) -> tuple[str, ...]:
+    """The items as given; read_settings checks them against the registered engines."""
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not items:
+        raise ConfigError("--greenserve-configs is empty; give e.g. torch-cpu,onnx-cpu or 'all'")
+    return items
+
+
+def _directory(text: str) -> Path:
+    if not text.strip():
+        raise ValueError("expected a directory")
+    return Path(text).expanduser()
+
+
+def _cache_dir(text: str) -> Path:
+    return Path(text).expanduser() if text.strip() else default_cache_dir()
+
+
+def _cpu_watts(text: str) -> tuple[float, float] | None:
+    try:
+        return parse_cpu_watts(text)
+    except ValueError:
+        raise ValueError("expected W_PER_BUSY_CORE[,IDLE_W] in watts (each at least 0), or 'off'") from None
+
+
+def _url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return text
+
+
+# -- the table --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Option:
+    """One ``--greenserve-<name>`` option, also the ini key ``greenserve_<name with _>``.
+
+    ``default`` is what a user would type; ``convert`` turns such a string into the typed
+    value or raises ValueError (ModelError and ConfigError pass through with their own
+    words). ``readme_default`` says in words what an empty default means, as the README's
+    table shows it. ``dest`` is the :class:`Settings` field (default: the name with ``_``).
+    """
+
+    name: str
+    metavar: str
+    default: str
+    help: str
+    convert: Callable[[str], Any]
+    readme_default: str = ""
+    dest: str = ""
+
+    def __post_init__(self):
+        if self.readme_default and self.default:
+            raise ValueError(f"option {self.name!r}: readme_default is only for an empty default")
+        if not self.dest:
+            object.__setattr__(self, "dest", self.name.replace("-", "_"))
+
+    @property
+    def flag(self) -> str:
+        return f"--greenserve-{self.name}"
+
+    @property
+    def ini(self) -> str:
+        return f"greenserve_{self.name.replace('-', '_')}"
+
+    @property
+    def shown_default(self) -> str:
+        """The default as ``--help`` and the README show it."""
+        return self.readme_default.replace("`", "") if self.readme_default else self.default
+
+    def parse(self, text: str) -> Any:
+        """The typed value of ``text``; OptionError with a one-line message if it is malformed."""
+        try:
+            return self.convert(text)
+        except (ModelError, ConfigError) as exc:  # already name the option's item
+            raise OptionError(str(exc)) from None
+        except ValueError as exc:
+            raise OptionError(f"{self.flag}={text!r}: {exc}") from None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("models", "NAMES", "",
+           "comma-separated model names, name=/local/path, bare paths, 'paper' or 'all' "
+           "(while unset, -k can also pick any registered model)",
+           _model_list, readme_default="the `mini-*` models"),
+    Option("configs", "CONFIGS", "all", "serving configurations ENGINE-PROVIDER, e.g. torch-cpu,onnx-cpu; 'all'",
+           _config_list),
+    Option("runs", "N", "3", "repetitions of every model x configuration", whole(1)),
+    Option("prompts", "N", str(N_PROBLEMS), f"first N of HumanEval's {N_PROBLEMS} short prompts",
+           whole(1, N_PROBLEMS)),
+    Option("new-tokens", "N", "32", "tokens generated per request (greedy, EOS ignored)", whole(1)),
+    Option("seed", "N", "0", "seed for prompt windows, replica weights and run order", whole(0)),
+    Option("weights", "auto|hub|replica", "auto",
+           "where weights come from: auto (local path, else hub), hub, replica (random weights, same shapes)",
+           choice("auto", "hub", "replica")),
+    Option("report-dir", "DIR", "reports", "where run reports are written (relative to rootdir)", _directory),
+    Option("cache-dir", "DIR", "",
+           "cache of replicas, exports and reference tokens ($GREENSERVE_CACHE overrides the default)",
+           _cache_dir, readme_default="`~/.cache/pytest-greenserve`"),
+    Option("warmup", "N", "2", "requests sent after each load, before measuring", whole(0)),
+    Option("idle", "SECONDS", "5", "idle-power baseline measured before each configuration (the paper used 300)",
+           number(0), dest="idle_s"),
+    Option("cooldown", "SECONDS", "0", "rest between configurations", number(0), dest="cooldown_s"),
+    Option("sampler-hz", "HZ", "10", "utilisation sampling rate", number(0.1)),
+    Option("cpu-watts", "W_PER_CORE[,IDLE_W]|off", "10,20",
+           "power model for estimated CPU energy, used only where RAPL is absent; 'off': no estimate",
+           _cpu_watts),
+    Option("wattmeter", "URL", "", "wall-socket meter with a NETIO-style JSON API, e.g. http://10.0.0.5/netio.json",
+           _optional(_url), readme_default="unset"),
+    Option("openvino-precision", "f32|bf16|f16|default", "f32",
+           "OpenVINO inference precision (its bf16 CPU default changes greedy tokens)",
+           choice("f32", "bf16", "f16", "default")),
+    Option("threads", "N", "", "CPU threads for the engines", _optional(whole(1)), readme_default="library default"),
+)
+
+_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def option(name: str) -> Option:
+    """The option called ``name`` (``"new-tokens"``)."""
+    return _BY_NAME[name]
+
+
+def _default(name: str) -> Any:
+    opt = option(name)
+    return opt.parse(opt.default)
+
+
+# -- what the options make --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Settings:
+    """Every option's value for one session; the defaults are those of :data:`OPTIONS`."""
+
+    models: tuple[str, ...]
+    local_paths: dict
+    configs: tuple[ServingConfig, ...]
+    runs: int = _default("runs")
+    prompts: int | None = _default("prompts")  # None: all
+    new_tokens: int = _default("new-tokens")
+    seed: int = _default("seed")
+    weights: str = _default("weights")  # auto | hub | replica
+    report_dir: Path = _default("report-dir")
+    cache_dir: Path = field(default_factory=lambda: _default("cache-dir"))  # reads $GREENSERVE_CACHE
+    warmup: int = _default("warmup")  # requests sent after each load, before measuring
+    idle_s: float = _default("idle")  # idle baseline before each configuration
+    cooldown_s: float = _default("cooldown")  # rest between configurations
+    threads: int | None = _default("threads")  # None: the library's default
+    openvino_precision: str = _default("openvino-precision")
+    sampler_hz: float = _default("sampler-hz")
+    cpu_watts: tuple[float, float] | None = _default("cpu-watts")  # (W per busy core, idle W); None: off
+    wattmeter: str | None = _default("wattmeter")  # URL
+
+
+def read_settings(raw: Callable[[str], str | None], *, engines: dict, models: dict, rootpath: Path) -> Settings:
+    """The settings from what the user gave: ``raw("runs")`` is the command line's value, else
+    the ini file's, else None (the table's default).
+
+    Models named but not registered (local paths) are added to ``models``. Without
+    --greenserve-models every registered model is listed, the embedded ones first, so that
+    ``-k phi2`` reaches phi2; plugin.py deselects the others. Raises OptionError.
+    """
+    values = {}
+    for opt in OPTIONS:
+        given = raw(opt.name)
+        values[opt.dest] = opt.parse(opt.default if given is None else given)
+
+    chosen = values.pop("models")
+    if chosen is None:
+        names, paths = tuple(DEFAULT_MODELS) + tuple(m for m in models if m not in DEFAULT_MODELS), {}
+    else:
+        names, paths = chosen
+    try:
+        for name in names:
+            if name not in models or name in paths:  # a local path is checked even for a known name
+                models.setdefault(name, spec_for(name, paths.get(name)))
+        configs = parse_config_list(values.pop("configs"), engines)
+    except (ModelError, ConfigError) as exc:
+        raise OptionError(str(exc)) from None
+
+    report_dir = values.pop("report_dir")
+    if not report_dir.is_absolute():
+        report_dir = Path(rootpath) / report_dir
+    return Settings(models=tuple(names), local_paths=paths, configs=tuple(configs), report_dir=report_dir, **values)
+
+
+def meter_settings(settings: Settings) -> MeterSettings:
+    """What the meters need from the settings."""
+    kwargs: dict = {"cpu_watts_per_core": None}  # the CPU estimate is off
+    if settings.cpu_watts is not None:
+        kwargs = {"cpu_watts_per_core": settings.cpu_watts[0], "cpu_idle_watts": settings.cpu_watts[1]}
+    return MeterSettings(sampler_hz=settings.sampler_hz, wattmeter_url=settings.wattmeter, **kwargs)
