@@ -33,7 +33,27 @@ def merge_meta(metas: list[dict], run_ids: list[str]) -> dict:
     meta = {"run_id": run_ids[0] if len(run_ids) == 1 else "merged: " + ", ".join(run_ids),
             "machine_info": infos[0] if len(infos) == 1 else infos, "versions": versions,
             "options": {"sources": ", ".join(run_ids)}}
+    # every run's registered metrics (run.json "metrics"), the first run's entry for a name
+    metrics = {}
+    for m in metas:
+        items = m.get("metrics") if isinstance(m.get("metrics"), list) else []
+        for item in items:
+            if isinstance(item, dict) and item.get("name") not in metrics:
+                metrics[item.get("name")] = item
+    if metrics:
+        meta["metrics"] = list(metrics.values())
     return meta
+
+
+def fill_categories(rows: list[dict]) -> list[dict]:
+    """Old runs' samples have no ``category``: take the model's size category from the model registry."""
+    from .models import REGISTRY
+
+    for r in rows:
+        if "category" not in r:
+            spec = REGISTRY.get(r.get("model"))
+            r["category"] = spec.category if spec else None
+    return rows
 
 
 def cmd_report(args) -> int:
@@ -45,7 +65,7 @@ def cmd_report(args) -> int:
         r, m = read_run(p)  # SamplesError (a ValueError) names file:line; main() prints it
         if not r:
             raise InputError(f"{p}: no samples")
-        rows += r
+        rows += fill_categories(r)
         metas.append(m)
         run_ids.append(str(m.get("run_id") or (p.name if p.is_dir() else p.parent.name)))
     if args.out:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Iterable
 
 PROVIDERS = ("cpu", "cuda")
-BUILTIN_ENGINES = ("torch", "onnx", "openvino", "jit")
 
 
 class ConfigError(ValueError):

@@ -38,9 +38,13 @@ def pytest_greenserve_register_engines(registry: dict) -> None:
 
 @hookspec
 def pytest_greenserve_register_meters(settings, meters: list) -> None:
-    """Append extra :class:`~pytest_greenserve.meters.base.Meter` objects to ``meters``.
+    """Append :class:`~pytest_greenserve.meters.base.Meter` objects to ``meters``.
 
-    ``settings`` is the session's :class:`~pytest_greenserve.meters.MeterSettings`. Example::
+    ``settings`` is the session's :class:`~pytest_greenserve.meters.MeterSettings`. The
+    built-in meters (CPU energy from RAPL or the labelled estimate, NVML GPU energy and
+    utilisation, the optional wattmeter) register through this same hook and are put at the
+    front of the list, so a meter of yours that reports a field they already measured is
+    ignored with a note, and fills the field where they measured nothing. Example::
 
         from pytest_greenserve.meters.base import Meter, Reading
 

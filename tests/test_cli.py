@@ -124,3 +124,15 @@ def test_models_lists_the_registry(capsys):
     assert "phi2" in out and "microsoft/phi-2" in out and "2.7B" in out and "mini-gpt2" in out
     line = next(l for l in out.splitlines() if l.startswith("codegemma-2b"))
     assert " 3 " in line and "gemma" in line
+
+
+def test_report_fills_the_size_category_of_old_runs_from_the_model_registry(tmp_path, capsys):
+    rows = make_rows(models=("mini-gpt2", "phi2"), configs=("torch-cpu", "onnx-cpu"), reps=3)
+    for r in rows:
+        del r["category"]  # written before samples carried their model's category
+    run = write_run(tmp_path / "reports", rows, "run-old")
+    assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 0
+    samples = pd.read_csv(tmp_path / "out" / "samples.csv")
+    assert (samples.loc[samples["model"] == "phi2", "category"] == 3).all()
+    assert samples.loc[samples["model"] == "mini-gpt2", "category"].isna().all()  # a replica: no category
+    assert "| category 3 |" in (tmp_path / "out" / "summary.md").read_text()

@@ -328,6 +328,16 @@ def test_savings_range_and_category_medians():
     assert row["time_s"] == pytest.approx(phi["time_s"].median())
 
 
+def test_size_category_comes_from_the_samples_not_the_model_registry():
+    rows = make_rows(models=("my-model", "phi2"), configs=("torch-cpu", "onnx-cpu"), reps=3, category=None)
+    for r in rows:
+        if r["model"] == "my-model":  # unknown to the model registry: the sample says category 1
+            r["category"] = 1
+    a = analyze(samples_frame(rows))
+    assert set(a.category_medians["category"]) == {"category 1", "uncategorised"}  # phi2's samples say nothing
+    assert a.summary.set_index("model")["category"].isna().to_dict() == {"my-model": False, "phi2": True}
+
+
 def test_several_machines_are_analysed_apart():
     rows = make_rows(models=("mini-gpt2",), configs=("torch-cpu", "onnx-cpu"), reps=4, machine="box-a")
     rows += make_rows(models=("mini-gpt2",), configs=("torch-cpu", "onnx-cpu"), reps=4, machine="box-b", seed=5)

@@ -88,7 +88,8 @@ def build_guidelines(valid: pd.DataFrame, stats: pd.DataFrame, energy_metric: st
                 vb, vs = gi.loc[best, key], gi.loc[second, key]
                 metric = registry[key]
                 p, test = _pair_p(stats, machine, model, key, best, second)
-                est = " (estimated)" if metric.energy_source and (gi.loc[best, "estimated"] or gi.loc[second, "estimated"]) else ""
+                est = " (estimated)" if metric.energy_source and (gi.loc[best, "estimated"]
+                                                                  or gi.loc[second, "estimated"]) else ""
                 if p is not None and not pd.isna(p):
                     sig = (f"significantly lower ({'Games-Howell' if test == 'games_howell' else 'Dunn-Holm'} {fmt_p(p)})"
                            if p <= ALPHA else f"not significantly different ({fmt_p(p)})")

@@ -9,16 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..analysis.summaries import summarise
+from ..metrics import Metric, builtin_metrics, metrics_from_json
 from ..results import mark_error_prone, samples_frame, write_csv
 from ..stats import Analysis, analyze, prepare
 from .guidelines import guideline_markdown
 from .tables import (SUMMARY_HEADERS, best_savings_lines, category_rows, energy_cell, markdown_table, per_token_cell,
                      plain, rate, summary_rows, text_table)
 
-__all__ = ["write_reports", "terminal_summary", "summary_markdown"]
+__all__ = ["write_reports", "terminal_summary", "summary_markdown", "run_metrics"]
 
 
-def summary_markdown(analysis: Analysis, meta: dict) -> str:
+def summary_markdown(analysis: Analysis, meta: dict, metrics: dict[str, Metric] | None = None) -> str:
     run_id = meta.get("run_id") or "merged runs"
     out = [f"# pytest-greenserve summary — {run_id}", ""]
     if analysis.summary.empty:
@@ -33,9 +34,10 @@ def summary_markdown(analysis: Analysis, meta: dict) -> str:
     lines = best_savings_lines(analysis)
     if lines:
         out += ["## Savings (range across models)", ""] + [f"- {x}" for x in lines] + [""]
-    for metric, unit, title in ((analysis.energy_metric, "J", "Median energy by size category (Table 4)"),
-                                ("time_s", "s", "Median time by size category (Table 5)")):
-        h, r = category_rows(analysis.category_medians, metric, unit)
+    registry = metrics if metrics is not None else builtin_metrics()
+    for metric, title in ((analysis.energy_metric, "Median energy by size category (Table 4)"),
+                          ("time_s", "Median time by size category (Table 5)")):
+        h, r = category_rows(analysis.category_medians, metric, registry[metric].unit)
         if r:
             out += [f"## {title}", "", markdown_table(h, r), ""]
     out += ["## Guidelines", "", guideline_markdown(analysis), ""]
@@ -46,22 +48,33 @@ def summary_markdown(analysis: Analysis, meta: dict) -> str:
     return "\n".join(out)
 
 
-def write_reports(rows: list[dict], run_dir: Path, meta: dict | None = None) -> dict[str, Path]:
-    """Write samples.csv, stats.csv, summary.md and report.html into ``run_dir``; return their paths."""
+def run_metrics(meta: dict | None) -> dict[str, Metric]:
+    """The metric registry of a saved run: the built-ins, plus (or replaced by) those in ``meta["metrics"]``."""
+    saved = (meta or {}).get("metrics")
+    return {**builtin_metrics(), **metrics_from_json(saved)} if isinstance(saved, list) else builtin_metrics()
+
+
+def write_reports(rows: list[dict], run_dir: Path, meta: dict | None = None,
+                  metrics: dict[str, Metric] | None = None) -> dict[str, Path]:
+    """Write samples.csv, stats.csv, summary.md and report.html into ``run_dir``; return their paths.
+
+    ``metrics``: the metric registry; None: the run's (``meta["metrics"]``, see :func:`run_metrics`).
+    """
     from .html import render
 
     meta = dict(meta or {})
+    metrics = run_metrics(meta) if metrics is None else dict(metrics)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     mark_error_prone(rows)  # per sample as measured -> per configuration, for samples.csv too
-    df = samples_frame(rows)
-    analysis = analyze(df)
+    df = samples_frame(rows, metrics)
+    analysis = analyze(df, metrics)
     paths = {"samples": run_dir / "samples.csv", "stats": run_dir / "stats.csv",
              "summary": run_dir / "summary.md", "html": run_dir / "report.html"}
-    write_csv(rows, paths["samples"])
+    write_csv(rows, paths["samples"], metrics)
     analysis.stats.to_csv(paths["stats"], index=False)
-    paths["summary"].write_text(summary_markdown(analysis, meta), encoding="utf-8")
-    paths["html"].write_text(render(analysis, df, meta), encoding="utf-8")
+    paths["summary"].write_text(summary_markdown(analysis, meta, metrics), encoding="utf-8")
+    paths["html"].write_text(render(analysis, df, meta, metrics), encoding="utf-8")
     return paths
 
 

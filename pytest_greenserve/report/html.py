@@ -9,7 +9,7 @@ from importlib import metadata
 import pandas as pd
 
 from ..analysis.formatting import fmt_p
-from ..analysis.metrics import METRIC_BY_NAME
+from ..analysis.metrics import Metric, metrics_or_builtin
 from ..analysis.sources import source_note
 from ..stats import Analysis, prepare
 from . import plots
@@ -143,7 +143,8 @@ def _stats_table(stats: pd.DataFrame) -> str:
     return html_table(cols, rows, "stats")
 
 
-def _model_section(analysis: Analysis, df: pd.DataFrame, machine: str, model: str) -> str:
+def _model_section(analysis: Analysis, df: pd.DataFrame, machine: str, model: str,
+                   metrics: dict[str, Metric]) -> str:
     out = [f"<h3>{esc(model)}" + (f" <span class='muted'>on {esc(machine)}</span>" if len(analysis.machines) > 1 else "")
            + "</h3>"]
     g = df[(df["machine"] == machine) & (df["model"] == model)]
@@ -154,9 +155,11 @@ def _model_section(analysis: Analysis, df: pd.DataFrame, machine: str, model: st
     if good.empty:
         out.append("<p>Every configuration of this model was error-prone: no plots and no comparison.</p>")
         return "\n".join(out)
-    uri, skipped = plots.box_plots(good, f"{model} — box plots per configuration")
+    uri, skipped = plots.box_plots(good, f"{model} — box plots per configuration", metrics)
     if uri:
-        out.append(f'<figure><img alt="box plots for {esc(model)}" src="{uri}"></figure>')
+        shown = ", ".join(f"{m.label} ({m.unit})" if m.unit else m.label for m in plots.box_metrics(good, metrics)[0])
+        out.append(f'<figure><img alt="box plots for {esc(model)}: {esc(shown)}" src="{uri}">'
+                   f"<figcaption class='muted'>Box plots: {esc(shown)}</figcaption></figure>")
     summ = analysis.summary[(analysis.summary["machine"] == machine) & (analysis.summary["model"] == model)
                             & (~analysis.summary["error_prone"])]
     srcs = {r["config"]: r["energy_source"] for r in summ.to_dict("records")}
@@ -166,7 +169,7 @@ def _model_section(analysis: Analysis, df: pd.DataFrame, machine: str, model: st
                    + (f" — <span class='note'>{esc(note)}</span>" if note else "") + "</p>")
     if skipped:
         out.append(f'<p class="muted">Not plotted: {esc("; ".join(skipped))}.</p>')
-    puri, front = plots.pareto_plot(good, summ, analysis.energy_metric, f"{model} — energy vs time")
+    puri, front = plots.pareto_plot(good, summ, analysis.energy_metric, f"{model} — energy vs time", metrics)
     if puri:
         out.append(f'<figure><img alt="energy vs time for {esc(model)}" src="{puri}">'
                    f"<figcaption>Pareto front (no configuration is both cheaper and faster): "
@@ -177,7 +180,8 @@ def _model_section(analysis: Analysis, df: pd.DataFrame, machine: str, model: st
     if words:
         out.append("<h4>Significance, in words</h4><ul>"
                    + "".join(f"<li>{esc(w.strip())}</li>" for w in words) + "</ul>")
-    dec_rows = [[METRIC_BY_NAME[d.metric].label, d.path, d.reason] for d in analysis.decisions
+    dec_rows = [[metrics[d.metric].label if d.metric in metrics else d.metric, d.path, d.reason]
+                for d in analysis.decisions
                 if d.machine == machine and d.model == model]
     if dec_rows:
         out.append("<details><summary>Which test, and why</summary>"
@@ -188,8 +192,10 @@ def _model_section(analysis: Analysis, df: pd.DataFrame, machine: str, model: st
     return "\n".join(out)
 
 
-def render(analysis: Analysis, df: pd.DataFrame, meta: dict) -> str:
-    df = prepare(df)
+def render(analysis: Analysis, df: pd.DataFrame, meta: dict, metrics: dict[str, Metric] | None = None) -> str:
+    """The whole page; ``metrics`` is the registry the analysis used (None: the built-in metrics)."""
+    metrics = metrics_or_builtin(metrics)
+    df = prepare(df, metrics)
     run_id = meta.get("run_id") or ", ".join(sorted({str(x) for x in df.get("run_id", pd.Series(dtype=object)).dropna()})) \
         or "unknown run"
     parts = [f"<h1>pytest-greenserve report — {esc(run_id)}</h1>",
@@ -211,11 +217,11 @@ def render(analysis: Analysis, df: pd.DataFrame, meta: dict) -> str:
         parts.append("<h2>Savings</h2><p>What the best configuration saves against each other one, as a range "
                      "across models (the paper's “from X% up to Y%”):</p><ul>"
                      + "".join(f"<li>{esc(x)}</li>" for x in lines) + "</ul>")
-        h, r = savings_rows(analysis.savings)
+        h, r = savings_rows(analysis.savings, metrics)
         parts.append("<details><summary>Every pair</summary>" + html_table(h, r) + "</details>")
-    for metric, unit, title in ((analysis.energy_metric, "J", "Table 4: median energy by size category"),
-                                ("time_s", "s", "Table 5: median time by size category")):
-        h, r = category_rows(analysis.category_medians, metric, unit)
+    for metric, title in ((analysis.energy_metric, "Table 4: median energy by size category"),
+                          ("time_s", "Table 5: median time by size category")):
+        h, r = category_rows(analysis.category_medians, metric, metrics[metric].unit)
         if r:
             parts.append(f"<h3>{esc(title)}</h3>" + html_table(h, r))
     parts.append("<h2>Per model</h2>")
@@ -223,7 +229,7 @@ def render(analysis: Analysis, df: pd.DataFrame, meta: dict) -> str:
     if len(models) == 0:
         parts.append("<p>No samples.</p>")
     for machine, model in models:
-        parts.append(_model_section(analysis, df, machine, model))
+        parts.append(_model_section(analysis, df, machine, model, metrics))
     parts.append(_machines_section(meta, df))
     body = "\n".join(p for p in parts if p)
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"

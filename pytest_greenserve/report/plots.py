@@ -1,7 +1,7 @@
 """Plots for report.html, as inline base64 PNG data URIs (matplotlib's Agg backend).
 
-* :func:`box_plots`: per model, one box per configuration for energy, time and each
-  utilisation metric (the paper's Figures 6–8);
+* :func:`box_plots`: per model, one box per configuration for each ``plotted`` metric of the
+  registry (the built-ins: energy, time and utilisation, the paper's Figures 6–8);
 * :func:`pareto_plot`: per model, median energy against median time with the Pareto front.
 
 Axis labels and titles say *estimated* whenever an energy value comes from an estimate.
@@ -14,13 +14,13 @@ import io
 
 import pandas as pd
 
-from ..analysis.metrics import METRIC_BY_NAME
+from ..analysis.metrics import Metric, metrics_or_builtin, plotted
 from ..analysis.ordering import sort_configs
 from ..analysis.pareto import pareto_front
-from ..analysis.sources import is_estimated
+from ..analysis.sources import is_estimated, row_energy_source
 
-BOX_METRICS = ["energy_net_j", "energy_cpu_j", "energy_gpu_j", "time_s", "cpu_pct", "ram_pct", "gpu_pct",
-               "gpu_mem_util_pct", "gpu_mem_used_pct"]
+# A plotted metric never recorded in a run is drawn from its stand-in (gross for net energy).
+STAND_INS = {"energy_net_j": "energy_total_j"}
 
 
 def _pyplot():
@@ -40,8 +40,8 @@ def _to_uri(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def energy_label(metric: str, sources) -> str:
-    m = METRIC_BY_NAME[metric]
+def energy_label(metric: str, sources, metrics: dict[str, Metric] | None = None) -> str:
+    m = metrics_or_builtin(metrics)[metric]
     label = f"{m.label} ({m.unit})"
     srcs = sorted({s for s in sources if s})
     if any(is_estimated(s) for s in srcs):
@@ -51,39 +51,54 @@ def energy_label(metric: str, sources) -> str:
     return label
 
 
-def _label(metric: str, samples: pd.DataFrame) -> str:
-    m = METRIC_BY_NAME[metric]
-    if not m.source:
-        return f"{m.label} ({m.unit})"
-    from ..analysis.sources import row_energy_source
-
-    return energy_label(metric, [row_energy_source(r, m.source) for r in samples.to_dict("records")])
+def _label(m: Metric, samples: pd.DataFrame, registry: dict[str, Metric]) -> str:
+    if not m.energy_source:
+        return f"{m.label} ({m.unit})" if m.unit else m.label
+    return energy_label(m.name, [row_energy_source(r, m.energy_source) for r in samples.to_dict("records")], registry)
 
 
-def box_plots(samples: pd.DataFrame, title: str) -> tuple[str | None, list[str]]:
+def _recorded(samples: pd.DataFrame, name: str) -> bool:
+    return name in samples and samples[name].notna().any()
+
+
+def box_metrics(samples: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> tuple[list[Metric], list[str]]:
+    """The metrics :func:`box_plots` draws for these samples, and those left out, with why."""
+    registry = metrics_or_builtin(metrics)
+    skipped: list[str] = []
+    drawn: list[Metric] = []
+    for m in plotted(registry):
+        stand_in = STAND_INS.get(m.name)
+        if not _recorded(samples, m.name) and stand_in in registry:
+            m = registry[stand_in]
+        if m in drawn:
+            continue
+        if _recorded(samples, m.name):
+            drawn.append(m)
+        else:
+            skipped.append(f"{m.label}: not recorded")
+    return drawn, skipped
+
+
+def box_plots(samples: pd.DataFrame, title: str,
+              metrics: dict[str, Metric] | None = None) -> tuple[str | None, list[str]]:
     """One figure of box plots for one model's samples (error-prone configurations already removed).
 
-    Returns the data URI (None when nothing can be drawn) and the metrics left out, with why.
+    One box plot per ``plotted`` metric of the registry (None: the built-in metrics), in its
+    order. Returns the data URI (None when nothing can be drawn) and the metrics left out, with why.
     """
-    skipped = []
-    metrics = []
-    energy = "energy_net_j" if samples["energy_net_j"].notna().any() else "energy_total_j"
-    for name in [energy] + BOX_METRICS[1:]:
-        if samples[name].notna().any():
-            metrics.append(name)
-        else:
-            skipped.append(f"{METRIC_BY_NAME[name].label}: not recorded")
-    if not metrics or samples.empty:
+    registry = metrics_or_builtin(metrics)
+    drawn, skipped = box_metrics(samples, registry)
+    if not drawn or samples.empty:
         return None, skipped
     plt = _pyplot()
     configs = sort_configs(samples["config"])
-    ncols = min(3, len(metrics))
-    nrows = (len(metrics) + ncols - 1) // ncols
+    ncols = min(3, len(drawn))
+    nrows = (len(drawn) + ncols - 1) // ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows), squeeze=False)
-    for ax, name in zip(axes.flat, metrics):
+    for ax, m in zip(axes.flat, drawn):
         data, labels = [], []
         for c in configs:
-            v = samples.loc[samples["config"] == c, name].dropna().to_numpy(float)
+            v = samples.loc[samples["config"] == c, m.name].dropna().to_numpy(float)
             if len(v):
                 data.append(v)
                 labels.append(c)
@@ -91,14 +106,14 @@ def box_plots(samples: pd.DataFrame, title: str) -> tuple[str | None, list[str]]
             ax.boxplot(data, tick_labels=labels)
         else:
             ax.text(0.5, 0.5, 'no values', ha='center', va='center', transform=ax.transAxes)
-        label = _label(name, samples)
+        label = _label(m, samples, registry)
         short = label.split("\n")[0] + (", estimated" if "\nestimated" in label else
                                          ", sources differ" if "\nsources differ" in label else "")
         ax.set_title(short.replace(", estimated", " — estimated"), fontsize=9)
         ax.set_ylabel(short, fontsize=7)
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)
         ax.tick_params(axis="y", labelsize=7)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(drawn):]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(left=0.08, right=0.98, top=1 - 0.8 / (2.9 * nrows), bottom=0.75 / (2.9 * nrows) + 0.02,
@@ -106,7 +121,8 @@ def box_plots(samples: pd.DataFrame, title: str) -> tuple[str | None, list[str]]
     return _to_uri(fig), skipped
 
 
-def pareto_plot(samples: pd.DataFrame, summary: pd.DataFrame, energy_metric: str, title: str) -> tuple[str | None, list[str]]:
+def pareto_plot(samples: pd.DataFrame, summary: pd.DataFrame, energy_metric: str, title: str,
+                metrics: dict[str, Metric] | None = None) -> tuple[str | None, list[str]]:
     """Energy against time, one colour per configuration; medians joined along the Pareto front.
 
     Returns the data URI (None without energy or time) and the names on the front.
@@ -128,7 +144,7 @@ def pareto_plot(samples: pd.DataFrame, summary: pd.DataFrame, energy_metric: str
         ax.annotate(c, (e, t), fontsize=7, xytext=(4, 4), textcoords="offset points")
     if len(front) > 1:
         ax.plot([points[c][0] for c in front], [points[c][1] for c in front], "k--", lw=1, label="Pareto front")
-    xlabel = energy_label(energy_metric, rows["energy_source"])
+    xlabel = energy_label(energy_metric, rows["energy_source"], metrics)
     ax.set_xlabel(xlabel.split("\n")[0] + (", estimated" if "\nestimated" in xlabel else
                                            ", sources differ" if "\nsources differ" in xlabel else ""), fontsize=8)
     ax.set_ylabel("time (s)", fontsize=8)

@@ -12,6 +12,7 @@ import math
 import pandas as pd
 
 from ..analysis.formatting import fmt_value
+from ..analysis.metrics import Metric, metrics_or_builtin
 from ..analysis.ordering import sort_configs
 from ..analysis.sources import is_estimated
 
@@ -106,11 +107,13 @@ def category_rows(cat: pd.DataFrame, metric: str, unit: str) -> tuple[list[str],
     return headers, rows
 
 
-def savings_rows(savings: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+def savings_rows(savings: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> tuple[list[str], list[list[str]]]:
+    registry = metrics_or_builtin(metrics)
     headers = ["machine", "metric", "configuration", "compared with", "models", "saving from", "up to", "note"]
     rows = []
     for r in savings.to_dict("records"):
-        rows.append([r["machine"], "time" if r["metric"] == "time_s" else r["metric"].replace("_j", "").replace("_", " "),
+        metric = registry.get(r["metric"])
+        rows.append([r["machine"], metric.label if metric else r["metric"],
                      r["config"], r["other"], str(r["n_models"]), f"{r['min_pct']:.2f}%", f"{r['max_pct']:.2f}%",
                      r["note"] or ""])
     return headers, rows

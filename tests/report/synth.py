@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pytest_greenserve.models import REGISTRY
+
 # config -> (median time s, energy J); CUDA runs are faster and cheaper, as in the paper.
 BASE = {"torch-cpu": (30.0, 2600.0), "onnx-cpu": (22.0, 2000.0), "openvino-cpu": (14.0, 2200.0),
         "torch-cuda": (2.0, 360.0), "onnx-cuda": (5.5, 800.0)}
@@ -13,15 +15,20 @@ BASE = {"torch-cpu": (30.0, 2600.0), "onnx-cpu": (22.0, 2000.0), "openvino-cpu":
 
 def sample(model: str, config: str, rep: int, *, time_s: float, energy_j: float, machine: str = "box-a",
            run_id: str = "run-a", cpu_source: str | None = "estimated-cpu-time", gpu_source: str | None = None,
-           error_prone: bool = False, gpu: bool | None = None, tokens: int = 164 * 16) -> dict:
+           error_prone: bool = False, gpu: bool | None = None, tokens: int = 164 * 16,
+           category: int | None = -1) -> dict:
+    """One sample; ``category`` -1 (the default): the model's size category from the model registry."""
     engine, _, provider = config.rpartition("-")
+    if category == -1:
+        category = REGISTRY[model].category if model in REGISTRY else None
     gpu = (provider == "cuda") if gpu is None else gpu
     cpu_j = energy_j * (0.3 if gpu else 1.0)
     gpu_j = energy_j - cpu_j if gpu else None
     idle = 0.1 * energy_j
     return dict(
-        run_id=run_id, machine=machine, model=model, weights="replica", engine=engine, provider=provider,
-        config=config, repetition=rep, order=rep, requests=164, new_tokens=16, tokens_generated=tokens,
+        run_id=run_id, machine=machine, model=model, category=category, weights="replica", engine=engine,
+        provider=provider, config=config, repetition=rep, order=rep, requests=164, new_tokens=16,
+        tokens_generated=tokens,
         time_s=time_s, ms_per_token=time_s / tokens * 1000, ttft_mean_s=time_s / 164 / 4,
         match_rate=0.4 if error_prone else 1.0, error_prone=error_prone,
         energy_cpu_j=cpu_j, energy_gpu_j=gpu_j, energy_total_j=energy_j, energy_idle_j=idle,

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from pytest_greenserve.report import terminal_summary, write_reports
+from pytest_greenserve.report.tables import plain
 from report.synth import make_rows
 
 CHROMIUM = "/usr/bin/chromium"
@@ -76,6 +77,23 @@ def test_terminal_summary_is_one_compact_table_with_the_report_path(run):
     assert sum(1 for line in lines if line.startswith("model")) == 1
 
 
+def assert_terminal_table(lines: list[str], rows: list[dict], report_path) -> None:
+    """One row per model × configuration with its median time, error-prone marks, then the report's path."""
+    table = [line.split() for line in lines[3:] if line.split() and line.split()[0] in {r["model"] for r in rows}]
+    groups = {(r["model"], r["config"]) for r in rows}
+    assert len(table) == len(groups)
+    for model, config in groups:
+        mine = [r for r in rows if (r["model"], r["config"]) == (model, config)]
+        cells = next(c for c in table if c[:2] == [model, config])
+        assert plain(float(pd.Series([r["time_s"] for r in mine]).median()), "s") in " ".join(cells)
+        assert ("!error-prone" in cells) == any(r["error_prone"] for r in mine)
+        if all(r["energy_net_j"] is None for r in mine):
+            assert " ".join(cells[2:4]) == "not measured"
+    assert (lines[-2] == "!error-prone: outputs disagreed with torch; excluded from the statistics") == \
+        any(r["error_prone"] for r in rows)
+    assert lines[-1] == f"greenserve report: {report_path}"
+
+
 @pytest.mark.parametrize("case", ["one-sample", "one-config", "all-error-prone", "no-energy", "no-samples"])
 def test_reports_survive_degenerate_runs(tmp_path, case):
     rows = make_rows(models=("mini-gpt2",), configs=("torch-cpu", "onnx-cpu"), reps=3)
@@ -98,8 +116,11 @@ def test_reports_survive_degenerate_runs(tmp_path, case):
     html = paths["html"].read_text()
     assert "nan" not in paths["stats"].read_text().lower()
     assert " 0 J" not in md and ">0 J" not in html
-    lines = terminal_summary(rows)
-    assert lines
+    lines = terminal_summary(rows, paths["html"])
+    if case == "no-samples":
+        assert lines == ["greenserve: no samples were recorded"]
+    else:
+        assert_terminal_table(lines, rows, paths["html"])
     if case == "no-energy":
         assert "not measured" in md
     if case == "all-error-prone":

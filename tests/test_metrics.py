@@ -1,0 +1,156 @@
+"""The metric registry: one entry makes a metric reach samples.csv, stats.csv and report.html."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+
+from pytest_greenserve.cli import main
+from pytest_greenserve.metrics import (Metric, builtin_metrics, derive_fields, metrics_from_json, metrics_to_json,
+                                       pytest_greenserve_register_metrics, resource_metrics)
+from pytest_greenserve.report import write_reports
+from report.synth import make_rows, write_run
+
+
+def tokens_per_s(sample):
+    tokens, time_s = sample.get("tokens_generated"), sample.get("time_s")
+    return tokens / time_s if tokens is not None and time_s else None
+
+
+THROUGHPUT = Metric("tokens_per_s", "tokens/s", "throughput", better="higher", kind="time", analysed=True,
+                    plotted=True, derive=tokens_per_s)
+
+
+def registry_with_throughput() -> dict[str, Metric]:
+    registry = builtin_metrics()
+    registry["tokens_per_s"] = THROUGHPUT
+    return registry
+
+
+@pytest.fixture(scope="module")
+def throughput_run(tmp_path_factory):
+    registry = registry_with_throughput()
+    rows = make_rows(models=("mini-gpt2",), configs=("torch-cpu", "onnx-cpu", "openvino-cpu"), reps=4)
+    for r in rows:
+        derive_fields(r, registry)
+    out = tmp_path_factory.mktemp("throughput")
+    return rows, write_reports(rows, out, {"run_id": "run-a"}, metrics=registry)
+
+
+def test_an_added_metric_gets_a_samples_csv_column_with_its_values(throughput_run):
+    rows, paths = throughput_run
+    samples = pd.read_csv(paths["samples"])
+    assert "tokens_per_s" in samples.columns
+    expected = [r["tokens_generated"] / r["time_s"] for r in rows]
+    assert samples["tokens_per_s"].tolist() == pytest.approx(expected)
+
+
+def test_an_added_analysed_metric_gets_stats_csv_rows(throughput_run):
+    _, paths = throughput_run
+    stats = pd.read_csv(paths["stats"], keep_default_na=False, dtype=str)
+    mine = stats[stats["metric"] == "tokens_per_s"]
+    assert {"shapiro", "levene"} <= set(mine["test"])
+    assert {"welch_anova", "kruskal"} & set(mine["test"])
+    assert len(mine[mine["test"] == "shapiro"]) == 3  # one per configuration
+
+
+def test_an_added_metric_is_named_by_its_label_in_report_html(throughput_run):
+    _, paths = throughput_run
+    html = paths["html"].read_text()
+    assert "Box plots: " in html and "throughput (tokens/s)" in html  # its box plot's caption
+    assert "<td>throughput</td>" in html  # the "which test, and why" table
+    assert "tokens_per_s" not in paths["summary"].read_text()  # summary.md's tables are fixed
+
+
+def test_greenserve_report_rerenders_a_run_with_the_metrics_in_its_run_json(tmp_path, capsys):
+    registry = registry_with_throughput()
+    rows = make_rows(models=("mini-gpt2",), configs=("torch-cpu", "onnx-cpu"), reps=3)
+    for r in rows:
+        derive_fields(r, registry)
+    run = write_run(tmp_path / "reports", rows, "run-a")
+    (run / "run.json").write_text(json.dumps({"run_id": "run-a", "metrics": metrics_to_json(registry)}))
+    assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 0
+    stats = pd.read_csv(tmp_path / "out" / "stats.csv")
+    assert "tokens_per_s" in set(stats["metric"])
+    assert "tokens_per_s" in pd.read_csv(tmp_path / "out" / "samples.csv").columns
+
+
+def test_a_derive_missing_an_input_gives_none_never_zero():
+    registry = registry_with_throughput()
+    sample = {"time_s": None, "tokens_generated": 0, "energy_total_j": None, "latencies_s": [],
+              "ttfts_s": [None, None]}
+    derive_fields(sample, registry)
+    for name in ("tokens_per_s", "ms_per_token", "j_per_token", "latency_mean_s", "latency_p50_s",
+                 "latency_p95_s", "ttft_mean_s"):
+        assert sample[name] is None, name
+    no_tokens = {"time_s": 2.0, "energy_total_j": 10.0}  # tokens_generated absent
+    derive_fields(no_tokens, registry)
+    assert no_tokens["ms_per_token"] is None and no_tokens["j_per_token"] is None
+    assert no_tokens["tokens_per_s"] is None
+
+
+def test_derive_fields_fills_every_metric_and_reproduces_the_sample_builder():
+    latencies = [0.1 * k for k in range(20, 0, -1)]  # 2.0 ... 0.1, unsorted
+    sample = {"time_s": 3.0, "tokens_generated": 600, "energy_total_j": 30.0, "latencies_s": latencies,
+              "ttfts_s": [0.2, None, 0.4]}
+    derive_fields(sample, builtin_metrics())
+    assert sample["ms_per_token"] == pytest.approx(5.0)
+    assert sample["j_per_token"] == pytest.approx(0.05)
+    assert sample["ttft_mean_s"] == pytest.approx(0.3)
+    assert sample["latency_mean_s"] == pytest.approx(1.05)
+    assert sample["latency_p50_s"] == pytest.approx(1.05)
+    assert sample["latency_p95_s"] == pytest.approx(2.0)  # sorted[min(n - 1, int(0.95 * n))]
+    assert set(builtin_metrics()) <= set(sample)
+    assert sample["energy_wall_j"] is None and sample["cpu_pct"] is None  # missing: None, not 0
+
+
+def test_metrics_survive_the_run_json_round_trip():
+    registry = registry_with_throughput()
+    items = json.loads(json.dumps(metrics_to_json(registry)))
+    assert all("derive" not in item for item in items)
+    back = metrics_from_json(items)
+    assert list(back) == list(registry)
+    assert back == {name: dataclasses.replace(m, derive=None) for name, m in registry.items()}
+
+
+def test_metrics_from_json_ignores_unknown_keys_and_unusable_entries():
+    items = [{"name": "tokens_per_s", "unit": "tokens/s", "label": "throughput", "analysed": True, "colour": "red"},
+             {"unit": "J"}, "not a dict", {"name": "bad", "unit": "", "label": "bad", "better": "sideways"}]
+    assert metrics_from_json(items) == {
+        "tokens_per_s": Metric("tokens_per_s", "tokens/s", "throughput", analysed=True)}
+
+
+def test_the_hook_keeps_a_users_metric_and_lists_the_builtins_first():
+    mine_first = {"tokens_per_s": THROUGHPUT, "time_s": Metric("time_s", "s", "wall time")}
+    pytest_greenserve_register_metrics(mine_first)  # the user's hook ran before the built-ins'
+    assert list(mine_first) == [*builtin_metrics(), "tokens_per_s"]
+    assert mine_first["time_s"].label == "wall time"
+    builtins_first: dict = {}
+    pytest_greenserve_register_metrics(builtins_first)
+    builtins_first["tokens_per_s"] = THROUGHPUT  # the user's hook ran after
+    assert list(builtins_first) == list(mine_first)
+
+
+def test_builtin_flags_match_what_the_reports_analysed_and_plotted():
+    metrics = builtin_metrics()
+    assert [m.name for m in metrics.values() if m.analysed] == [
+        "energy_net_j", "energy_total_j", "energy_cpu_j", "energy_gpu_j", "time_s", "j_per_token", "ms_per_token",
+        "ttft_mean_s", "ram_pct", "cpu_pct", "gpu_pct", "gpu_mem_util_pct", "gpu_mem_used_pct"]
+    assert {m.name for m in metrics.values() if m.plotted} == {
+        "energy_net_j", "energy_cpu_j", "energy_gpu_j", "time_s", "cpu_pct", "ram_pct", "gpu_pct",
+        "gpu_mem_util_pct", "gpu_mem_used_pct"}
+    assert {"energy_net_j", "energy_total_j", "energy_cpu_j", "energy_gpu_j", "j_per_token", "time_s",
+            "ms_per_token", "ttft_mean_s"} <= {m.name for m in metrics.values() if m.gateable}
+    assert [m.name for m in resource_metrics(metrics)] == ["ram_pct", "cpu_pct", "gpu_mem_used_pct"]
+    assert metrics["match_rate"].better == "higher" and not metrics["match_rate"].analysed
+    for m in metrics.values():
+        assert m.kind in ("energy", "time", "use", "quality", "other"), m.name
+        assert not (m.gateable and m.better is None), m.name
+
+
+def test_a_metric_with_an_unknown_direction_is_refused():
+    with pytest.raises(ValueError, match="better"):
+        Metric("x", "", "x", better="Lower")
