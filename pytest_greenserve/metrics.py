@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Mapping
 
 BETTER = ("lower", "higher", None)
-KINDS = ("energy", "time", "use", "quality", "other")
+KINDS = ("energy", "time", "use", "quality", "other")  # how reports group metrics
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ class Metric:
     def __post_init__(self):
         if self.better not in BETTER:
             raise ValueError(f"metric {self.name!r}: better must be 'lower', 'higher' or None, not {self.better!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"metric {self.name!r}: kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
 
 
 # ---------------------------------------------------------------- derivations (the sample builder's)

@@ -178,18 +178,21 @@ def default_cache_dir() -> Path:
     return Path(base) / "pytest-greenserve"
 
 
-def parse_model_list(text: str) -> tuple[list[str], dict[str, str]]:
+def parse_model_list(text: str, registry: dict[str, ModelSpec] | None = None) -> tuple[list[str], dict[str, str]]:
     """Parse ``--greenserve-models``: ``name``, ``name=/path`` or a bare path, comma-separated.
 
-    Returns the model names in order and the local paths given for some of them.
+    Names are checked against ``registry`` (default: the built-in models; the plugin passes the
+    models registered through ``pytest_greenserve_register_models`` too). Returns the model
+    names in order and the local paths given for some of them.
     """
+    registry = REGISTRY if registry is None else registry
     names: list[str] = []
     paths: dict[str, str] = {}
     for item in (t.strip() for t in text.split(",")):
         if not item:
             continue
         if item == "all":
-            names += [m for m in REGISTRY if m not in names]
+            names += [m for m in registry if m not in names]
             continue
         if item == "paper":
             names += [m.name for m in PAPER_MODELS if m.name not in names]
@@ -204,8 +207,8 @@ def parse_model_list(text: str) -> tuple[list[str], dict[str, str]]:
                 raise ModelError(f"{item!r} is not a model directory (no config.json)")
             name = Path(item).resolve().name
             paths[name] = item
-        elif name not in REGISTRY:
-            raise ModelError(f"unknown model {name!r}; known: {', '.join(REGISTRY)} (or name=/local/path)")
+        elif name not in registry:
+            raise ModelError(f"unknown model {name!r}; known: {', '.join(registry)} (or name=/local/path)")
         if name not in names:
             names.append(name)
     if not names:

@@ -76,12 +76,10 @@ def _optional(convert: Callable[[str], Any]) -> Callable[[str], Any]:
     return lambda text: None if not text.strip() else convert(text.strip())
 
 
-def _model_list(text: str) -> tuple[tuple[str, ...], dict[str, str]] | None:
-    """None (empty): every registered model, the embedded ones first (see read_settings)."""
-    if not text.strip():
-        return None
-    names, paths = parse_model_list(text)
-    return tuple(names), paths
+def _model_list(text: str) -> str | None:
+    """None (empty): every registered model, the embedded ones first. read_settings parses the
+    list against the registered models, those added through the hook included."""
+    return text.strip() or None
 
 
 def _config_list(text: str) -> tuple[str, ...]:
@@ -252,11 +250,11 @@ def read_settings(raw: Callable[[str], str | None], *, engines: dict, models: di
         values[opt.dest] = opt.parse(opt.default if given is None else given)
 
     chosen = values.pop("models")
-    if chosen is None:
-        names, paths = tuple(DEFAULT_MODELS) + tuple(m for m in models if m not in DEFAULT_MODELS), {}
-    else:
-        names, paths = chosen
     try:
+        if chosen is None:
+            names, paths = tuple(DEFAULT_MODELS) + tuple(m for m in models if m not in DEFAULT_MODELS), {}
+        else:
+            names, paths = parse_model_list(chosen, models)
         for name in names:
             if name not in models or name in paths:  # a local path is checked even for a known name
                 models.setdefault(name, spec_for(name, paths.get(name)))

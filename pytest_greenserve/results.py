@@ -46,11 +46,6 @@ def sample_columns(metrics: dict[str, Metric] | None = None) -> list[str]:
     return list(dict.fromkeys([*CONTEXT_COLUMNS, *names, *PROVENANCE_COLUMNS]))
 
 
-SAMPLE_COLUMNS = sample_columns()  # the built-in metrics' columns
-
-# Fields kept only in samples.jsonl (lists and nested objects).
-JSON_ONLY = ["latencies_s", "ttfts_s", "token_ids_digest", "versions", "machine_info", "meter_notes"]
-
 
 def new_run_id(now: float | None = None) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))

@@ -69,7 +69,6 @@ class Analysis:
     exclusions: list[Exclusion]
     savings: pd.DataFrame  # machine, metric, config, other, n_models, min_pct, max_pct, text, note
     category_medians: pd.DataFrame  # machine, category, config, medians of energy and time
-    category_savings: pd.DataFrame  # machine, category, metric, config, other, saving_pct
     guidelines: list[Guideline]
     findings: dict[tuple[str, str], list[str]]  # (machine, model) -> sentences
     notes: list[str]
@@ -180,11 +179,11 @@ def analyze(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> Analy
             med = cat_samples.groupby(["machine", cat_samples["category"].map(category_label), "config"])[metric].median()
             valid[f"_samples_{metric}"] = [
                 med.get((r.machine, category_label(r.category), r.config)) for r in valid.itertuples()]
-        savings, cat_medians, cat_savings = savings_tables(valid, energy_metric, metrics)
+        savings, cat_medians = savings_tables(valid, energy_metric, metrics)
         valid = valid.drop(columns=[c for c in valid.columns if c.startswith("_samples_")])
         guidelines = build_guidelines(valid, stats, energy_metric, metrics)
     else:
-        savings, cat_medians, cat_savings = savings_tables(valid, energy_metric, metrics)
+        savings, cat_medians = savings_tables(valid, energy_metric, metrics)
         guidelines = []
         if not df.empty:
             notes.append("every configuration was error-prone or no samples remain: no savings or guidelines")
@@ -195,5 +194,5 @@ def analyze(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> Analy
         notes.append("samples from several machines: each machine is analysed on its own ("
                      + ", ".join(machines) + ")")
     return Analysis(stats=stats, summary=summary, decisions=decisions, exclusions=exclusions, savings=savings,
-                    category_medians=cat_medians, category_savings=cat_savings, guidelines=guidelines,
+                    category_medians=cat_medians, guidelines=guidelines,
                     findings=findings, notes=notes, machines=machines, energy_metric=energy_metric)

@@ -218,3 +218,13 @@ def test_a_malformed_ini_value_is_a_usage_error(pytester):
 def test_a_model_directory_without_config_json_is_a_usage_error(pytester, tmp_path):
     errors = usage_errors(run(pytester, "--collect-only", f"--greenserve-models=foo={tmp_path}"))
     assert len(errors) == 1 and re.search(r"model path '.*' for 'foo' has no config\.json", errors[0]), errors
+
+
+def test_a_model_registered_through_the_hook_can_be_named():
+    from pytest_greenserve.models import ModelSpec
+
+    registry = {**REGISTRY, "santacoder": ModelSpec("santacoder", "gpt2", "bigcode/santacoder", "1.1B", 2)}
+    assert read({"models": "santacoder,mini-gpt2"}, models=registry).models == ("santacoder", "mini-gpt2")
+    assert "santacoder" in read({"models": "all"}, models=registry).models
+    with pytest.raises(OptionError, match="unknown model 'nosuchcoder'"):
+        read({"models": "nosuchcoder"}, models=registry)

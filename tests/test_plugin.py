@@ -82,6 +82,20 @@ def pytest_greenserve_register_engines(registry):
 REQUIRED_SAMPLE_FIELDS = ["model", "engine", "provider", "config", "repetition", "requests", "new_tokens",
                           "tokens_generated", "time_s", "latencies_s", "ttft_mean_s", "cpu_pct", "ram_pct",
                           "match_rate", "versions"]
+# Every key of a sample written by pytest-greenserve 0.1 (before the measuring core was split):
+# the default run's samples keep exactly these, plus the fields added since (NEW_SAMPLE_FIELDS).
+SAMPLE_KEYS_0_1 = {
+    "run_id", "machine", "model", "weights", "engine", "provider", "config", "repetition", "order", "requests",
+    "new_tokens", "tokens_generated", "prompt_tokens_mean", "time_s", "latency_mean_s", "latency_p50_s",
+    "latency_p95_s", "ttft_mean_s", "ms_per_token", "match_rate", "error_prone",
+    "energy_cpu_j", "energy_gpu_j", "energy_total_j", "energy_idle_j", "energy_net_j", "energy_cpu_source",
+    "energy_gpu_source", "energy_total_source", "energy_gpu_power_j", "cpu_pct", "ram_pct", "proc_cpu_pct",
+    "proc_ram_pct", "gpu_pct", "gpu_mem_util_pct", "gpu_mem_used_pct", "rss_peak_mb", "gpu_mem_peak_mb",
+    "sampler_hz", "sampler_overhead_pct", "meter_time_s", "energy_wall_j", "energy_wall_source",
+    "energy_wall_idle_j", "energy_wall_net_j", "latencies_s", "ttfts_s", "token_ids_digest", "versions",
+    "meter_notes", "started_at", "finished_at", "j_per_token",
+}
+NEW_SAMPLE_FIELDS = {"schema_version", "category"}
 RUN_TIMEOUT = 240  # seconds for one measured subprocess run; a hang fails instead of blocking CI
 
 
@@ -275,6 +289,8 @@ def test_measured_run_writes_samples_and_reports(bench):
     assert sorted((s["config"], s["repetition"]) for s in samples) == \
         [("onnx-cpu", 1), ("onnx-cpu", 2), ("torch-cpu", 1), ("torch-cpu", 2)]
     for s in samples:
+        assert set(s) == SAMPLE_KEYS_0_1 | NEW_SAMPLE_FIELDS  # the same shape as before, plus the new fields
+        assert s["schema_version"] == 1 and s["category"] is None  # mini models have no paper size category
         missing = [f for f in REQUIRED_SAMPLE_FIELDS if f not in s]
         assert not missing, missing
         assert s["machine"] == machine_label(run_meta["machine_info"])  # the machine run.json describes
@@ -438,3 +454,33 @@ def test_an_engine_raising_mid_sample_fails_that_item_alone(bench):
     assert [s["config"] for s in samples] == ["flakytorch-cpu"] * 2
     assert all(s["requests"] == 3 and s["match_rate"] == 1.0 for s in samples)
     assert (bench.latest / "report.html").is_file()  # the session still reached its reports
+
+
+# ------------------------------------------------------------------ metrics from the hook
+
+USER_METRIC = '''
+from pytest_greenserve.metrics import Metric
+
+
+def tokens_per_s(sample):
+    tokens, time_s = sample.get("tokens_generated"), sample.get("time_s")
+    return tokens / time_s if tokens and time_s else None
+
+
+def pytest_greenserve_register_metrics(registry):
+    registry["tokens_per_s"] = Metric("tokens_per_s", "tokens/s", "throughput", better="higher", kind="time",
+                                      analysed=True, plotted=True, derive=tokens_per_s)
+'''
+
+
+def test_a_metric_registered_through_the_hook_reaches_every_report(bench):
+    bench.pytester.makeconftest(USER_METRIC)
+    result = bench.run(configs="torch-cpu,onnx-cpu", runs=3, prompts=3, new_tokens=6)
+    result.assert_outcomes(passed=6)
+    for s in bench.samples():
+        assert s["tokens_per_s"] == pytest.approx(s["tokens_generated"] / s["time_s"])
+    assert all(float(r["tokens_per_s"]) > 0 for r in bench.csv_rows("samples.csv"))
+    assert any(r["metric"] == "tokens_per_s" for r in bench.csv_rows("stats.csv"))
+    assert "throughput" in (bench.latest / "report.html").read_text(encoding="utf-8")
+    run_meta = json.loads((bench.latest / "run.json").read_text(encoding="utf-8"))
+    assert "tokens_per_s" in [m["name"] for m in run_meta["metrics"]]  # so greenserve report can re-render it

@@ -23,12 +23,6 @@ class Guideline:
     evidence: list[str]
     caveats: list[str] = field(default_factory=list)
 
-    @property
-    def headline(self) -> str:
-        if not self.best_config:
-            return f"{self.shape}: no recommendation ({'; '.join(self.caveats) or 'no data'})"
-        return f"{self.shape}: use {self.best_config}"
-
 
 def _pair_p(stats: pd.DataFrame, machine, model, metric, a, b):
     r = stats[(stats["machine"] == machine) & (stats["model"] == model) & (stats["metric"] == metric)

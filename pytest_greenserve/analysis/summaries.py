@@ -48,14 +48,14 @@ def pick_energy_metric(summary: pd.DataFrame) -> str:
 
 
 def savings_tables(valid: pd.DataFrame, energy_metric: str,
-                   metrics: dict[str, Metric] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                   metrics: dict[str, Metric] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per machine: the paper's 'X% to Y% less' ranges across models, and per-category medians.
 
     The category medians are of the per-sample values (``_samples_<metric>`` columns of
     ``valid``), for every analysed metric.
     """
     names = [m.name for m in analysed(metrics)]
-    sav_rows, cat_rows, cat_sav = [], [], []
+    sav_rows, cat_rows = [], []
     for machine, m in valid.groupby("machine", sort=False):
         for metric in (energy_metric, "time_s"):
             configs = sort_configs(m["config"])
@@ -100,18 +100,10 @@ def savings_tables(valid: pd.DataFrame, energy_metric: str,
                 med[config]["energy_source"] = " / ".join(sorted({s for s in gc["energy_source"] if s})) or None
                 med[config]["estimated"] = any(is_estimated(s) for s in gc["energy_source"] if s)
                 cat_rows.append(med[config])
-            for metric in (energy_metric, "time_s"):
-                for a in med:
-                    for b in med:
-                        va, vb = med[a].get(metric), med[b].get(metric)
-                        if a == b or va is None or vb is None or vb == 0:
-                            continue
-                        cat_sav.append(dict(machine=machine, category=cat_key, metric=metric, config=a, other=b,
-                                            saving_pct=(vb - va) / vb * 100.0))
     sav = pd.DataFrame(sav_rows, columns=["machine", "metric", "config", "other", "n_models", "min_pct", "max_pct",
                                           "models", "text", "note"])
     cat = pd.DataFrame(cat_rows)
     if not cat.empty:
         cat["_k"] = cat["config"].map(config_sort_key)
         cat = cat.sort_values(["machine", "category", "_k"]).drop(columns="_k").reset_index(drop=True)
-    return sav, cat, pd.DataFrame(cat_sav, columns=["machine", "category", "metric", "config", "other", "saving_pct"])
+    return sav, cat

@@ -208,7 +208,7 @@ class GpuEnergyMeter(Meter):
         self._power = Series()
         self._power_all = Series()
         self._start_mj: list[int] | None = None
-        self._t0 = self._t1 = None
+        self._t0 = None
         self._notes: list[str] = []
         if self._reason is None:
             try:

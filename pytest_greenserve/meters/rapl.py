@@ -180,9 +180,5 @@ class RaplMeter(Meter):
             self._last_uj = None
         return [Reading(self.field, value, "J", self.source)]
 
-    @property
-    def last_error(self) -> str | None:
-        return self._error
-
     def sample_notes(self) -> list[str]:
         return [f"cpu energy: {self._error}"] if self._error else []

@@ -67,7 +67,6 @@ class SamplerResult:
     wall_s: float
     thread_cpu_s: float
     ticks: int
-    hz_configured: float
     thread_ticks: int = 0
     overruns: int = 0
     errors: list[str] = field(default_factory=list)
@@ -191,7 +190,6 @@ class Sampler:
             wall_s=self.clock() - self._t0,
             thread_cpu_s=self._thread_cpu_s,
             ticks=self._ticks,
-            hz_configured=self.hz,
             thread_ticks=self._thread_ticks,
             overruns=self._overruns,
             errors=list(self._errors.values()),
