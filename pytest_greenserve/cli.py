@@ -4,6 +4,8 @@
   directories or samples.jsonl files); several runs, from one or several machines, are merged
   into one analysis grouped by machine.
 * ``greenserve models``: list the model registry.
+* ``greenserve serve --model NAME|PATH --config onnx-cpu``: serve one model in one configuration
+  over HTTP (FastAPI under uvicorn; the ``serve`` extra), see ``serving/server.py``.
 
 Bad input gives one line on stderr and exit status 2, never a traceback.
 """
@@ -97,6 +99,15 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serving.server import ServeError, serve
+
+    try:
+        return serve(args)
+    except ServeError as exc:
+        raise InputError(str(exc)) from None
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse prints usage too; keep it short)
         print(f"greenserve: {message}", file=sys.stderr)
@@ -113,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_report)
     mod = sub.add_parser("models", help="list the model registry (name, hub id, size, category, architecture)")
     mod.set_defaults(func=cmd_models)
+    srv = sub.add_parser("serve", help="serve one model in one configuration over HTTP (FastAPI + uvicorn)")
+    from .serving.server import add_serve_arguments  # argparse only: fastapi is imported when serving
+
+    add_serve_arguments(srv)
+    srv.set_defaults(func=cmd_serve)
     return parser
 
 

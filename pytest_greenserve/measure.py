@@ -34,8 +34,13 @@ class Measurement:
 
 
 def measure_prompts(target: Target, prompt_ids: Sequence[Sequence[int]], new_tokens: int,
-                    meters=None, idle=None) -> Measurement:
-    """Send every prompt once, in order, batch of one; time each request and the whole window."""
+                    meters=None, idle=None, concurrency: int = 1) -> Measurement:
+    """Send every prompt once, in order, batch of one; time each request and the whole window.
+
+    ``concurrency`` > 1: that many client threads send the prompts (an HTTP target's server
+    queues them); each request's latency is timed in its thread, results keep prompt order."""
+    if concurrency > 1:
+        return _measure_concurrently(target, prompt_ids, new_tokens, meters, idle, concurrency)
     latencies: list[float] = []
     ttfts: list[float | None] = []
     outputs: list[list[int]] = []
@@ -56,4 +61,35 @@ def measure_prompts(target: Target, prompt_ids: Sequence[Sequence[int]], new_tok
             outputs.append(list(gen.token_ids))
         time_s = time.perf_counter() - t0
     return Measurement(outputs, latencies, ttfts, time_s, tracked.fields if tracked is not None else {},
+                       started_at, time.time())
+
+
+def _measure_concurrently(target: Target, prompt_ids, new_tokens: int, meters, idle, concurrency: int) -> Measurement:
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = len(prompt_ids)
+    results: list = [None] * n
+
+    def one(i: int):
+        t = time.perf_counter()
+        gen = target.generate(prompt_ids[i], new_tokens)
+        results[i] = (time.perf_counter() - t, gen)
+
+    started_at = time.time()
+    window = meters.track(idle) if meters is not None else nullcontext(None)
+    with window as tracked:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="greenserve-client") as pool:
+            futures = [pool.submit(one, i) for i in range(n)]
+            for i, fut in enumerate(futures, 1):
+                exc = fut.exception()
+                if exc is not None:
+                    for f in futures:
+                        f.cancel()
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    raise RequestFailed(f"request {i} of {n} failed: {type(exc).__name__}: {first}".rstrip(": ")) \
+                        from exc
+        time_s = time.perf_counter() - t0
+    return Measurement([list(g.token_ids) for _, g in results], [lat for lat, _ in results],
+                       [g.ttft_s for _, g in results], time_s, tracked.fields if tracked is not None else {},
                        started_at, time.time())

@@ -35,6 +35,10 @@ class Metric:
 
     The resource-constrained guideline ranks the ``analysed`` metrics of kind ``use`` where
     lower is better (:func:`resource_metrics`), quoting the first of them in registry order.
+    ``ranks_instead_of``: this metric is the process tree's share of that system-wide one
+    (``proc_cpu_pct`` of ``cpu_pct``); where every configuration has it, the guideline ranks it
+    in the system-wide one's place and quotes the system-wide one as context only, because the
+    system-wide figure includes every other process on the machine.
     """
 
     name: str  # the sample field; unit in the name (energy_net_j)
@@ -47,6 +51,7 @@ class Metric:
     gateable: bool = False  # may be named by the CI energy gate
     energy_source: str | None = None
     derive: Callable[[Mapping[str, Any]], float | None] | None = None
+    ranks_instead_of: str | None = None
 
     def __post_init__(self):
         if self.better not in BETTER:
@@ -73,11 +78,97 @@ def _latency_p50(sample):
 
 
 def _latency_p95(sample):
+    """The 95th percentile by linear interpolation between order statistics (numpy's default,
+    statistics' ``inclusive`` method): for 1, 2, ..., 20 it is 19.05, not the maximum."""
     lat = _latencies(sample)
     if not lat:
         return None
-    ordered = sorted(lat)
-    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+    if len(lat) == 1:
+        return lat[0]
+    return statistics.quantiles(lat, n=20, method="inclusive")[-1]
+
+
+def _latency_p99(sample):
+    """The 99th percentile, interpolated as the 95th is (for 1 request: that request)."""
+    lat = _latencies(sample)
+    if not lat:
+        return None
+    if len(lat) == 1:
+        return lat[0]
+    return statistics.quantiles(lat, n=100, method="inclusive")[-1]
+
+
+def _requests_per_s(sample):
+    """Requests answered per second of the window (with concurrent clients, their sum)."""
+    time_s, requests = sample.get("time_s"), sample.get("requests")
+    return requests / time_s if (time_s and requests is not None) else None
+
+
+def _tokens_per_s(sample):
+    time_s, tokens = sample.get("time_s"), sample.get("tokens_generated")
+    return tokens / time_s if (time_s and tokens is not None) else None
+
+
+# ---------------------------------------------------------------- sample checks (steady state, resolution)
+
+#: A sample is *unsteady* when its slowest request took more than this many times its median
+#: request. mini-pythia on a shared 2-core VM (32 prompts): steady torch-cpu and jit-cpu samples
+#: gave 1.17-2.31 even with neighbours' load; samples with TorchScript compiling inside the
+#: window, or a neighbour taking the CPU, gave 8-54.
+UNSTEADY_SLOWEST_OVER_MEDIAN = 3.0
+#: ... or when the median request of its last quarter differs from that of its first quarter
+#: by more than this many percent (a drift: throttling, a neighbour starting or stopping).
+#: The steady samples above drifted -27% to +2%; prompt lengths (10-15 tokens) alone move a
+#: quarter's median by a few percent.
+UNSTEADY_DRIFT_PCT = 50.0
+#: A sample shorter than this (seconds) is *low-resolution*: NVML's energy counter steps about
+#: every 100 ms, so a window of at least 1 s keeps its quantisation error near 1% or below (the
+#: H100's 1 s windows had a CV of 0.4%, 0.1 s windows 34%). ``--greenserve-min-sample-s``
+#: changes it; the sample records the threshold it was judged by (``min_sample_s``).
+DEFAULT_MIN_SAMPLE_S = 1.0
+
+
+def _slowest_over_median(sample):
+    lat = _latencies(sample)
+    if not lat:
+        return None
+    median = statistics.median(lat)
+    return max(lat) / median if median > 0 else None
+
+
+def _drift_pct(sample):
+    """Median request of the last quarter against that of the first quarter, in percent (at
+    least 8 requests, so each quarter has two)."""
+    lat = _latencies(sample)
+    if not lat or len(lat) < 8:
+        return None
+    q = len(lat) // 4
+    first, last = statistics.median(lat[:q]), statistics.median(lat[-q:])
+    return (last - first) / first * 100 if first > 0 else None
+
+
+def _unsteady(sample):
+    ratio, drift = _slowest_over_median(sample), _drift_pct(sample)
+    if ratio is None and drift is None:
+        return None
+    return bool((ratio is not None and ratio > UNSTEADY_SLOWEST_OVER_MEDIAN)
+                or (drift is not None and abs(drift) > UNSTEADY_DRIFT_PCT))
+
+
+def min_sample_s(sample) -> float:
+    value = sample.get("min_sample_s")
+    return DEFAULT_MIN_SAMPLE_S if value is None else float(value)
+
+
+def _low_resolution(sample):
+    time_s = sample.get("time_s")
+    if time_s is None:
+        return None
+    return bool(time_s < min_sample_s(sample))
+
+
+#: The sample checks: a sample whose flag is True is named in stats.csv, summary.md and report.html.
+SAMPLE_FLAGS = ("unsteady", "low_resolution")
 
 
 def _ttft_mean(sample):
@@ -88,6 +179,12 @@ def _ttft_mean(sample):
 def _ms_per_token(sample):
     time_s, tokens = sample.get("time_s"), sample.get("tokens_generated")
     return 1000 * time_s / tokens if (time_s is not None and tokens) else None
+
+
+def _idle_power_w(sample):
+    """The idle window's power (W): idle energy is that power times the sample's window."""
+    idle_j, window_s = sample.get("energy_idle_j"), sample.get("meter_time_s")
+    return idle_j / window_s if (idle_j is not None and window_s) else None
 
 
 def _j_per_token(sample):
@@ -123,14 +220,35 @@ def _builtin() -> list[Metric]:
         M("latency_mean_s", "s", "mean request latency", kind="time", gateable=True, derive=_latency_mean),
         M("latency_p50_s", "s", "median request latency", kind="time", gateable=True, derive=_latency_p50),
         M("latency_p95_s", "s", "95th-percentile request latency", kind="time", gateable=True, derive=_latency_p95),
+        M("latency_p99_s", "s", "99th-percentile request latency", kind="time", gateable=True, derive=_latency_p99),
+        M("requests_per_s", "requests/s", "request throughput", better="higher", kind="time", gateable=True,
+          derive=_requests_per_s),
+        # not "tokens_per_s": the README's and the tests' example of a user-registered metric
+        M("gen_tokens_per_s", "tokens/s", "generated-token throughput", better="higher", kind="time",
+          gateable=True, derive=_tokens_per_s),
         M("match_rate", "", "match rate with the torch reference", better="higher", kind="quality"),
+        M("match_rate_tie_aware", "", "match rate with the torch reference, near-ties allowed",
+          better="higher", kind="quality"),
+        # the sample checks (SAMPLE_FLAGS): steady state and window length
+        M("slowest_over_median", "", "slowest request over the median request", better=None, kind="quality",
+          derive=_slowest_over_median),
+        M("drift_pct", "%", "median request, last quarter against first quarter", better=None, kind="quality",
+          derive=_drift_pct),
+        M("unsteady", "", f"unsteady (slowest request > {UNSTEADY_SLOWEST_OVER_MEDIAN:g}x the median, or "
+          f"drift > {UNSTEADY_DRIFT_PCT:g}%)", better=None, kind="quality", derive=_unsteady),
+        M("low_resolution", "", "window shorter than --greenserve-min-sample-s (energy counter resolution)",
+          better=None, kind="quality", derive=_low_resolution),
         M("energy_idle_j", "J", "idle energy", better=None, kind="energy", energy_source="total"),
+        # measured next to each sample: its spread across samples shows how steady idle was
+        M("idle_power_w", "W", "idle power", better=None, kind="energy", energy_source="total",
+          derive=_idle_power_w),
         M("energy_gpu_power_j", "J", "GPU energy from sampled power (cross-check)", better=None, kind="energy"),
         M("energy_wall_j", "J", "gross wall energy", kind="energy", energy_source="wall", gateable=True),
         M("energy_wall_idle_j", "J", "idle wall energy", better=None, kind="energy", energy_source="wall"),
         M("energy_wall_net_j", "J", "net wall energy", kind="energy", energy_source="wall", gateable=True),
-        M("proc_cpu_pct", "%", "process-tree CPU use (of one core)", kind="use"),
-        M("proc_ram_pct", "%", "process-tree RAM use", kind="use"),
+        M("proc_cpu_pct", "%", "process-tree CPU use (of one core)", kind="use", analysed=True,
+          ranks_instead_of="cpu_pct"),
+        M("proc_ram_pct", "%", "process-tree RAM use", kind="use", analysed=True, ranks_instead_of="ram_pct"),
         M("rss_peak_mb", "MB", "peak process-tree memory", kind="use"),
         M("gpu_mem_peak_mb", "MB", "peak GPU memory", kind="use"),
         M("sampler_hz", "Hz", "sampling rate achieved", better=None),
@@ -175,6 +293,11 @@ def plotted(metrics: Mapping[str, Metric] | None = None) -> list[Metric]:
 def resource_metrics(metrics: Mapping[str, Metric] | None = None) -> list[Metric]:
     """Behind the resource-constrained guideline: analysed ``use`` metrics where lower is better."""
     return [m for m in analysed(metrics) if m.kind == "use" and m.better == "lower"]
+
+
+def process_tree_metrics(metrics: Mapping[str, Metric] | None = None) -> dict[str, str]:
+    """System-wide metric name -> the process-tree metric ranked in its place (``ranks_instead_of``)."""
+    return {m.ranks_instead_of: m.name for m in metrics_or_builtin(metrics).values() if m.ranks_instead_of}
 
 
 def derive_fields(sample: dict, registry: Mapping[str, Metric]) -> None:

@@ -20,8 +20,10 @@ from typing import Any, Callable
 
 from .configs import ConfigError, ServingConfig, parse_config_list
 from .meters import MeterSettings, parse_cpu_watts
+from .metrics import DEFAULT_MIN_SAMPLE_S
 from .models import DEFAULT_MODELS, ModelError, default_cache_dir, parse_model_list, spec_for
 from .prompts import N_PROBLEMS
+from .samples import DEFAULT_TIE_TOLERANCE
 
 __all__ = ["OPTIONS", "Option", "OptionError", "Settings", "meter_settings", "option", "read_settings"]
 
@@ -181,9 +183,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("cache-dir", "DIR", "",
            "cache of replicas, exports and reference tokens ($GREENSERVE_CACHE overrides the default)",
            _cache_dir, readme_default="`~/.cache/pytest-greenserve`"),
-    Option("warmup", "N", "2", "requests sent after each load, before measuring", whole(0)),
-    Option("idle", "SECONDS", "5", "idle-power baseline measured before each configuration (the paper used 300)",
-           number(0), dest="idle_s"),
+    Option("warmup", "N", "2", "requests sent after each load, before measuring; one prompt of every other "
+           "prompt length follows, so that no engine compiles for a new shape inside a measured window", whole(0)),
+    Option("tie-tolerance", "LOGITS", f"{DEFAULT_TIE_TOLERANCE:g}",
+           "a token differing from torch's where torch's top-2 logits were closer than this is a near-tie, "
+           "not an error", number(0)),
+    Option("min-sample-s", "SECONDS", f"{DEFAULT_MIN_SAMPLE_S:g}",
+           "a sample shorter than this is flagged low_resolution (NVML's energy counter steps every ~100 ms)",
+           number(0)),
+    Option("idle", "SECONDS", "5", "idle-power window measured next to each sample, with its target loaded "
+           "(the paper: 300 s once); 0: no idle baseline, no net energy", number(0), dest="idle_s"),
+    Option("settle", "SECONDS", "1", "rest before each idle window, so the machine settles after the last sample",
+           number(0), dest="settle_s"),
     Option("cooldown", "SECONDS", "0", "rest between configurations", number(0), dest="cooldown_s"),
     Option("sampler-hz", "HZ", "10", "utilisation sampling rate", number(0.1)),
     Option("cpu-watts", "W_PER_CORE[,IDLE_W]|off", "10,20",
@@ -195,6 +206,11 @@ OPTIONS: tuple[Option, ...] = (
            "OpenVINO inference precision (its bf16 CPU default changes greedy tokens)",
            choice("f32", "bf16", "f16", "default")),
     Option("threads", "N", "", "CPU threads for the engines", _optional(whole(1)), readme_default="library default"),
+    Option("transport", "inproc|http", "inproc",
+           "how prompts reach the model: inproc (the engine in the pytest process) or http "
+           "(greenserve serve in a child process, FastAPI + uvicorn on loopback; the serve extra)",
+           choice("inproc", "http")),
+    Option("concurrency", "N", "1", "client threads sending the prompts at once (the paper: 1)", whole(1, 256)),
 )
 
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -227,13 +243,18 @@ class Settings:
     report_dir: Path = _default("report-dir")
     cache_dir: Path = field(default_factory=lambda: _default("cache-dir"))  # reads $GREENSERVE_CACHE
     warmup: int = _default("warmup")  # requests sent after each load, before measuring
-    idle_s: float = _default("idle")  # idle baseline before each configuration
+    tie_tolerance: float = _default("tie-tolerance")  # logits: a smaller top-2 margin is a near-tie
+    min_sample_s: float = _default("min-sample-s")  # shorter samples are flagged low_resolution
+    idle_s: float = _default("idle")  # idle window next to each sample
+    settle_s: float = _default("settle")  # rest before each idle window
     cooldown_s: float = _default("cooldown")  # rest between configurations
     threads: int | None = _default("threads")  # None: the library's default
     openvino_precision: str = _default("openvino-precision")
     sampler_hz: float = _default("sampler-hz")
     cpu_watts: tuple[float, float] | None = _default("cpu-watts")  # (W per busy core, idle W); None: off
     wattmeter: str | None = _default("wattmeter")  # URL
+    transport: str = _default("transport")  # inproc | http
+    concurrency: int = _default("concurrency")  # client threads sending the prompts
 
 
 def read_settings(raw: Callable[[str], str | None], *, engines: dict, models: dict, rootpath: Path) -> Settings:
@@ -262,6 +283,9 @@ def read_settings(raw: Callable[[str], str | None], *, engines: dict, models: di
     except (ModelError, ConfigError) as exc:
         raise OptionError(str(exc)) from None
 
+    if values["concurrency"] > 1 and values["transport"] != "http":
+        raise OptionError("--greenserve-concurrency above 1 needs --greenserve-transport=http "
+                          "(in-process engines serve one request at a time)")
     report_dir = values.pop("report_dir")
     if not report_dir.is_absolute():
         report_dir = Path(rootpath) / report_dir

@@ -31,7 +31,8 @@ SCHEMA_VERSION = 1
 # registered metric, in the registry's order; see metrics.py), then where the numbers come from.
 # Units are in the names. Values that could not be measured are empty (None), never 0.
 CONTEXT_COLUMNS = [
-    "run_id", "machine", "model", "category", "weights", "engine", "provider", "config", "repetition", "order",
+    "run_id", "machine", "model", "category", "weights", "engine", "provider", "config", "transport", "concurrency",
+    "repetition", "order",
     "requests", "new_tokens", "tokens_generated", "prompt_tokens_mean", "error_prone",
 ]
 PROVENANCE_COLUMNS = [
@@ -228,18 +229,25 @@ def mark_error_prone(rows: list[dict]) -> list[dict]:
 
     Every sample of such a (machine, model, configuration) is marked, in place, so the
     analysis excludes the configuration as a whole (the paper dropped JIT for producing
-    wrong completions). A sample already marked stays marked; samples without a match rate
+    wrong completions). Disagreeing means the tie-aware match rate is below 1 (a divergence
+    at a step where the reference's top-2 scores nearly tied is not an error); samples
+    without one (older runs, references without margins) are judged by the strict
+    ``match_rate``. A sample already marked stays marked; samples without a match rate
     (no reference) and no mark are left as they are.
     """
     def key(r):
         return r.get("machine"), r["model"], r["config"]
 
+    def decisive(r):
+        tie_aware = r.get("match_rate_tie_aware")
+        return tie_aware if tie_aware is not None else r.get("match_rate")
+
     bad = {key(r) for r in rows
-           if r.get("error_prone") is True or (r.get("match_rate") is not None and r["match_rate"] < 1.0)}
+           if r.get("error_prone") is True or (decisive(r) is not None and decisive(r) < 1.0)}
     for r in rows:
         if key(r) in bad:
             r["error_prone"] = True
-        elif r.get("match_rate") is not None:
+        elif decisive(r) is not None:
             r["error_prone"] = False
     return rows
 

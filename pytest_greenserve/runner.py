@@ -1,8 +1,9 @@
 """The runner: one target at a time, from load to close.
 
 It owns what happens around the measured windows of one (model, configuration): loading the
-target, the warm-up requests, the idle baseline, the cool-down before the next
-configuration, and closing. A configuration that cannot be loaded is remembered, so its later
+target, the warm-up requests, the cool-down before the next configuration, the idle window
+next to each sample (after the machine has settled, with the target loaded: the sample's own
+device state), and closing. A configuration that cannot be loaded is remembered, so its later
 repetitions fail at once with the same one-line reason instead of loading again.
 
 It knows nothing of pytest, reports or how a sample is built: the session hands it a target
@@ -23,7 +24,6 @@ from .targets import Target
 class Loaded:
     key: Hashable  # (model, configuration)
     target: Target
-    idle: object = None  # the meters' IdleBaseline for this key, or None
 
 
 def one_line_failure(what: str, exc: BaseException) -> str:
@@ -35,21 +35,21 @@ def one_line_failure(what: str, exc: BaseException) -> str:
 
 
 class Runner:
-    def __init__(self, *, warmup: int, new_tokens: int, idle_s: float, cooldown_s: float,
+    def __init__(self, *, warmup: int, new_tokens: int, idle_s: float, cooldown_s: float, settle_s: float = 0.0,
                  progress: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep):
         self.warmup = warmup
         self.new_tokens = new_tokens
         self.idle_s = idle_s
         self.cooldown_s = cooldown_s
+        self.settle_s = settle_s
         self.progress = progress
         self._sleep = sleep
         self.loaded: Loaded | None = None
         self._failed: dict[Hashable, str] = {}
-        self._idles: dict[Hashable, object] = {}
         self._ever_loaded = False
 
     def ensure(self, key: Hashable, label: str, make_target: Callable[[], Target],
-               warmup_prompts: Sequence[Sequence[int]], meters=None) -> Loaded:
+               warmup_prompts: Sequence[Sequence[int]]) -> Loaded:
         """The loaded, warmed-up target for ``key``, loading it (and closing another) if needed.
 
         Raises :class:`EngineError` with a one-line reason when the target cannot be loaded
@@ -68,29 +68,30 @@ class Runner:
         self._ever_loaded = True
         try:
             target.load()
-            for ids in list(warmup_prompts)[: self.warmup]:
+            for ids in warmup_requests(warmup_prompts, self.warmup):
                 target.generate(ids, self.new_tokens)
         except Exception as exc:  # an engine's library failing: still one line for the user
             _close_quietly(target)
             self._failed[key] = one_line_failure(f"{label} could not be served", exc)
             raise EngineError(self._failed[key]) from exc
-        self.loaded = Loaded(key, target, self._idle_baseline(key, label, meters))
+        self.loaded = Loaded(key, target)
         return self.loaded
 
-    def _idle_baseline(self, key: Hashable, label: str, meters):
-        """Idle power with this configuration loaded, measured at its first load.
+    def idle_baseline(self, label: str, meters):
+        """Idle power measured now, right before a sample, with its target loaded.
 
-        In the shuffled order a configuration is loaded again and again; measuring idle at
-        every load would multiply the idle time by the repetitions for little gain, so the
-        baseline of the first load is reused (it is stored with every sample).
+        The machine first rests ``settle_s`` (a GPU reads higher just after work), then the
+        meters read ``idle_s`` seconds of idle. Measured next to every sample, not once per
+        configuration: a baseline taken in another device state (before a CUDA context
+        existed, say) would leave a constant offset in every later sample's net energy, which
+        looks like a real, significant difference. None without meters or with ``idle_s`` 0.
         """
-        if key not in self._idles:
-            idle = None
-            if meters is not None and self.idle_s > 0:
-                self.progress(f"greenserve: measuring idle power for {self.idle_s:g} s ({label} loaded)")
-                idle = meters.measure_idle(self.idle_s, progress=self.progress)
-            self._idles[key] = idle
-        return self._idles[key]
+        if meters is None or self.idle_s <= 0:
+            return None
+        if self.settle_s > 0:
+            self._sleep(self.settle_s)
+        self.progress(f"greenserve: idle power for {self.idle_s:g} s ({label} loaded)")
+        return meters.measure_idle(self.idle_s, progress=self.progress)
 
     def discard(self) -> None:
         """Close the loaded target after it failed mid-sample: its state (device memory, a
@@ -101,6 +102,25 @@ class Runner:
         if self.loaded is not None:
             loaded, self.loaded = self.loaded, None
             _close_quietly(loaded.target)
+
+
+def warmup_requests(prompts: Sequence[Sequence[int]], warmup: int) -> list[Sequence[int]]:
+    """The warm-up requests: the first ``warmup`` prompts, then one prompt of every other
+    distinct length among ``prompts``.
+
+    Engines that specialise or compile per input shape (TorchScript's profiling executor,
+    OpenVINO's dynamic shapes) would otherwise do it inside a measured window the first time a
+    new prompt length arrives. The prompts are 10-15 tokens, so this adds at most a handful of
+    requests per load, whatever the engine.
+    """
+    prompts = list(prompts)
+    chosen = prompts[:warmup]
+    seen = {len(p) for p in chosen}
+    for p in prompts[warmup:]:
+        if len(p) not in seen:
+            seen.add(len(p))
+            chosen.append(p)
+    return chosen
 
 
 def _close_quietly(target: Target) -> None:

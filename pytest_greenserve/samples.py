@@ -17,8 +17,16 @@ from typing import Mapping, Sequence
 
 from .configs import ServingConfig
 from .measure import Measurement
-from .metrics import Metric, derive_fields
+from .metrics import DEFAULT_MIN_SAMPLE_S, Metric, derive_fields
 from .results import SCHEMA_VERSION, sample_columns
+
+
+#: A divergence from the reference at a step whose reference top-2 score gap is below this
+#: (absolute, in logits) is a near-tie, not an error. fp32 kernels differ by ~1e-5..1e-4
+#: relative on logits; random-weight replicas' logits are O(1..10), so two engines' top-2 gaps
+#: can differ by up to ~1e-3 and flip an argmax whose gap is smaller. A broken engine diverges
+#: at wide gaps (typically >0.01), which stay errors.
+DEFAULT_TIE_TOLERANCE = 1e-3
 
 
 def match_rate(outputs: Sequence[Sequence[int]], reference: Sequence[Sequence[int]] | None) -> float | None:
@@ -28,13 +36,71 @@ def match_rate(outputs: Sequence[Sequence[int]], reference: Sequence[Sequence[in
     return sum(list(a) == list(b) for a, b in zip(outputs, reference)) / len(outputs)
 
 
+def first_divergence(output: Sequence[int], reference: Sequence[int]) -> int | None:
+    """The first step at which ``output`` departs from ``reference``; None when they are equal."""
+    if list(output) == list(reference):
+        return None
+    return next((i for i, (a, b) in enumerate(zip(output, reference)) if a != b), min(len(output), len(reference)))
+
+
+def is_near_tie(output: Sequence[int], reference: Sequence[int], margins: Sequence[float] | None,
+                tolerance: float = DEFAULT_TIE_TOLERANCE) -> bool:
+    """Whether ``output`` equals ``reference`` up to its first divergence and the reference's
+    top-2 gap at that step is below ``tolerance`` (after a tie the continuations legitimately
+    differ, so nothing after the first divergence is compared)."""
+    step = first_divergence(output, reference)
+    if step is None or margins is None or step >= len(margins) or step >= min(len(output), len(reference)):
+        return False
+    return margins[step] < tolerance
+
+
+def match_rate_tie_aware(outputs: Sequence[Sequence[int]], reference: Sequence[Sequence[int]] | None,
+                         tolerance: float = DEFAULT_TIE_TOLERANCE) -> float | None:
+    """Share of requests that equal the reference or first depart from it at a near-tie step;
+    None without a reference or without the reference's margins (``reference.margins``)."""
+    margins = getattr(reference, "margins", None)
+    if reference is None or margins is None or not outputs:
+        return None
+    ok = sum(list(a) == list(b) or is_near_tie(a, b, m, tolerance) for a, b, m in zip(outputs, reference, margins))
+    return ok / len(outputs)
+
+
+def not_fully_on_cuda(provider: str, placement: Mapping | None) -> bool | None:
+    """True when a CUDA configuration's placement audit found compute nodes on the CPU;
+    None when there is no audit (the engine keeps none, or it is not a CUDA configuration)."""
+    if provider != "cuda" or placement is None:
+        return None
+    return bool(placement.get("compute_on_cpu"))
+
+
+def config_label(config: ServingConfig, transport: str = "inproc", concurrency: int = 1) -> str:
+    """The ``config`` reports group by: ``torch-cpu``; over HTTP ``torch-cpu@http``; with
+    concurrent clients ``torch-cpu@http/c4`` (their latencies include queueing, so they are
+    not comparable with one client's)."""
+    label = config.name if transport == "inproc" else f"{config.name}@{transport}"
+    return label if concurrency <= 1 else f"{label}/c{concurrency}"
+
+
 def build_sample(*, run_id: str, machine: str, model: str, category: int | None, weights: str,
                  config: ServingConfig, repetition: int, order: int, new_tokens: int,
                  prompt_ids: Sequence[Sequence[int]], measurement: Measurement,
                  reference: Sequence[Sequence[int]] | None, versions: Mapping[str, str],
-                 metrics: Mapping[str, Metric]) -> dict:
+                 metrics: Mapping[str, Metric], placement: Mapping | None = None,
+                 tie_tolerance: float = DEFAULT_TIE_TOLERANCE, threads: Mapping | None = None,
+                 min_sample_s: float | None = None, transport: str = "inproc", concurrency: int = 1) -> dict:
+    """One sample. ``reference``: the torch ids per prompt, with ``.margins`` when recorded
+    (references.Reference); only a divergence that is not a near-tie makes the sample
+    error-prone. ``placement``: the engine's placement audit (``Engine.placement()``).
+    ``threads``: the engine's ``thread_settings()`` (samples.jsonl only, not a samples.csv
+    column). ``min_sample_s``: below it the window is ``low_resolution`` (None:
+    ``metrics.DEFAULT_MIN_SAMPLE_S``). ``transport``: ``inproc`` or ``http``; an HTTP sample's
+    ``config`` is ``<engine>-<provider>@http``, so every report tells it from the in-process one
+    (``engine``, ``provider`` and ``transport`` stay separate columns). ``concurrency``: the
+    client threads that sent the prompts."""
     m = measurement
     rate = match_rate(m.outputs, reference)
+    rate_ties = match_rate_tie_aware(m.outputs, reference, tie_tolerance)
+    decisive = rate_ties if rate_ties is not None else rate
     sample = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -44,7 +110,9 @@ def build_sample(*, run_id: str, machine: str, model: str, category: int | None,
         "weights": weights,
         "engine": config.engine,
         "provider": config.provider,
-        "config": config.name,
+        "config": config_label(config, transport, concurrency),
+        "transport": transport,
+        "concurrency": concurrency,
         "repetition": repetition,
         "order": order,
         "requests": len(m.outputs),
@@ -53,13 +121,18 @@ def build_sample(*, run_id: str, machine: str, model: str, category: int | None,
         "prompt_tokens_mean": statistics.fmean(len(p) for p in prompt_ids) if prompt_ids else None,
         "time_s": m.time_s,
         "match_rate": rate,
-        "error_prone": None if rate is None else rate < 1.0,
+        "match_rate_tie_aware": rate_ties,
+        "error_prone": None if decisive is None else decisive < 1.0,
         **{k: v for k, v in m.meter_fields.items() if k != "meter_notes"},
         "latencies_s": list(m.latencies_s),
         "ttfts_s": list(m.ttfts_s),
         "token_ids_digest": hashlib.sha256(json.dumps(m.outputs).encode()).hexdigest()[:16],
         "versions": dict(versions),
+        "threads": dict(threads) if threads is not None else None,
+        "min_sample_s": min_sample_s if min_sample_s is not None else DEFAULT_MIN_SAMPLE_S,
         "meter_notes": list(m.meter_fields.get("meter_notes", [])),
+        "placement": dict(placement) if placement is not None else None,  # JSON only
+        "not_fully_on_cuda": not_fully_on_cuda(config.provider, placement),
         "started_at": m.started_at,
         "finished_at": m.finished_at,
     }

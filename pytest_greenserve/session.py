@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .configs import ServingConfig
-from .engines.base import Engine, EngineError, EngineOptions, library_versions
+from .engines.base import Engine, EngineError, EngineOptions, hold_cuda_context, library_versions
 from .handle import ModelHandle
 from .measure import measure_prompts
 from .metrics import Metric, builtin_metrics, metrics_to_json
@@ -83,7 +83,7 @@ class GreenserveSession:
         self.run_id = new_run_id()
         self.samples: list[dict] = []
         self.runner = Runner(warmup=settings.warmup, new_tokens=settings.new_tokens, idle_s=settings.idle_s,
-                             cooldown_s=settings.cooldown_s, progress=progress)
+                             cooldown_s=settings.cooldown_s, settle_s=settings.settle_s, progress=progress)
         self.references = ReferenceStore(settings.cache_dir, settings.new_tokens, progress)
         self._store: ResultsStore | None = None
         self._machine: dict | None = None
@@ -94,7 +94,12 @@ class GreenserveSession:
     # -- what can run -------------------------------------------------------------------
     def unavailable_reason(self, config: ServingConfig) -> str | None:
         if config not in self._unavailable:
-            self._unavailable[config] = self.engines[config.engine].unavailable_reason(config.provider)
+            reason = None
+            if self.settings.transport == "http":
+                from .serving import missing_serve_reason  # no fastapi import: find_spec only
+
+                reason = missing_serve_reason()
+            self._unavailable[config] = reason or self.engines[config.engine].unavailable_reason(config.provider)
         return self._unavailable[config]
 
     def handle(self, model: str) -> ModelHandle:
@@ -143,7 +148,8 @@ class GreenserveSession:
             "versions": library_versions(LIBRARIES),
             "options": {"models": list(s.models), "configs": [c.name for c in s.configs], "runs": s.runs,
                         "prompts": s.prompts, "new_tokens": s.new_tokens, "seed": s.seed, "weights": s.weights,
-                        "warmup": s.warmup, "idle_s": s.idle_s, "cooldown_s": s.cooldown_s},
+                        "warmup": s.warmup, "idle_s": s.idle_s, "settle_s": s.settle_s, "cooldown_s": s.cooldown_s,
+                        "transport": s.transport, "concurrency": s.concurrency},
             "meter_notes": self.meters.notes() if self.meters is not None else [],
             "metrics": metrics_to_json(self.metrics),
         }
@@ -154,8 +160,18 @@ class GreenserveSession:
 
     # -- measurement ----------------------------------------------------------------------
     def ensure_meters(self):
-        """Create the meters on first use, and say once why any of them cannot measure here."""
+        """Create the meters on first use, and say once why any of them cannot measure here.
+
+        On a machine whose selected configurations use CUDA, the process's CUDA context is
+        created first and held to the end, so that every sample and idle window, those of CPU
+        configurations included, is measured in the same device state (an H100 idles at
+        ~70 W without a context and ~120 W with one).
+        """
         if self.meters is None and self.meters_factory is not None:
+            if any(c.provider == "cuda" for c in self.settings.configs):
+                why_not = hold_cuda_context()
+                self.progress("greenserve: CUDA context held for the whole session (same device state for "
+                              "every sample)" if why_not is None else f"greenserve: no CUDA context held: {why_not}")
             self.meters = self.meters_factory()
             for note in self.meters.notes():
                 self.progress(f"greenserve meters: {note}")
@@ -164,6 +180,19 @@ class GreenserveSession:
     def _engine_options(self) -> EngineOptions:
         return EngineOptions(threads=self.settings.threads, openvino_precision=self.settings.openvino_precision,
                              progress=self.progress)
+
+    def _make_target(self, case: Case, handle: ModelHandle):
+        """What ``case``'s requests go to: the engine itself (``--greenserve-transport=inproc``), or
+        an HTTP client of the same engine class served by ``greenserve serve`` in a child process
+        (``http``), which the meters' process tree covers as a child of this process."""
+        cls = self.engines[case.config.engine]
+        if self.settings.transport == "http":
+            from .serving.client import HttpTarget
+
+            return HttpTarget(handle, case.config.provider, cls, self._engine_options(), config_name=case.config.name,
+                              new_tokens_max=max(self.settings.new_tokens, 512),
+                              concurrency=self.settings.concurrency)
+        return cls(handle, case.config.provider, self._engine_options())
 
     def reference(self, model: str, provider: str) -> list[list[int]] | None:
         """The torch engine's token ids for this model's prompts on ``provider`` (cached on disk).
@@ -193,10 +222,12 @@ class GreenserveSession:
         label = f"{case.model} on {case.config}"
         loaded = self.runner.ensure(
             (case.model, case.config), label,
-            lambda: self.engines[case.config.engine](handle, case.config.provider, self._engine_options()),
-            prompt_ids, meters)
+            lambda: self._make_target(case, handle),
+            prompt_ids)
+        idle = self.runner.idle_baseline(label, meters)
         try:
-            measurement = measure_prompts(loaded.target, prompt_ids, self.settings.new_tokens, meters, loaded.idle)
+            measurement = measure_prompts(loaded.target, prompt_ids, self.settings.new_tokens, meters, idle,
+                                          concurrency=self.settings.concurrency)
         except EngineError as exc:
             self.runner.discard()
             raise EngineError(f"{label}: {exc}") from exc
@@ -205,7 +236,10 @@ class GreenserveSession:
             category=self.models[case.model].category, weights=handle.weights, config=case.config,
             repetition=case.repetition, order=len(self.samples) + 1, new_tokens=self.settings.new_tokens,
             prompt_ids=prompt_ids, measurement=measurement, reference=reference,
-            versions=loaded.target.versions(), metrics=self.metrics)
+            versions=loaded.target.versions(), metrics=self.metrics,
+            threads=_optional_call(loaded.target, "thread_settings"), placement=_optional_call(loaded.target, "placement"),
+            min_sample_s=self.settings.min_sample_s, tie_tolerance=self.settings.tie_tolerance,
+            transport=self.settings.transport, concurrency=self.settings.concurrency)
         store.append(sample)
         self.samples.append(sample)
         return sample
@@ -214,3 +248,10 @@ class GreenserveSession:
         self.runner.close()
         if self.meters is not None:
             self.meters.close()
+
+
+def _optional_call(target, name: str):
+    """What a target's optional method returns (an engine's thread settings, ONNX placement),
+    or None for a target without it (an HTTP client reports what its server says, if anything)."""
+    method = getattr(target, name, None)
+    return method() if callable(method) else None

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .analysis.categories import category_label, group_category
+from .analysis.checks import SampleFlag, flags_by_config, sample_flags
 from .analysis.effect_sizes import epsilon_squared_kw, hedges_g, omega_squared_welch
 from .analysis.floats import as_float, as_numeric
 from .analysis.formatting import fmt_p, fmt_value
@@ -34,6 +35,7 @@ from .analysis.guidelines import Guideline, build_guidelines
 from .analysis.hypothesis import ALPHA, MIN_REPS, STATS_COLUMNS, Decision, compare, stats_row
 from .analysis.ordering import config_sort_key, sort_configs
 from .analysis.pareto import pareto_front
+from .analysis.placement import placement_notes
 from .analysis.sources import group_energy_source, is_estimated, row_energy_source, source_note
 from .analysis.summaries import pick_energy_metric, savings_tables, summarise
 from .metrics import Metric, analysed, builtin_metrics, metrics_or_builtin
@@ -67,13 +69,18 @@ class Analysis:
     summary: pd.DataFrame  # one row per machine × model × configuration
     decisions: list[Decision]
     exclusions: list[Exclusion]
-    savings: pd.DataFrame  # machine, metric, config, other, n_models, min_pct, max_pct, text, note
+    savings: pd.DataFrame  # machine, metric, config, other, n_models, min_pct, max_pct, text, note, estimated
     category_medians: pd.DataFrame  # machine, category, config, medians of energy and time
     guidelines: list[Guideline]
     findings: dict[tuple[str, str], list[str]]  # (machine, model) -> sentences
     notes: list[str]
     machines: list[str]
     energy_metric: str = "energy_net_j"
+    flags: list[SampleFlag] = None  # samples flagged unsteady or low-resolution (analysis/checks.py)
+
+    def __post_init__(self):
+        if self.flags is None:
+            self.flags = []
 
     def decision(self, model: str, metric: str, machine: str | None = None) -> Decision | None:
         for d in self.decisions:
@@ -86,6 +93,21 @@ class Analysis:
         for k, v in where.items():
             df = df[df[k] == v]
         return df
+
+
+# ---------------------------------------------------------------- conventions
+
+def idle_convention_note(df: pd.DataFrame) -> str:
+    """Which energy the statistics use, and how steady the idle windows were."""
+    note = ("net energy (gross minus the idle power measured next to each sample, with its target loaded, "
+            "times the sample's window) is what savings, Pareto fronts and guidelines use; MLPerf Power, "
+            "ML.ENERGY and AI Energy Score subtract no idle, so gross energy is in every table too")
+    if "idle_power_w" in df.columns:
+        idle = pd.to_numeric(df["idle_power_w"], errors="coerce").dropna()
+        if len(idle) > 1:
+            note += (f"; idle power ranged {idle.min():.3g}–{idle.max():.3g} W across {len(idle)} samples "
+                     f"(median {idle.median():.3g} W)")
+    return note
 
 
 # ---------------------------------------------------------------- preparation
@@ -164,6 +186,14 @@ def analyze(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> Analy
         if good.empty:
             words.append("No comparison: every configuration of this model was error-prone.")
 
+    flags = sample_flags(df, metrics)
+    stats_rows = _flag_rows(stats_rows, flags)
+    for f in flags:
+        notes.append(f"{f.machine} / {f.model}: {f.config} {f.text}")
+    notes += placement_notes(df)  # the ONNX placement audit: nodes per provider, not fully on CUDA
+    marks = flags_by_config(flags)
+    if not summary.empty:
+        summary["flags"] = [marks.get((r.machine, r.model, r.config)) for r in summary.itertuples()]
     stats = pd.DataFrame(stats_rows, columns=STATS_COLUMNS, dtype=object)
     stats = stats.where(stats.notna(), None)
 
@@ -171,6 +201,8 @@ def analyze(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> Analy
     energy_metric = pick_energy_metric(valid) if not valid.empty else "energy_net_j"
     if energy_metric != "energy_net_j":
         notes.append("net energy was not recorded; savings, Pareto fronts and guidelines use gross energy")
+    else:
+        notes.append(idle_convention_note(df))
     # per-sample medians per category need the samples, not per-model medians
     cat_samples = df[~df["error_prone"]].copy()
     cat_samples["category"] = cat_samples["model"].map(df.groupby("model")["category"].agg(group_category))
@@ -195,4 +227,29 @@ def analyze(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> Analy
                      + ", ".join(machines) + ")")
     return Analysis(stats=stats, summary=summary, decisions=decisions, exclusions=exclusions, savings=savings,
                     category_medians=cat_medians, guidelines=guidelines,
-                    findings=findings, notes=notes, machines=machines, energy_metric=energy_metric)
+                    findings=findings, notes=notes, machines=machines, energy_metric=energy_metric, flags=flags)
+
+
+def _flag_rows(rows: list[dict], flags: list[SampleFlag]) -> list[dict]:
+    """One stats.csv row per flagged (machine, model, configuration, flag), and the flag noted on
+    every row that compares that configuration (its pairs, and the omnibus/Levene rows)."""
+    if not flags:
+        return rows
+    by_group: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for f in flags:
+        by_group.setdefault((f.machine, f.model), {}).setdefault(f.config, []).append(
+            f"{f.n_flagged}/{f.n} {f.flag.replace('_', '-')}")
+    for r in rows:
+        flagged = by_group.get((r["machine"], r["model"]))
+        if not flagged:
+            continue
+        involved = [c for c in (r.get("config_a"), r.get("config_b")) if c]
+        hit = [c for c in (involved or list(flagged)) if c in flagged]
+        if hit:
+            words = "flagged samples: " + "; ".join(f"{c} {', '.join(flagged[c])}" for c in hit)
+            r["note"] = f"{r['note']}; {words}" if r.get("note") else words
+    for f in flags:
+        rows.append(stats_row(machine=f.machine, model=f.model, metric="", test=f.flag, config_a=f.config,
+                              n=f.n_flagged, significant=None, applicable=False, path="sample check",
+                              reason=f.text))
+    return rows

@@ -102,7 +102,7 @@ def test_derive_fields_fills_every_metric_and_reproduces_the_sample_builder():
     assert sample["ttft_mean_s"] == pytest.approx(0.3)
     assert sample["latency_mean_s"] == pytest.approx(1.05)
     assert sample["latency_p50_s"] == pytest.approx(1.05)
-    assert sample["latency_p95_s"] == pytest.approx(2.0)  # sorted[min(n - 1, int(0.95 * n))]
+    assert sample["latency_p95_s"] == pytest.approx(1.905)  # linear: 1.9 + 0.05 * (2.0 - 1.9), not the maximum
     assert set(builtin_metrics()) <= set(sample)
     assert sample["energy_wall_j"] is None and sample["cpu_pct"] is None  # missing: None, not 0
 
@@ -138,13 +138,17 @@ def test_builtin_flags_match_what_the_reports_analysed_and_plotted():
     metrics = builtin_metrics()
     assert [m.name for m in metrics.values() if m.analysed] == [
         "energy_net_j", "energy_total_j", "energy_cpu_j", "energy_gpu_j", "time_s", "j_per_token", "ms_per_token",
-        "ttft_mean_s", "ram_pct", "cpu_pct", "gpu_pct", "gpu_mem_util_pct", "gpu_mem_used_pct"]
+        "ttft_mean_s", "ram_pct", "cpu_pct", "gpu_pct", "gpu_mem_util_pct", "gpu_mem_used_pct", "proc_cpu_pct",
+        "proc_ram_pct"]
     assert {m.name for m in metrics.values() if m.plotted} == {
         "energy_net_j", "energy_cpu_j", "energy_gpu_j", "time_s", "cpu_pct", "ram_pct", "gpu_pct",
         "gpu_mem_util_pct", "gpu_mem_used_pct"}
     assert {"energy_net_j", "energy_total_j", "energy_cpu_j", "energy_gpu_j", "j_per_token", "time_s",
             "ms_per_token", "ttft_mean_s"} <= {m.name for m in metrics.values() if m.gateable}
-    assert [m.name for m in resource_metrics(metrics)] == ["ram_pct", "cpu_pct", "gpu_mem_used_pct"]
+    assert [m.name for m in resource_metrics(metrics)] == [
+        "ram_pct", "cpu_pct", "gpu_mem_used_pct", "proc_cpu_pct", "proc_ram_pct"]
+    assert metrics["proc_cpu_pct"].ranks_instead_of == "cpu_pct"
+    assert metrics["proc_ram_pct"].ranks_instead_of == "ram_pct"
     assert metrics["match_rate"].better == "higher" and not metrics["match_rate"].analysed
     for m in metrics.values():
         assert m.kind in ("energy", "time", "use", "quality", "other"), m.name
@@ -154,3 +158,50 @@ def test_builtin_flags_match_what_the_reports_analysed_and_plotted():
 def test_a_metric_with_an_unknown_direction_is_refused():
     with pytest.raises(ValueError, match="better"):
         Metric("x", "", "x", better="Lower")
+
+
+# ---------------------------------------------------------------- p95, steady state, window length
+
+def _derived(**sample):
+    out = dict(sample)
+    derive_fields(out, builtin_metrics())
+    return out
+
+
+def test_p95_is_a_proper_quantile_not_the_maximum():
+    # 1..20: the 95th percentile by linear interpolation lies at rank 0.95 * 19 = 18.05 -> 19.05;
+    # index int(0.95 * 20) = 19 gave 20, the maximum
+    assert _derived(latencies_s=[float(x) for x in range(1, 21)])["latency_p95_s"] == pytest.approx(19.05)
+    # 0.1, 0.2, 0.3, 0.4, 1.0: rank 0.95 * 4 = 3.8 -> 0.4 + 0.8 * (1.0 - 0.4) = 0.88
+    assert _derived(latencies_s=[0.3, 1.0, 0.1, 0.4, 0.2])["latency_p95_s"] == pytest.approx(0.88)
+    assert _derived(latencies_s=[0.5])["latency_p95_s"] == 0.5
+    assert _derived(latencies_s=[])["latency_p95_s"] is None
+
+
+def test_a_compilation_inside_the_window_makes_the_sample_unsteady():
+    steady = [0.05, 0.052, 0.049, 0.051] * 7 + [0.05, 0.052, 0.049, 0.13]  # one neighbour's hiccup: 2.6x
+    s = _derived(latencies_s=steady, time_s=sum(steady))
+    assert s["slowest_over_median"] == pytest.approx(0.13 / 0.0505)
+    assert s["unsteady"] is False
+    compiled = [0.05] * 32
+    compiled[3] = 2.5  # TorchScript specialising for a new prompt length, 50x the median
+    s = _derived(latencies_s=compiled, time_s=sum(compiled))
+    assert s["slowest_over_median"] == pytest.approx(50.0)
+    assert s["unsteady"] is True
+
+
+def test_a_drift_from_the_first_to_the_last_quarter_makes_the_sample_unsteady():
+    drifting = [0.05] * 8 + [0.06] * 8 + [0.07] * 8 + [0.08] * 8  # each step below the 3x ratio
+    s = _derived(latencies_s=drifting, time_s=sum(drifting))
+    assert s["drift_pct"] == pytest.approx(60.0)
+    assert s["slowest_over_median"] < 3
+    assert s["unsteady"] is True
+    assert _derived(latencies_s=[0.05] * 7)["drift_pct"] is None  # too few requests for quarters
+
+
+def test_a_sample_shorter_than_min_sample_s_is_low_resolution():
+    assert _derived(time_s=0.4)["low_resolution"] is True  # the default, 1 s
+    assert _derived(time_s=1.5)["low_resolution"] is False
+    assert _derived(time_s=1.5, min_sample_s=2.0)["low_resolution"] is True
+    assert _derived(time_s=None)["low_resolution"] is None
+    assert _derived()["unsteady"] is None  # no latencies: not known, not steady

@@ -42,9 +42,9 @@ def readme_options() -> list[tuple[str, str]]:
 
 # ------------------------------------------------------------------ the table
 
-def test_the_table_names_seventeen_options_once_each():
+def test_the_table_names_each_option_once():
     names = [o.name for o in OPTIONS]
-    assert len(names) == len(set(names)) == 17
+    assert len(names) == len(set(names)) and {"models", "configs", "runs", "idle"} <= set(names)
     assert {o.flag for o in OPTIONS} == {f"--greenserve-{n}" for n in names}
     assert option("new-tokens").ini == "greenserve_new_tokens"
 

@@ -320,7 +320,7 @@ def test_savings_range_and_category_medians():
         m = a.summary[a.summary["model"] == model].set_index("config")["energy_net_j"]
         per_model.append((m["torch-cpu"] - m["torch-cuda"]) / m["torch-cpu"] * 100)
     assert s["min_pct"] == pytest.approx(min(per_model)) and s["max_pct"] == pytest.approx(max(per_model))
-    assert s["text"].startswith("torch-cuda uses from") and "less energy than torch-cpu" in s["text"]
+    assert s["text"].startswith("torch-cuda uses from") and "less estimated energy than torch-cpu" in s["text"]
     cat = a.category_medians
     assert set(cat["category"]) == {"category 2", "category 3", "uncategorised"}
     phi = samples_frame([r for r in rows if r["model"] == "phi2" and r["config"] == "torch-cpu"])
@@ -345,3 +345,105 @@ def test_several_machines_are_analysed_apart():
     assert set(a.stats["machine"]) == {"box-a", "box-b"}
     assert {g.machine for g in a.guidelines} == {"box-a", "box-b"}
     assert len(a.summary) == 4
+
+
+def test_the_notes_say_which_energy_the_statistics_use_and_how_steady_idle_was():
+    rows = [sample("codeparrot-small", c, r, time_s=10.0 + r, energy_j=1000.0) for c in ("torch-cpu", "onnx-cpu")
+            for r in range(1, 4)]
+    for i, row in enumerate(rows):
+        row["idle_power_w"] = 20.0 + i  # idle windows next to each sample: 20..25 W
+    notes = analyze(samples_frame(rows)).notes
+    [note] = [n for n in notes if n.startswith("net energy (gross minus the idle power")]
+    assert "subtract no idle" in note and "idle power ranged 20–25 W across 6 samples" in note
+
+
+# ---------------------------------------------------------------- post-hoc claims need a significant omnibus
+
+def test_no_pair_is_claimed_significant_when_the_omnibus_test_is_not(monkeypatch):
+    from pytest_greenserve.analysis import hypothesis
+
+    real = hypothesis._omnibus
+
+    def not_significant(*args, **kw):  # the same data, but an omnibus p of 0.2
+        omni, p, stat_text, eff_text = real(*args, **kw)
+        omni.update(p_value=0.2, significant=False)
+        return omni, 0.2, stat_text, eff_text
+
+    monkeypatch.setattr(hypothesis, "_omnibus", not_significant)
+    a = analyze(frame(NORMAL))
+    pairs = a.rows(model="mini-gpt2", metric="time_s", test="games_howell")
+    assert len(pairs) == 3 and (pairs["p_value"] < 0.001).all()  # the p-values are kept...
+    assert not pairs["significant"].any()  # ...but no pair is claimed different
+    assert pairs["reason"].str.contains("omnibus test is not significant").all()
+    words = " ".join(a.findings[("box-a", "mini-gpt2")])
+    assert "significantly slower" not in words
+    latency = next(g for g in a.guidelines if g.shape == "latency-constrained")
+    assert "not significantly different" in " ".join(latency.evidence)
+    assert "significantly lower" not in " ".join(latency.evidence)
+
+
+def test_pairs_stay_significant_when_the_omnibus_is():
+    a = analyze(frame(NORMAL))
+    assert a.rows(model="mini-gpt2", metric="time_s", test="games_howell")["significant"].all()
+
+
+# ---------------------------------------------------------------- flagged samples are never silent
+
+def test_an_unsteady_sample_is_flagged_in_stats_csv_and_on_the_rows_comparing_it(tmp_path):
+    from pytest_greenserve.report import write_reports
+
+    rows = make_rows(models=("mini-gpt2",), reps=5)
+    for r in rows:
+        r.update(unsteady=False, low_resolution=False)
+    jit = next(r for r in rows if r["config"] == "onnx-cpu" and r["repetition"] == 1)
+    jit.update(unsteady=True, slowest_over_median=35.2, drift_pct=-70.0)
+    short = next(r for r in rows if r["config"] == "torch-cpu" and r["repetition"] == 2)
+    short.update(low_resolution=True, time_s=0.42, min_sample_s=1.0)
+    a = analyze(samples_frame(rows))
+    flag = a.rows(test="unsteady")
+    assert list(flag["config_a"]) == ["onnx-cpu"] and "1 of 5" in flag["reason"].iloc[0]
+    assert "35.2x the median" in flag["reason"].iloc[0]
+    assert list(a.rows(test="low_resolution")["config_a"]) == ["torch-cpu"]
+    pair = a.rows(metric="time_s").dropna(subset=["config_b"])
+    onnx_pairs = pair[(pair["config_a"] == "onnx-cpu") | (pair["config_b"] == "onnx-cpu")]
+    assert onnx_pairs["note"].str.contains("onnx-cpu 1/5 unsteady").all()
+    assert any(n.startswith("box-a / mini-gpt2: onnx-cpu unsteady") and "in 1 of 5 sample(s)" in n for n in a.notes)
+
+    paths = write_reports(rows, tmp_path)
+    stats_csv = pd.read_csv(paths["stats"])
+    assert set(stats_csv.loc[stats_csv["test"] == "unsteady", "config_a"]) == {"onnx-cpu"}
+    md = paths["summary"].read_text()
+    assert "onnx-cpu (flagged: 1/5 unsteady)" in md and "torch-cpu (flagged: 1/5 low-resolution)" in md
+    assert "0.42 s < 1 s" in md
+    html = paths["html"].read_text()
+    assert "1/5 unsteady" in html and "in 1 of 5 sample(s)" in html
+
+
+def test_steady_samples_raise_no_flag():
+    rows = make_rows(models=("mini-gpt2",), reps=5)
+    for r in rows:
+        r.update(unsteady=False, low_resolution=False)
+    a = analyze(samples_frame(rows))
+    assert a.rows(test="unsteady").empty and a.flags == []
+    assert not any("flagged" in str(n) for n in a.stats["note"])
+
+
+# ---------------------------------------------------------------- the resource guideline ranks the process tree
+
+def test_the_resource_guideline_ranks_process_tree_figures_with_system_wide_as_context():
+    rows = make_rows(models=("mini-gpt2",), configs=("torch-cpu", "onnx-cpu"), reps=5)
+    for r in rows:
+        # system-wide: torch-cpu looks lighter (a neighbour was busy during onnx-cpu's samples)...
+        r["cpu_pct"], r["ram_pct"] = (50.0, 20.0) if r["config"] == "torch-cpu" else (90.0, 40.0)
+        # ...but the process tree says onnx-cpu is the lighter engine
+        r["proc_cpu_pct"], r["proc_ram_pct"] = (180.0, 9.0) if r["config"] == "torch-cpu" else (60.0, 4.0)
+    a = analyze(samples_frame(rows))
+    g = next(g for g in a.guidelines if g.shape == "resource-constrained")
+    assert g.best_config == "onnx-cpu"
+    text = " ".join(g.evidence)
+    assert "process-tree" in text and "system-wide, other processes included (context, not ranked)" in text
+    # without process-tree figures, the system-wide ones are ranked, as before
+    for r in rows:
+        r["proc_cpu_pct"] = r["proc_ram_pct"] = None
+    g = next(g for g in analyze(samples_frame(rows)).guidelines if g.shape == "resource-constrained")
+    assert g.best_config == "torch-cpu" and "context, not ranked" not in " ".join(g.evidence)

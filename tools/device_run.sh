@@ -3,6 +3,10 @@
 #   bash tools/device_run.sh install-ov   # first call: carries .whl-ov (openvino wheel alone)
 #   bash tools/device_run.sh issue3       # carries .whl: torch-cpu vs torch-cuda on two replicas
 #   bash tools/device_run.sh issue4       # torch-cpu, torch-cuda, onnx-cpu, openvino-cpu on two replicas
+#   bash tools/device_run.sh ort-part aa  # issue 8: each 55 MB part of onnxruntime-gpu in a call of its own,
+#   bash tools/device_run.sh install-ort  #   then join, check and install (carry .ortparts/SHA256 and the last part)
+#   bash tools/device_run.sh issue8-onnx  # onnx-cuda beside torch-cuda on codeparrot-small
+#   bash tools/device_run.sh issue8-cv codeparrot-small   # torch-cuda and jit-cuda, 64 prompts x 5
 # DRY=1 runs a tiny CPU-only version of the same sessions locally to check the script.
 # Each session is capped with SIGINT (pytest then finishes cleanly); finished samples are
 # never lost. Results: one tarball of the report directories under $OUT.
@@ -50,6 +54,25 @@ if [ "${DRY:-0}" = 1 ]; then
 fi
 
 case "$1" in
+  ort-part)  # ort-part aa: one 55 MB part of the onnxruntime-gpu wheel (carried as .ortparts/part-aa)
+    mkdir -p /tmp/parts && cp ".ortparts/part-$2" /tmp/parts/ && ls -la /tmp/parts ;;
+  install-ort)  # the last part carried with .ortparts/SHA256: join, check, install
+    cp .ortparts/part-* /tmp/parts/ 2>/dev/null
+    whl=/tmp/$(awk '{print $2}' .ortparts/SHA256)
+    cat /tmp/parts/part-* > "$whl" && (cd /tmp && sha256sum -c "$OLDPWD/.ortparts/SHA256") || exit 4
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE "$whl" || exit 3
+    install .whl; probe
+    $PY -c "import onnxruntime as o; o.preload_dlls(); print(o.__version__, o.get_available_providers())" ;;
+  issue8-onnx)  # onnx-cuda beside torch-cuda: tie-aware match, node placement, ms/token
+    [ -d $SITE/transformers ] || install .whl
+    session issue8-onnx 420 --greenserve-models=codeparrot-small --greenserve-configs=torch-cuda,onnx-cuda \
+      --greenserve-prompts=32 --greenserve-runs=3 --greenserve-idle=3
+    pack issue8-onnx ;;
+  issue8-cv)  # spread of GPU repetitions: torch-cuda and jit-cuda, 64 prompts, 5 repetitions (ARGS: the model)
+    [ -d $SITE/transformers ] || install .whl
+    session "issue8-cv-$2" 560 --greenserve-models="$2" --greenserve-configs=torch-cuda,jit-cuda \
+      --greenserve-prompts=64 --greenserve-runs=5 --greenserve-idle=5
+    pack "issue8-cv-$2" ;;
   install-ov)
     install .whl-ov; probe ;;
   issue3)

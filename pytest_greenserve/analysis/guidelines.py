@@ -9,7 +9,7 @@ import pandas as pd
 
 from .formatting import fmt_p, fmt_value
 from .hypothesis import ALPHA
-from .metrics import Metric, metrics_or_builtin, resource_metrics
+from .metrics import Metric, metrics_or_builtin, process_tree_metrics, resource_metrics
 from .ordering import config_sort_key
 from .sources import source_note
 
@@ -29,8 +29,10 @@ def _pair_p(stats: pd.DataFrame, machine, model, metric, a, b):
               & (stats["test"].isin(["games_howell", "dunn"]))
               & (((stats["config_a"] == a) & (stats["config_b"] == b)) | ((stats["config_a"] == b) & (stats["config_b"] == a)))]
     if r.empty:
-        return None, None
-    return r["p_value"].iloc[0], r["test"].iloc[0]
+        return None, None, False, ""
+    significant = r["significant"].iloc[0]
+    return (r["p_value"].iloc[0], r["test"].iloc[0], bool(significant) if significant is not None else False,
+            str(r["reason"].iloc[0] or ""))
 
 
 def _not_tested_reason(stats: pd.DataFrame, machine, model, metric) -> str:
@@ -48,19 +50,29 @@ def build_guidelines(valid: pd.DataFrame, stats: pd.DataFrame, energy_metric: st
     """One guideline per machine and shape; the resource shape ranks :func:`~..metrics.resource_metrics`."""
     registry = metrics_or_builtin(metrics)
     resources = [m.name for m in resource_metrics(registry)]
+    # a process-tree metric is ranked in its system-wide metric's place (per model, where recorded)
+    proc_of = {system: proc for system, proc in process_tree_metrics(registry).items()
+               if system in resources and proc in resources}
+    resources = [x for x in resources if x not in proc_of.values()]
     out = []
+    ranked_words = [registry[proc_of[x]].label + " (else " + registry[x].label + ")" if x in proc_of
+                    else registry[x].label for x in resources]
     shapes = [("energy-constrained", [energy_metric], "lowest median energy"),
               ("latency-constrained", ["time_s"], "lowest median time"),
               ("resource-constrained", resources,
-               "lowest mean rank of " + _words([registry[x].label for x in resources]) if resources else "")]
+               "lowest mean rank of " + _words(ranked_words) if resources else "")]
     for machine, m in valid.groupby("machine", sort=False):
         for shape, names, rule in shapes:
             if not names:  # a registry without resource metrics
                 continue
             per_model, evidence, caveats, ranks = {}, [], [], {}
             for model, g in m.groupby("model", sort=True):
+                # the process tree's own CPU/RAM where every configuration has it; the system-wide
+                # figure (other processes included) is then context only
+                context = [x for x in names if x in proc_of and proc_of[x] in g and g[proc_of[x]].notna().all()]
+                ranked = [proc_of[x] if x in context else x for x in names]
                 # rank only on metrics every configuration has (GPU memory is absent on CPU runs)
-                usable = [x for x in names if g[x].notna().all()] or [x for x in names if g[x].notna().any()]
+                usable = [x for x in ranked if g[x].notna().all()] or [x for x in ranked if g[x].notna().any()]
                 if not usable:
                     caveats.append(f"{model}: no " + ", ".join(registry[x].label for x in names) + " recorded")
                     continue
@@ -81,12 +93,16 @@ def build_guidelines(valid: pd.DataFrame, stats: pd.DataFrame, energy_metric: st
                 gi = g.set_index("config")
                 vb, vs = gi.loc[best, key], gi.loc[second, key]
                 metric = registry[key]
-                p, test = _pair_p(stats, machine, model, key, best, second)
+                p, test, significant, why = _pair_p(stats, machine, model, key, best, second)
                 est = " (estimated)" if metric.energy_source and (gi.loc[best, "estimated"]
                                                                   or gi.loc[second, "estimated"]) else ""
                 if p is not None and not pd.isna(p):
-                    sig = (f"significantly lower ({'Games-Howell' if test == 'games_howell' else 'Dunn-Holm'} {fmt_p(p)})"
-                           if p <= ALPHA else f"not significantly different ({fmt_p(p)})")
+                    if significant:
+                        sig = f"significantly lower ({'Games-Howell' if test == 'games_howell' else 'Dunn-Holm'} {fmt_p(p)})"
+                    elif p <= ALPHA:  # the pair alone, but the omnibus test was not significant
+                        sig = f"not significantly different ({why or 'the omnibus test is not significant'})"
+                    else:
+                        sig = f"not significantly different ({fmt_p(p)})"
                 else:
                     sig = "not tested: " + _not_tested_reason(stats, machine, model, key)
                 diff = ""
@@ -96,8 +112,13 @@ def build_guidelines(valid: pd.DataFrame, stats: pd.DataFrame, energy_metric: st
                     diff = f", {change:.1f}% less" if change >= 0 else f", {-change:.1f}% more"
                     if change < 0:
                         sig = sig.replace("significantly lower", "significantly higher")
-                evidence.append(f"{model}: {best} — median {metric.label}{est} {fmt_value(vb, metric.unit)} vs "
-                                f"{fmt_value(vs, metric.unit)} for the runner-up {second}{diff}; {sig}")
+                line = (f"{model}: {best} — median {metric.label}{est} {fmt_value(vb, metric.unit)} vs "
+                        f"{fmt_value(vs, metric.unit)} for the runner-up {second}{diff}; {sig}")
+                if context:
+                    line += "; system-wide, other processes included (context, not ranked): " + ", ".join(
+                        f"{registry[x].label} {fmt_value(gi.loc[best, x], registry[x].unit)} vs "
+                        f"{fmt_value(gi.loc[second, x], registry[x].unit)}" for x in context)
+                evidence.append(line)
             if ranks:
                 wins = pd.Series(per_model).value_counts()
                 best_config = sorted(ranks, key=lambda c: (-wins.get(c, 0), np.mean(ranks[c]), config_sort_key(c)))[0]

@@ -124,6 +124,13 @@ def compare(machine: str, model: str, metric: Metric, data: pd.DataFrame,
     omni, p, stat_text, eff_text = _omnibus(base_rows, sub, path, why, n_total)
     rows.append(omni)
     pairs = _post_hoc(base_rows, sub, groups, kept, centers, path)
+    if not omni["significant"]:
+        # a pair is claimed different only where the omnibus test is: its p-value is kept, not its claim
+        for r in pairs:
+            if r["significant"]:
+                r["significant"] = False
+                r["reason"] = (f"p ≤ {ALPHA} for this pair, but the omnibus test is not significant "
+                               f"({fmt_p(p)}); not claimed")
     rows += pairs
     words += _findings(metric, sources, kept, path, omni, p, stat_text, eff_text, pairs, centers, center_name)
     return rows, decision, words

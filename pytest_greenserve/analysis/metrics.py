@@ -5,6 +5,8 @@ Re-exported here for the analysis modules; the registry is the one place a metri
 
 from __future__ import annotations
 
-from ..metrics import Metric, analysed, builtin_metrics, metrics_or_builtin, plotted, resource_metrics
+from ..metrics import (SAMPLE_FLAGS, Metric, analysed, builtin_metrics, metrics_or_builtin, plotted,
+                       process_tree_metrics, resource_metrics)
 
-__all__ = ["Metric", "analysed", "builtin_metrics", "metrics_or_builtin", "plotted", "resource_metrics"]
+__all__ = ["SAMPLE_FLAGS", "Metric", "analysed", "builtin_metrics", "metrics_or_builtin", "plotted",
+           "process_tree_metrics", "resource_metrics"]

@@ -21,6 +21,8 @@ def summarise(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> pd.
         row = dict(machine=machine, model=model, config=config, category=category.get(model),
                    n=len(g), error_prone=bool(g["error_prone"].any()),
                    match_rate=as_float(g["match_rate"].mean()),
+                   match_rate_tie_aware=(as_float(pd.to_numeric(g["match_rate_tie_aware"], errors="coerce").mean())
+                                         if "match_rate_tie_aware" in g else None),
                    energy_source=group_energy_source(g, "total"),
                    energy_cpu_source=group_energy_source(g, "cpu"),
                    energy_gpu_source=group_energy_source(g, "gpu"))
@@ -30,7 +32,8 @@ def summarise(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> pd.
             row[col] = as_float(g[col].median())
         row["estimated"] = is_estimated(row["energy_source"])
         out.append(row)
-    cols = ["machine", "model", "config", "category", "n", "error_prone", "match_rate", "energy_source",
+    cols = ["machine", "model", "config", "category", "n", "error_prone", "match_rate", "match_rate_tie_aware",
+            "energy_source",
             "energy_cpu_source", "energy_gpu_source", "estimated"] + names + \
         ["rss_peak_mb", "gpu_mem_peak_mb", "energy_idle_j"]
     s = pd.DataFrame(out, columns=cols)
@@ -77,7 +80,8 @@ def savings_tables(valid: pd.DataFrame, energy_metric: str,
                     if not pcts:
                         continue
                     lo, hi = min(pcts), max(pcts)
-                    what = "energy" if metric != "time_s" else "time"
+                    estimated = metric != "time_s" and any(is_estimated(x) for x in srcs.values())
+                    what = "time" if metric == "time_s" else ("estimated energy" if estimated else "energy")
                     if lo >= 0:
                         text = f"{a} uses from {pct_text(lo)} up to {pct_text(hi)} less {what} than {b}"
                     elif hi <= 0:
@@ -88,7 +92,8 @@ def savings_tables(valid: pd.DataFrame, energy_metric: str,
                     text += f" ({len(pcts)} model{'s' if len(pcts) != 1 else ''})"
                     note = source_note(srcs) if metric != "time_s" else ""
                     sav_rows.append(dict(machine=machine, metric=metric, config=a, other=b, n_models=len(pcts),
-                                         min_pct=lo, max_pct=hi, models=",".join(models), text=text, note=note))
+                                         min_pct=lo, max_pct=hi, models=",".join(models), text=text, note=note,
+                                         estimated=estimated))
         # Tables 4 and 5: per size-category medians of the per-sample values
         for cat_key, g in m.groupby(m["category"].map(category_label), sort=True):
             med = {}
@@ -101,7 +106,7 @@ def savings_tables(valid: pd.DataFrame, energy_metric: str,
                 med[config]["estimated"] = any(is_estimated(s) for s in gc["energy_source"] if s)
                 cat_rows.append(med[config])
     sav = pd.DataFrame(sav_rows, columns=["machine", "metric", "config", "other", "n_models", "min_pct", "max_pct",
-                                          "models", "text", "note"])
+                                          "models", "text", "note", "estimated"])
     cat = pd.DataFrame(cat_rows)
     if not cat.empty:
         cat["_k"] = cat["config"].map(config_sort_key)

@@ -9,6 +9,7 @@ lazily, inside ``load``/``unavailable_reason``, so the plugin imports without th
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -26,10 +27,15 @@ class EngineError(RuntimeError):
 
 @dataclass
 class Generation:
-    """One request's result: the generated ids (prompt excluded) and time to first token."""
+    """One request's result: the generated ids (prompt excluded) and time to first token.
+
+    ``margins``: when asked for (the torch reference), the gap between the largest and the
+    second-largest score at each generated step, one per token; None otherwise.
+    """
 
     token_ids: list[int]
     ttft_s: float | None = None
+    margins: list[float] | None = None
 
 
 @dataclass
@@ -71,8 +77,30 @@ class Engine(ABC):
     def generate(self, input_ids: Sequence[int], new_tokens: int) -> Generation:
         """Greedy-generate exactly ``new_tokens`` tokens after ``input_ids`` (batch of one)."""
 
+    def thread_settings(self) -> dict:
+        """The CPU thread settings this engine runs with, recorded in every sample (``threads``).
+
+        The default is torch's (intra-op and inter-op pools) and the OpenMP environment; an
+        engine with its own pools (ONNX Runtime, OpenVINO) adds them. Values are what the
+        libraries report, or, where they cannot tell, what was configured (None: the default).
+        """
+        out: dict = {"requested": self.options.threads, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+        try:
+            import torch
+
+            out["torch_intra_op"] = torch.get_num_threads()
+            out["torch_inter_op"] = torch.get_num_interop_threads()
+        except ImportError:
+            pass
+        return out
+
     def close(self) -> None:
         """Release the model and any device memory."""
+
+    def placement(self) -> dict | None:
+        """Where the runtime put the model's operators (nodes per device, copies, operator types
+        that fell back to the CPU), for the sample; None when the engine does not audit it."""
+        return None
 
     def versions(self) -> dict[str, str]:
         return library_versions(self.libraries)
@@ -105,6 +133,19 @@ def cuda_unavailable_reason() -> str | None:
         return "torch not installed"
     if not torch.cuda.is_available():
         return "no CUDA device visible to torch"
+    return None
+
+
+def hold_cuda_context() -> str | None:
+    """Create this process's CUDA context now (one small allocation; it lives until the process
+    ends); None when done, else why not."""
+    reason = cuda_unavailable_reason()
+    if reason is not None:
+        return reason
+    import torch
+
+    torch.zeros(1, device="cuda")
+    torch.cuda.synchronize()
     return None
 
 
@@ -142,6 +183,9 @@ class FirstTokenTimer:
         import torch
 
         if self.first is None:
+            # CUDA runs asynchronously: the token exists once the device has finished
+            if getattr(input_ids, "is_cuda", False):
+                torch.cuda.synchronize(input_ids.device)
             self.first = time.perf_counter()
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
@@ -150,8 +194,14 @@ class FirstTokenTimer:
         return None if self.first is None else self.first - self.start
 
 
-def hf_generate(model, input_ids: Sequence[int], new_tokens: int, handle: ModelHandle, device="cpu") -> Generation:
-    """Run a transformers-style ``generate`` for exactly ``new_tokens`` greedy tokens."""
+def hf_generate(model, input_ids: Sequence[int], new_tokens: int, handle: ModelHandle, device="cpu",
+                margins: bool = False) -> Generation:
+    """Run a transformers-style ``generate`` for exactly ``new_tokens`` greedy tokens.
+
+    ``margins``: also return each step's top-2 score gap (the scores greedy search took its
+    argmax of, after the logits processors), for the tie-aware consistency check. Off for
+    measured requests: keeping the scores is extra work.
+    """
     import torch
     from transformers import StoppingCriteriaList
 
@@ -169,6 +219,12 @@ def hf_generate(model, input_ids: Sequence[int], new_tokens: int, handle: ModelH
         pad_token_id=handle.pad_token_id if handle.pad_token_id is not None else (handle.eos_token_ids or (0,))[0],
         stopping_criteria=StoppingCriteriaList([timer]),
         use_cache=True,
+        **({"output_scores": True, "return_dict_in_generate": True} if margins else {}),
     )
+    gaps = None
+    if margins:
+        top2 = torch.stack([s[0] for s in out.scores]).float().topk(2, dim=-1).values
+        gaps = (top2[:, 0] - top2[:, 1]).tolist()
+        out = out.sequences
     new = out[0, ids.shape[1]:].tolist()  # .tolist() synchronises a CUDA device
-    return Generation(token_ids=new, ttft_s=timer.ttft_s)
+    return Generation(token_ids=new, ttft_s=timer.ttft_s, margins=gaps)

@@ -53,5 +53,18 @@ class OpenVinoEngine(Engine):
     def generate(self, input_ids: Sequence[int], new_tokens: int) -> Generation:
         return hf_generate(self.ov_model, input_ids, new_tokens, self.model)
 
+    def thread_settings(self) -> dict:
+        """torch's and OpenMP's (the base), plus OpenVINO's INFERENCE_NUM_THREADS: as the compiled
+        model reports it where it can, else as configured (None: OpenVINO's default)."""
+        out = super().thread_settings()
+        out["openvino_num_threads"] = self.ov_config().get("INFERENCE_NUM_THREADS")
+        try:
+            compiled = self.ov_model.request.get_compiled_model()
+            out["openvino_num_threads"] = compiled.get_property("INFERENCE_NUM_THREADS")
+            out["openvino_num_streams"] = str(compiled.get_property("NUM_STREAMS"))
+        except Exception:  # not loaded, or a version without the property
+            pass
+        return out
+
     def close(self):
         self.ov_model = None

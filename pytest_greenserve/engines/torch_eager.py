@@ -10,6 +10,8 @@ from .base import Engine, Generation, cuda_unavailable_reason, hf_generate, load
 class TorchEngine(Engine):
     name = "torch"
     libraries = ("torch", "transformers")
+    #: set by the reference store: also return each step's top-2 score gap (Generation.margins)
+    keep_margins: bool = False
 
     @classmethod
     def unavailable_reason(cls, provider):
@@ -26,7 +28,8 @@ class TorchEngine(Engine):
         import torch
 
         with torch.inference_mode():
-            return hf_generate(self.torch_model, input_ids, new_tokens, self.model, device=self.device)
+            return hf_generate(self.torch_model, input_ids, new_tokens, self.model, device=self.device,
+                               margins=self.keep_margins)
 
     def close(self):
         import gc

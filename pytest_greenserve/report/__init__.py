@@ -13,8 +13,8 @@ from ..metrics import Metric, builtin_metrics, metrics_from_json
 from ..results import mark_error_prone, samples_frame, write_csv
 from ..stats import Analysis, analyze, prepare
 from .guidelines import guideline_markdown
-from .tables import (SUMMARY_HEADERS, best_savings_lines, category_rows, energy_cell, markdown_table, per_token_cell,
-                     plain, rate, summary_rows, text_table)
+from .tables import (SUMMARY_HEADERS, best_savings_lines, category_rows, energy_cell, markdown_table, match_cell,
+                     per_token_cell, plain, power_model_lines, summary_rows, text_table)
 
 __all__ = ["write_reports", "terminal_summary", "summary_markdown", "run_metrics"]
 
@@ -43,6 +43,11 @@ def summary_markdown(analysis: Analysis, meta: dict, metrics: dict[str, Metric] 
     out += ["## Guidelines", "", guideline_markdown(analysis), ""]
     if analysis.notes:
         out += ["## Notes", ""] + [f"- {n}" for n in analysis.notes] + [""]
+    model = power_model_lines(meta)
+    if model and analysis.summary["estimated"].any():
+        out += ["## Estimated CPU energy: the power model", ""] + [f"- {n}" for n in model] + [
+            "", "Estimated energy = idle W × wall time + W per busy core × the process tree's CPU-seconds; "
+            "spinning threads count as busy, and a loaded machine changes it.", ""]
     out += ["Energy marked *estimated* comes from a power model, not a meter. Full test results: stats.csv; "
             "plots and the words behind every test: report.html.", ""]
     return "\n".join(out)
@@ -95,7 +100,7 @@ def terminal_summary(rows: list[dict], report_path: Path | None = None) -> list[
             config = r["config"] + (" !error-prone" if r["error_prone"] else "")
             table.append([r["model"], config, energy_cell(r["energy_net_j"], r["energy_source"]),
                           plain(r["time_s"], "s"), per_token_cell(r["j_per_token"], r["energy_source"]),
-                          plain(r["ms_per_token"]), rate(r["match_rate"])])
+                          plain(r["ms_per_token"]), match_cell(r["match_rate"], r.get("match_rate_tie_aware"))])
         lines.append(f"greenserve medians on {machine} ({int(sm['n'].sum())} samples):")
         lines += text_table(TERMINAL_HEADERS, table)
     if s["error_prone"].any():

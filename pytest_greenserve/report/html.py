@@ -14,7 +14,7 @@ from ..analysis.sources import source_note
 from ..stats import Analysis, prepare
 from . import plots
 from .guidelines import guideline_text
-from .tables import (SUMMARY_HEADERS, best_savings_lines, category_rows, html_table, savings_rows,
+from .tables import (SUMMARY_HEADERS, best_savings_lines, category_rows, html_table, power_model_lines, savings_rows,
                      summary_rows)
 
 ANALYSIS_LIBS = ["pytest-greenserve", "pandas", "numpy", "scipy", "statsmodels", "pingouin", "scikit-posthocs",
@@ -94,7 +94,7 @@ def _machines_section(meta: dict, df: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
-def _notes(analysis: Analysis) -> str:
+def _notes(analysis: Analysis, meta: dict | None = None) -> str:
     items = list(analysis.notes)
     for e in analysis.exclusions:
         items.append(f"{e.machine} / {e.model}: {e.config} excluded as error-prone — {e.reason}")
@@ -102,6 +102,9 @@ def _notes(analysis: Analysis) -> str:
     if any("estimated" in s for s in srcs):
         items.append("Some energy values are estimated from CPU time with a power model, not measured; they are "
                      "labelled estimated wherever they appear and are not comparable with measured values.")
+        for line in power_model_lines(meta):
+            items.append(f"The power model (idle W × wall time + W per busy core × the process tree's CPU-seconds), "
+                         f"as the meters recorded it: {line}")
     if analysis.summary["energy_net_j"].notna().any() if not analysis.summary.empty else False:
         items.append("Net energy = gross energy − idle energy over the same duration; the idle baseline is taken for "
                      "the whole machine, so net energy is reported for the total only, gross for CPU and GPU apart.")
@@ -204,7 +207,7 @@ def render(analysis: Analysis, df: pd.DataFrame, meta: dict, metrics: dict[str, 
     options = meta.get("options")
     if isinstance(options, dict) and options:
         parts.append("<details><summary>Options</summary>" + _kv_table(options) + "</details>")
-    parts.append(_notes(analysis))
+    parts.append(_notes(analysis, meta))
     parts.append(_guidelines(analysis))
     parts.append("<h2>Summary per model and configuration</h2>")
     for machine in analysis.machines:

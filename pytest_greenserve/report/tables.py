@@ -46,8 +46,14 @@ def rate(value) -> str:
     return "—" if _missing(value) else f"{value:.0%}"
 
 
-SUMMARY_HEADERS = ["model", "configuration", "n", "median time", "ms per token", "match rate",
+SUMMARY_HEADERS = ["model", "configuration", "n", "median time", "ms per token", "match rate (strict / tie-aware)",
                    "median net energy (source)", "J/token"]
+
+
+def match_cell(strict, tie_aware=None) -> str:
+    """``"97% / 100%"``: strict match rate, then the one allowing divergences at near-ties
+    (what decides error-prone); the strict rate alone where no tie-aware rate exists."""
+    return rate(strict) if _missing(tie_aware) else f"{rate(strict)} / {rate(tie_aware)}"
 
 
 def summary_rows(summary: pd.DataFrame) -> list[list[str]]:
@@ -55,8 +61,10 @@ def summary_rows(summary: pd.DataFrame) -> list[list[str]]:
     out = []
     for r in summary.to_dict("records"):
         config = r["config"] + (" (error-prone: excluded)" if r["error_prone"] else "")
+        if r.get("flags"):  # samples flagged unsteady / low-resolution (analysis/checks.py)
+            config += f" (flagged: {r['flags']})"
         out.append([r["model"], config, str(r["n"]), plain(r["time_s"], "s"), plain(r["ms_per_token"]),
-                    rate(r["match_rate"]), energy_cell(r["energy_net_j"], r["energy_source"]),
+                    match_cell(r["match_rate"], r.get("match_rate_tie_aware")), energy_cell(r["energy_net_j"], r["energy_source"]),
                     per_token_cell(r["j_per_token"], r["energy_source"])])
     return out
 
@@ -113,10 +121,20 @@ def savings_rows(savings: pd.DataFrame, metrics: dict[str, Metric] | None = None
     rows = []
     for r in savings.to_dict("records"):
         metric = registry.get(r["metric"])
-        rows.append([r["machine"], metric.label if metric else r["metric"],
+        label = metric.label if metric else r["metric"]
+        if r.get("estimated"):
+            label += " (estimated)"
+        rows.append([r["machine"], label,
                      r["config"], r["other"], str(r["n_models"]), f"{r['min_pct']:.2f}%", f"{r['max_pct']:.2f}%",
                      r["note"] or ""])
     return headers, rows
+
+
+def power_model_lines(meta: dict | None) -> list[str]:
+    """The CPU power model behind estimated energy, as the meters recorded it in run.json's
+    ``meter_notes`` (``... estimated from CPU time at 10 W/core + 20 W idle``)."""
+    notes = (meta or {}).get("meter_notes") or []
+    return [str(n) for n in dict.fromkeys(notes) if "estimated" in str(n) and "W" in str(n)]
 
 
 def best_savings_lines(analysis) -> list[str]:
@@ -130,6 +148,8 @@ def best_savings_lines(analysis) -> list[str]:
         best = g.groupby("config")["min_pct"].min().sort_values(ascending=False).index[0]
         b = g[g["config"] == best]
         what = "time" if metric == "time_s" else "energy"
+        if what == "energy" and "estimated" in b and b["estimated"].any():
+            what = "estimated energy"
         if len(b) > 1 and b["min_pct"].min() >= 0:
             lines.append(f"{machine}: {best} uses from {b['min_pct'].min():.2f}% up to {b['max_pct'].max():.2f}% "
                          f"less {what} than the other configurations")

@@ -136,3 +136,21 @@ def test_jit_unloadable_model_is_one_line_engine_error(tmp_path, content):
     message = str(info.value)
     assert message.startswith("jit could not load broken: ")
     assert "\n" not in message
+
+
+def test_the_torch_reference_reports_one_positive_margin_per_generated_token(tiny_handle, prompts, one_thread):
+    """The tie-aware check's input: the top-2 score gap at each greedy step (issue 8, §6)."""
+    engine = TorchEngine(tiny_handle("gpt2"), "cpu", one_thread)
+    engine.load()
+    try:
+        plain = engine.generate(*prompts[0])
+        engine.keep_margins = True
+        gen = engine.generate(*prompts[0])
+    finally:
+        engine.close()
+    ids, new_tokens = prompts[0]
+    assert plain.margins is None  # measured requests keep no scores
+    assert gen.token_ids == plain.token_ids  # asking for scores changes nothing generated
+    assert gen.margins is not None and len(gen.margins) == len(gen.token_ids) == new_tokens
+    assert all(m > 0 for m in gen.margins)  # an exact fp32 tie is vanishingly unlikely
+    assert all(m == m and m != float("inf") for m in gen.margins)  # finite

@@ -147,3 +147,30 @@ def test_html_report_renders_in_headless_chromium(run, tmp_path):
     assert int(m.group(2)) == n_images and m.group(1) == m.group(2), f"images rendered: {m.group(0)}"
     assert 'data-errors="0"' in dom
     shutil.rmtree(profile, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- estimated energy: the headline and the power model
+
+POWER_NOTE = "cpu energy: no RAPL (/sys/class/powercap absent); estimated from CPU time at 10 W/core + 20 W idle"
+
+
+def test_the_savings_headline_says_estimated_and_the_power_model_is_stated(tmp_path):
+    rows = make_rows(models=("mini-gpt2", "phi2"), configs=("torch-cpu", "onnx-cpu", "openvino-cpu"), reps=4)
+    paths = write_reports(rows, tmp_path, {**META, "meter_notes": [POWER_NOTE]})
+    md = paths["summary"].read_text()
+    savings = md.split("## Savings")[1].split("##")[0]
+    energy_lines = [line for line in savings.splitlines() if "energy" in line]
+    assert energy_lines and all("estimated energy" in line for line in energy_lines)
+    assert re.search(r"uses from [\d.]+% up to [\d.]+% less estimated energy than the other configurations", savings)
+    assert "10 W/core + 20 W idle" in md and "## Estimated CPU energy: the power model" in md
+    html = paths["html"].read_text()
+    assert "less estimated energy than the other configurations" in html
+    assert "10 W/core + 20 W idle" in html
+
+
+def test_measured_energy_is_not_called_estimated_and_needs_no_power_model(tmp_path):
+    rows = make_rows(models=("mini-gpt2", "phi2"), configs=("torch-cpu", "onnx-cpu"), reps=4, cpu_source="rapl")
+    paths = write_reports(rows, tmp_path, {**META, "meter_notes": []})
+    md = paths["summary"].read_text()
+    assert "less energy than" in md and "estimated energy" not in md
+    assert "power model" not in md.split("Energy marked *estimated*")[0]

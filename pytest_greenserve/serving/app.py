@@ -1,0 +1,230 @@
+"""The FastAPI app that serves one loaded model in one configuration.
+
+``create_app(engine, ...)`` takes an engine that is already loaded (``greenserve serve`` loads
+it before uvicorn starts, so ``/health`` answers only once the model can serve) and keeps it,
+with everything else a request needs, on ``app.state``: no module globals, so tests can build
+several apps in one process.
+
+* ``POST /v1/completions``: the OpenAI-compatible subset. ``prompt`` is a string (tokenized
+  with the model's tokenizer) or a list of token ids (what the plugin sends, so that HTTP and
+  in-process generate from identical inputs); ``max_tokens`` tokens are generated greedily,
+  EOS ignored, as every engine does; ``temperature`` must be 0 or absent. The answer holds the
+  completion text, the generated ``token_ids`` (an extension, on the choice), ``usage``, and
+  ``generation_s``/``ttft_s`` (extensions: the engine's own time for the request).
+* ``GET /health``: ``{"status": "ok"}``.
+* ``GET /info``: model, engine, provider, library versions, device.
+
+Bad requests (no prompt, ``max_tokens`` <= 0 or above the ceiling, a body that is not JSON,
+a prompt over the size limit, a sampling temperature) get a 4xx whose body is
+``{"error": {"message": ..., "type": "invalid_request_error"}}`` as OpenAI's API answers; the
+server goes on serving. Requests reach the engine one at a time (a lock): engines are written
+for a batch of one, and under concurrent clients the queueing shows in the latencies.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+import uuid
+from typing import Any, Optional, Union
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from . import DEFAULT_BODY_BYTES_MAX, DEFAULT_NEW_TOKENS_MAX, DEFAULT_PROMPT_TOKENS_MAX
+
+__all__ = ["create_app", "DEFAULT_NEW_TOKENS_MAX", "DEFAULT_PROMPT_TOKENS_MAX"]
+
+
+class CompletionRequest(BaseModel):
+    model: Optional[str] = Field(None, description="ignored: the server serves one model")
+    prompt: Union[str, list[int]] = Field(..., description="text, or the prompt's token ids")
+    max_tokens: int = Field(16, description="tokens to generate (greedy, EOS ignored)")
+    temperature: Optional[float] = Field(None, description="0 or absent: greedy decoding is the only mode")
+    stream: Optional[bool] = Field(None, description="false or absent: streaming is not offered")
+
+
+class Choice(BaseModel):
+    index: int
+    text: Optional[str]
+    token_ids: list[int]
+    finish_reason: str
+    logprobs: None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: str = "text_completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    generation_s: float = Field(..., description="server-side time of the engine's generate call")
+    ttft_s: Optional[float] = Field(None, description="server-side time to first token, where the engine knows it")
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=status)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
+    """One sentence for the first problem pydantic found in the body."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    kind = str(first.get("type", ""))
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if kind == "json_invalid":
+        return 400, "the body is not valid JSON"
+    if kind == "missing" and loc:
+        return 400, f"'{loc[0]}' is required"
+    if not loc and kind in ("model_attributes_type", "dict_type", "model_type"):
+        return 400, "the body must be a JSON object"
+    where = f"'{loc[0]}'" if loc else "the body"
+    if loc and loc[0] == "prompt":
+        return 400, "'prompt' must be a string or a list of token ids (integers)"
+    return 400, f"{where}: {first.get('msg', 'invalid value')}"
+
+
+def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
+               new_tokens_max: int = DEFAULT_NEW_TOKENS_MAX, prompt_tokens_max: int = DEFAULT_PROMPT_TOKENS_MAX,
+               body_bytes_max: int = DEFAULT_BODY_BYTES_MAX, info: dict | None = None) -> FastAPI:
+    """The app serving ``engine`` (loaded) as ``model`` in configuration ``config``.
+
+    ``tokenizer`` (a transformers tokenizer, or None) turns string prompts into ids and
+    generated ids into text; without one, string prompts are refused and ``text`` is null.
+    """
+    app = FastAPI(title="greenserve serve", version="1",
+                  description="One model in one serving configuration (pytest-greenserve).")
+    state = app.state
+    state.engine = engine
+    state.model = model
+    state.config = config
+    state.handle = handle
+    state.tokenizer = tokenizer
+    state.new_tokens_max = new_tokens_max
+    state.prompt_tokens_max = prompt_tokens_max
+    state.body_bytes_max = body_bytes_max
+    state.vocab_size = len(tokenizer) if tokenizer is not None else None
+    state.lock = threading.Lock()
+    state.info = {"model": model, "config": config, "engine": getattr(engine, "name", type(engine).__name__),
+                  "provider": getattr(engine, "provider", None), **(info or {})}
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        status, message = _validation_message(exc)
+        return _error(status, message)
+
+    @app.exception_handler(BadRequest)
+    async def _bad(request: Request, exc: BadRequest):
+        return _error(exc.status, exc.message)
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > request.app.state.body_bytes_max:
+            return _error(413, f"the body is larger than {request.app.state.body_bytes_max} bytes")
+        return await call_next(request)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/info")
+    def info_() -> dict:
+        return app.state.info
+
+    @app.post("/v1/completions", response_model=CompletionResponse,
+              responses={400: {"description": "a bad request; the body says why"},
+                         500: {"description": "the engine failed; the body says why"},
+                         413: {"description": "the body is too large"}})
+    def completions(body: CompletionRequest, request: Request) -> Any:
+        st = request.app.state
+        if body.temperature not in (None, 0):
+            raise BadRequest("only greedy decoding is served: 'temperature' must be 0 or absent")
+        if body.stream:
+            raise BadRequest("streaming is not offered: 'stream' must be false or absent")
+        if body.max_tokens <= 0:
+            raise BadRequest("'max_tokens' must be at least 1")
+        if body.max_tokens > st.new_tokens_max:
+            raise BadRequest(f"'max_tokens' is {body.max_tokens}, above this server's ceiling of {st.new_tokens_max}")
+        if isinstance(body.prompt, str):
+            if st.tokenizer is None:
+                raise BadRequest("this server has no tokenizer: send the prompt as a list of token ids")
+            if len(body.prompt) > 8 * st.prompt_tokens_max:  # before tokenizing a huge string
+                raise BadRequest(f"the prompt is over the size limit of {st.prompt_tokens_max} tokens")
+            ids = st.tokenizer(body.prompt, add_special_tokens=False)["input_ids"]
+        else:
+            ids = body.prompt
+        if not ids:
+            raise BadRequest("'prompt' is empty")
+        if len(ids) > st.prompt_tokens_max:
+            raise BadRequest(f"the prompt has {len(ids)} tokens, over the size limit of {st.prompt_tokens_max}")
+        if st.vocab_size is not None and not all(0 <= i < st.vocab_size for i in ids):
+            raise BadRequest(f"'prompt' holds token ids outside the vocabulary (0..{st.vocab_size - 1})")
+        with st.lock:
+            t = time.perf_counter()
+            try:
+                gen = st.engine.generate(ids, body.max_tokens)
+            except Exception as exc:  # answered, so the connection and the server go on
+                first = (str(exc).strip().splitlines() or [""])[0]
+                return JSONResponse({"error": {"message": f"the engine failed: {type(exc).__name__}: {first}",
+                                               "type": "server_error"}}, status_code=500)
+            generation_s = time.perf_counter() - t
+        new = [int(i) for i in gen.token_ids]
+        text = st.tokenizer.decode(new) if st.tokenizer is not None else None
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": st.model,
+            "choices": [{"index": 0, "text": text, "token_ids": new, "finish_reason": "length", "logprobs": None}],
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": len(new), "total_tokens": len(ids) + len(new)},
+            "generation_s": generation_s,
+            "ttft_s": gen.ttft_s,
+        }
+
+    return app
+
+
+def server_info(engine, handle=None) -> dict:
+    """What ``/info`` says beyond model and configuration: versions and device."""
+    import sys
+
+    versions = {}
+    try:
+        versions = dict(engine.versions())
+    except Exception:
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("pytest-greenserve", "fastapi", "uvicorn"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "missing"
+    device = platform.processor() or platform.machine()
+    if getattr(engine, "provider", None) == "cuda":
+        try:
+            import torch
+
+            device = torch.cuda.get_device_name(0)
+        except Exception:
+            device = "cuda"
+    return {"versions": versions, "device": device, "python": sys.version.split()[0],
+            "weights": getattr(handle, "weights", None), "model_key": getattr(handle, "key", None)}

@@ -1,0 +1,157 @@
+""":class:`HttpTarget`: a model served by ``greenserve serve``, reached over loopback HTTP.
+
+It is a :class:`~pytest_greenserve.targets.Target` like any engine, so the runner and the
+measure step handle it the same way: ``load()`` starts the server (a child of this process,
+so the meters' process tree covers it) and waits for ``/health`` (not measured: the runner
+loads and warms up outside the meters' window); ``generate()`` posts one request through one
+kept-alive httpx connection and returns the token ids the server generated; ``close()`` stops
+the server. A server that dies mid-request makes ``generate()`` raise :class:`EngineError`
+with its exit status and log tail; the runner then discards the target, and the next sample
+starts a fresh server.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from typing import Sequence
+
+from ..engines.base import EngineError, EngineOptions, Generation, library_versions
+from .server import ServeError, ServerProcess, engine_class_ref, handle_to_json
+
+__all__ = ["HttpTarget"]
+
+
+class HttpTarget:
+    """``engine_cls`` serving ``handle`` on ``provider``, in a ``greenserve serve`` child process."""
+
+    def __init__(self, handle, provider: str, engine_cls, options: EngineOptions | None = None, *,
+                 config_name: str | None = None, new_tokens_max: int | None = None, host: str = "127.0.0.1",
+                 health_timeout_s: float = 600.0, request_timeout_s: float = 600.0, concurrency: int = 1):
+        self.handle = handle
+        self.provider = provider
+        self.engine_cls = engine_cls
+        self.options = options or EngineOptions()
+        self.config_name = config_name or f"{engine_cls.name}-{provider}"
+        self.new_tokens_max = new_tokens_max
+        self.host = host
+        self.health_timeout_s = health_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.concurrency = concurrency
+        self.server: ServerProcess | None = None
+        self._client = None
+        self._local = threading.local()
+        self._clients: list = []
+        self._lock = threading.Lock()
+        self._info: dict = {}
+
+    # -- the Target protocol ------------------------------------------------------------
+    def load(self) -> None:
+        import httpx
+
+        ref, root = engine_class_ref(self.engine_cls)
+        args = ["--config", self.config_name, "--handle-json", handle_to_json(self.handle), "--engine-class", ref,
+                "--openvino-precision", self.options.openvino_precision]
+        if self.options.threads:
+            args += ["--threads", str(self.options.threads)]
+        if self.new_tokens_max:
+            args += ["--new-tokens-max", str(self.new_tokens_max)]
+        self.server = ServerProcess(args, host=self.host, health_timeout_s=self.health_timeout_s,
+                                    python_path=[root] if root else [],
+                                    label=f"greenserve serve ({self.handle.name} on {self.config_name})")
+        self.server.start()
+        self._client = self._new_client(httpx)
+        try:
+            self.server.wait_healthy(self._client)
+            self._info = self._client.get(f"{self.server.url}/info").json()
+        except ServeError as exc:
+            self.close()
+            raise EngineError(str(exc)) from None
+        except httpx.HTTPError as exc:
+            self.close()
+            raise EngineError(f"greenserve serve did not answer /info: {type(exc).__name__}: {exc}") from None
+
+    def _new_client(self, httpx):
+        # trust_env=False: no proxy from the environment between us and loopback
+        client = httpx.Client(trust_env=False, timeout=httpx.Timeout(self.request_timeout_s, connect=10.0),
+                              limits=httpx.Limits(max_connections=max(1, self.concurrency),
+                                                  max_keepalive_connections=max(1, self.concurrency)))
+        return client
+
+    def _thread_client(self):
+        """One connection per client thread (concurrent mode); the main one otherwise."""
+        if threading.current_thread() is threading.main_thread() or self.concurrency <= 1:
+            return self._client
+        client = getattr(self._local, "client", None)
+        if client is None:
+            import httpx
+
+            client = self._local.client = self._new_client(httpx)
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def generate(self, input_ids: Sequence[int], new_tokens: int) -> Generation:
+        import httpx
+
+        if self.server is None or self._client is None:
+            raise EngineError("the HTTP target is not loaded")
+        body = {"prompt": list(input_ids), "max_tokens": new_tokens, "temperature": 0}
+        try:
+            response = self._thread_client().post(f"{self.server.url}/v1/completions", json=body)
+        except httpx.HTTPError as exc:
+            raise EngineError(self._why_failed(f"{type(exc).__name__}: {exc}", wait=True)) from None
+        if response.status_code != 200:
+            raise EngineError(self._why_failed(f"HTTP {response.status_code}: {_error_message(response)}"))
+        data = response.json()
+        return Generation(token_ids=list(data["choices"][0]["token_ids"]), ttft_s=None)
+
+    def close(self) -> None:
+        for client in [self._client, *self._clients]:
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:
+                    pass
+        self._client, self._clients = None, []
+        if self.server is not None:
+            server, self.server = self.server, None
+            server.stop()
+            server.remove_log()
+
+    def versions(self) -> dict[str, str]:
+        versions = dict(self._info.get("versions") or {})
+        versions.update(library_versions(("httpx",)))
+        return versions
+
+    # -- for the meters and the tests -----------------------------------------------------
+    def pids(self) -> list[int]:
+        """The server's pid (its process tree is a subtree of this process's), if it runs."""
+        pid = self.server.pid if self.server is not None else None
+        return [pid] if pid is not None and self.server.exited() is None else []
+
+    @property
+    def url(self) -> str | None:
+        return self.server.url if self.server is not None else None
+
+    def _why_failed(self, what: str, wait: bool = False) -> str:
+        """Why a request failed: the server's death (status and log tail) when it died."""
+        server = self.server
+        if server is not None and server.proc is not None:
+            if wait:  # the connection broke: give a dying server a moment to be seen dead
+                try:
+                    server.proc.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    pass
+            code = server.exited()
+            if code is not None:
+                how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+                return f"the server (pid {server.pid}) {how} during the request; log tail: {server.log_tail()}"
+        return f"the server failed the request: {what}"
+
+
+def _error_message(response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except Exception:
+        return (response.text or "").strip().splitlines()[0][:200] if response.text else "(no body)"

@@ -1,0 +1,76 @@
+"""Engines record their thread settings; TTFT is stamped after CUDA has finished the token."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_greenserve.engines.base import EngineOptions, FirstTokenTimer
+from pytest_greenserve.handle import ModelHandle
+
+torch = pytest.importorskip("torch")
+
+
+def _handle():
+    return ModelHandle.__new__(ModelHandle)  # thread settings never touch the model
+
+
+def test_every_engine_records_torchs_and_openmps_thread_settings(monkeypatch):
+    from pytest_greenserve.engines.torch_eager import TorchEngine
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    t = TorchEngine(_handle(), "cpu", EngineOptions(threads=3)).thread_settings()
+    assert t["requested"] == 3 and t["OMP_NUM_THREADS"] == "2"
+    assert t["torch_intra_op"] == torch.get_num_threads()
+    assert t["torch_inter_op"] == torch.get_num_interop_threads()
+
+
+def test_onnx_records_its_pools_and_spinning_as_configured():
+    ort = pytest.importorskip("onnxruntime")
+    from pytest_greenserve.engines.onnx import OnnxEngine
+
+    engine = OnnxEngine(_handle(), "cpu", EngineOptions(threads=2))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    engine._session_options = so
+    t = engine.thread_settings()
+    assert t["ort_intra_op"] == 2 and t["ort_inter_op"] == 0  # 0: ONNX Runtime's default
+    assert t["ort_intra_op_spinning"] is True  # not disabled: ONNX Runtime spins by default
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    assert engine.thread_settings()["ort_intra_op_spinning"] is False
+    assert "torch_intra_op" in t  # torch's pool is there too: one engine can pay for another's threads
+
+
+def test_openvino_records_its_thread_count_as_configured_before_load():
+    from pytest_greenserve.engines.openvino import OpenVinoEngine
+
+    engine = OpenVinoEngine(_handle(), "cpu", EngineOptions(threads=4))
+    engine.ov_model = None
+    assert engine.thread_settings()["openvino_num_threads"] == "4"
+
+
+class _CudaIds:
+    """Looks like a CUDA tensor to the timer (is_cuda, device, shape)."""
+    is_cuda = True
+    device = "cuda:0"
+    shape = (1, 5)
+
+
+def test_ttft_is_stamped_after_cuda_synchronises(monkeypatch):
+    order = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: order.append(("sync", device)))
+    monkeypatch.setattr(torch, "zeros", lambda *a, **k: order.append("zeros"))
+    timer = FirstTokenTimer()
+    real_clock = __import__("time").perf_counter
+    monkeypatch.setattr("pytest_greenserve.engines.base.time.perf_counter",
+                        lambda: (order.append("stamp"), real_clock())[1])
+    timer(_CudaIds(), None)
+    assert order[:2] == [("sync", "cuda:0"), "stamp"]  # the device finished the token, then the stamp
+    timer(_CudaIds(), None)
+    assert order.count(("sync", "cuda:0")) == 1  # only the first token is waited for
+
+
+def test_ttft_on_cpu_does_not_touch_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: pytest.fail("synchronised on CPU"))
+    timer = FirstTokenTimer()
+    timer(torch.ones(1, 4, dtype=torch.long), None)
+    assert timer.ttft_s is not None and timer.ttft_s >= 0

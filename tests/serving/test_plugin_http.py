@@ -1,0 +1,75 @@
+"""``--greenserve-transport=http`` end to end: a server crash mid-sample, its restart, the same
+tokens as the torch reference, the transport in every sample, and no orphan server afterwards."""
+
+import json
+
+import psutil
+import torch  # noqa: F401  imported before pytester snapshots sys.modules (numpy loads once)
+import transformers  # noqa: F401
+
+BENCHMARK = '''
+def test_autocomplete(greenserve):
+    sample = greenserve.measure()
+    assert sample["tokens_generated"] == sample["requests"] * sample["new_tokens"]
+'''
+
+# Kills its own server on the 2nd request it ever gets (with one prompt: the warm-up's is the 1st,
+# the measured one the 2nd), once in the session (a marker file remembers).
+CRASHING_ENGINE = '''
+import os
+import signal
+
+from pytest_greenserve.serving.null import NullEngine
+
+
+class Crashing(NullEngine):
+    name = "crashing"
+    calls = 0
+
+    def generate(self, input_ids, new_tokens):
+        Crashing.calls += 1
+        marker = os.environ["GREENSERVE_TEST_CRASH_MARKER"]
+        if Crashing.calls == 2 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().generate(input_ids, new_tokens)
+
+
+def pytest_greenserve_register_engines(registry):
+    registry["crashing"] = Crashing
+'''
+
+
+def servers_of(path: str) -> list:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "pytest_greenserve serve" in cmd and path in cmd:
+            found.append(p)
+    return found
+
+
+def test_http_transport_survives_a_server_crash_and_leaves_no_orphans(pytester, tiny_model, monkeypatch):
+    model = str(tiny_model("gpt2"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("GREENSERVE_TEST_CRASH_MARKER", str(pytester.path / "crashed-once"))
+    pytester.makepyfile(test_autocomplete=BENCHMARK)
+    pytester.makeconftest(CRASHING_ENGINE)
+    reports = pytester.path / "reports"
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--greenserve-models=tiny={model}", "--greenserve-configs=crashing-cpu,torch-cpu",
+        "--greenserve-runs=2", "--greenserve-prompts=1", "--greenserve-new-tokens=4", "--greenserve-idle=0",
+        "--greenserve-warmup=0", "--greenserve-threads=1", "--greenserve-transport=http",
+        f"--greenserve-cache-dir={pytester.path / 'cache'}", f"--greenserve-report-dir={reports}", timeout=240)
+    result.assert_outcomes(passed=3, failed=1)
+    out = result.stdout.str()
+    assert "request 1 of 1 failed: EngineError: the server (pid " in out
+    assert "killed by signal 9 during the request; log tail: greenserve serve: loading tiny on crashing-cpu" in out
+    assert "Traceback" not in out
+    samples = [json.loads(line) for line in (reports / "latest" / "samples.jsonl").read_text().splitlines()]
+    assert sorted(s["config"] for s in samples) == ["crashing-cpu@http", "torch-cpu@http", "torch-cpu@http"]
+    assert {s["transport"] for s in samples} == {"http"} and {s["engine"] for s in samples} == {"crashing", "torch"}
+    torch = [s for s in samples if s["engine"] == "torch"]
+    assert all(s["match_rate"] == 1.0 for s in torch)  # over HTTP, the in-process torch reference's tokens
+    assert all(s["latency_p99_s"] is not None and s["requests_per_s"] > 0 for s in samples)
+    assert servers_of(model) == []  # no `greenserve serve` outlived the session

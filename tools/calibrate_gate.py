@@ -1,0 +1,248 @@
+"""Calibrate the CI energy gate: A/A trials and planted regressions, on this machine.
+
+Every *session* is one ``python -m pytest -p pytest_greenserve.plugin`` run of one model with
+the configuration under test (``--config``, e.g. torch-cpu) and, beside it in the same
+shuffled order, one copy of that engine per planted slowdown (``slow5-cpu`` for 5%): after
+each request the copy keeps the device busy (matrix products on the request's device) for the
+given fraction of the request's own time, so time and energy both follow. Sessions are
+independent processes, like a baseline run and a pull request's run.
+
+Trial *i* compares session *i* (the baseline) with session *i+1*:
+
+- A/A: ``--config`` in session i against ``--config`` in session i+1 (nothing changed);
+- planted x%: ``--config`` in session i against ``slowX`` in session i+1 (the change).
+
+Each is judged by :func:`pytest_greenserve.gate.compare` for several tests, alphas,
+thresholds and repetition counts (the first k repetitions of each side, and the sequential
+``--greenserve-runs=auto`` rule), and the table of false-alarm and detection rates is printed
+and written with every session's samples to ``--out``/calibration.json.
+
+    python tools/calibrate_gate.py --model mini-gpt2 --config torch-cpu --trials 20 \\
+        --prompts 40 --runs 8 --slowdown 0.05,0.10,0.20 --out /tmp/calib
+    python tools/calibrate_gate.py --analyse-only --out /tmp/calib     # re-judge saved sessions
+
+The plugin need not be pip-installed: the sessions run with ``PYTHONPATH`` set to this
+checkout and ``-p pytest_greenserve.plugin`` (dropped where the entry point is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CONFTEST = '''
+import os, time
+from pytest_greenserve.engines.base import Generation
+
+SLOWDOWNS = [float(s) for s in os.environ.get("GREENSERVE_CALIBRATION_SLOWDOWNS", "").split(",") if s]
+BASE = os.environ["GREENSERVE_CALIBRATION_ENGINE"]
+
+
+def _slow(base, fraction):
+    class Slow(base):
+        name = f"slow{round(fraction * 100)}"
+
+        def generate(self, input_ids, new_tokens):
+            import torch
+            start = time.perf_counter()
+            out = base.generate(self, input_ids, new_tokens)
+            took = time.perf_counter() - start
+            device = "cuda" if self.provider == "cuda" else "cpu"
+            a = getattr(self, "_burn", None)
+            if a is None:
+                a = self._burn = torch.randn(192, 192, device=device)
+            end = time.perf_counter() + fraction * took
+            while time.perf_counter() < end:
+                b = a @ a
+                if device == "cuda":
+                    torch.cuda.synchronize()
+            return out
+    Slow.__name__ = f"Slow{round(fraction * 100)}"
+    return Slow
+
+
+def pytest_greenserve_register_engines(registry):
+    from pytest_greenserve import engines
+    engines.pytest_greenserve_register_engines(registry)
+    for fraction in SLOWDOWNS:
+        cls = _slow(registry[BASE], fraction)
+        registry[cls.name] = cls
+'''
+
+TEST = '''
+def test_autocomplete(greenserve):
+    greenserve.measure()
+'''
+
+
+def _entry_point_installed() -> bool:
+    return any(e.value == "pytest_greenserve.plugin" for e in importlib.metadata.entry_points(group="pytest11"))
+
+
+def slow_name(fraction: float) -> str:
+    return f"slow{round(fraction * 100)}"
+
+
+def run_session(args, index: int, workdir: Path) -> dict:
+    engine, provider = args.config.split("-", 1)
+    configs = [args.config] + [f"{slow_name(f)}-{provider}" for f in args.slowdowns]
+    report_dir = args.out / "sessions" / f"s{index:03d}"
+    cmd = [sys.executable, "-m", "pytest", str(workdir), "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+           f"--greenserve-models={args.model}", f"--greenserve-configs={','.join(configs)}",
+           f"--greenserve-runs={args.runs}", f"--greenserve-prompts={args.prompts}",
+           f"--greenserve-idle={args.idle}", f"--greenserve-settle={args.settle}",
+           f"--greenserve-seed={index}", f"--greenserve-report-dir={report_dir}"]
+    if not _entry_point_installed():
+        cmd[3:3] = ["-p", "pytest_greenserve.plugin"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               GREENSERVE_CALIBRATION_ENGINE=engine,
+               GREENSERVE_CALIBRATION_SLOWDOWNS=",".join(str(f) for f in args.slowdowns))
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    samples = []
+    for path in sorted(report_dir.glob("*/samples.jsonl")):
+        samples += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] if proc.returncode else []
+    print(f"session {index}: rc={proc.returncode} {len(samples)} samples {wall:.1f} s {' '.join(tail)}", flush=True)
+    return {"index": index, "rc": proc.returncode, "wall_s": wall, "samples": samples}
+
+
+def _series(session: dict, config: str) -> list[dict]:
+    rows = [s for s in session["samples"] if s.get("config") == config]
+    return sorted(rows, key=lambda s: s.get("order", 0))
+
+
+def _rename(rows, config):
+    return [dict(r, config=config, engine=config.split("-")[0]) for r in rows]
+
+
+def judge(base_rows, now_rows, spec, *, test, alpha, runs, auto, min_runs):
+    """The gate's verdict ('regression', 'improved', 'same', 'undecided') and the repetitions
+    of the 'now' side it used (sequential rule: stop once decided; else all ``runs``)."""
+    from pytest_greenserve import gate
+
+    thresholds = gate.parse_thresholds(spec)
+    base = base_rows[:runs]
+    if not auto:
+        now = now_rows[:runs]
+        result = gate.compare(base, now, thresholds, test=test, alpha=alpha, min_runs=min_runs)
+        return _overall(result), len(now)
+    for k in range(min_runs, len(now_rows) + 1):
+        now = now_rows[:k]
+        if gate.decided(base, now, thresholds, test=test, alpha=alpha, min_runs=min_runs):
+            break
+    result = gate.compare(base, now, thresholds, test=test, alpha=alpha, min_runs=min_runs)
+    return _overall(result), len(now)
+
+
+def _overall(result) -> str:
+    verdicts = [c.verdict for c in result.comparisons]
+    for v in ("regression", "undecided", "improved"):
+        if v in verdicts:
+            return v
+    return "same"
+
+
+def analyse(args, sessions: list[dict]) -> list[dict]:
+    engine, provider = args.config.split("-", 1)
+    good = [s for s in sessions if s["samples"]]
+    variants = [("A/A", 0.0, args.config)] + [(f"planted {f:.0%}", f, f"{slow_name(f)}-{provider}")
+                                               for f in args.slowdowns]
+    plans = []
+    for spec in args.specs:
+        for test in args.tests:
+            for alpha in args.alphas:
+                for runs in sorted({r for r in (3, 5, args.runs) if r <= args.runs}):
+                    plans.append(dict(spec=spec, test=test, alpha=alpha, runs=runs, auto=False))
+                plans.append(dict(spec=spec, test=test, alpha=alpha, runs=args.runs, auto=True))
+    table = []
+    for plan in plans:
+        for label, fraction, config in variants:
+            verdicts, used = [], []
+            for a, b in zip(good, good[1:]):
+                base = _series(a, args.config)
+                now = _rename(_series(b, config), args.config)
+                if not base or not now:
+                    continue
+                v, n = judge(base, now, plan["spec"], test=plan["test"], alpha=plan["alpha"], runs=plan["runs"],
+                             auto=plan["auto"], min_runs=args.min_runs)
+                verdicts.append(v)
+                used.append(n)
+            if not verdicts:
+                continue
+            n = len(verdicts)
+            table.append(dict(plan, variant=label, slowdown=fraction, trials=n,
+                              regression_rate=verdicts.count("regression") / n,
+                              undecided_rate=verdicts.count("undecided") / n,
+                              mean_runs=sum(used) / n))
+    return table
+
+
+def print_table(table, sessions):
+    walls = [s["wall_s"] for s in sessions]
+    if walls:
+        print(f"\n{len(walls)} sessions, wall time per session: median {sorted(walls)[len(walls) // 2]:.1f} s, "
+              f"total {sum(walls) / 60:.1f} min")
+    print(f"{'threshold':<14}{'test':<9}{'alpha':>7}{'runs':>7}  {'variant':<13}{'trials':>7}{'flagged':>9}"
+          f"{'undecided':>10}{'mean runs':>10}")
+    for r in table:
+        runs = f"auto{r['runs']}" if r["auto"] else str(r["runs"])
+        print(f"{r['spec']:<14}{r['test']:<9}{r['alpha']:>7g}{runs:>7}  {r['variant']:<13}{r['trials']:>7}"
+              f"{r['regression_rate']:>9.0%}{r['undecided_rate']:>10.0%}{r['mean_runs']:>10.1f}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="mini-gpt2")
+    p.add_argument("--config", default="torch-cpu")
+    p.add_argument("--trials", type=int, default=20, help="trials of each kind (sessions: trials + 1)")
+    p.add_argument("--prompts", type=int, default=40)
+    p.add_argument("--runs", type=int, default=8, help="repetitions per configuration and session (the cap)")
+    p.add_argument("--slowdown", default="0.05,0.10,0.20", help="planted slowdowns, comma-separated fractions")
+    p.add_argument("--idle", default="1")
+    p.add_argument("--settle", default="0")
+    p.add_argument("--out", type=Path, required=True, help="directory for the sessions and calibration.json")
+    p.add_argument("--specs", default="energy:3%;energy:5%;time:3%", help="thresholds to judge, ';'-separated")
+    p.add_argument("--tests", default="mwu,welch")
+    p.add_argument("--alphas", default="0.01,0.05")
+    p.add_argument("--min-runs", type=int, default=3)
+    p.add_argument("--analyse-only", action="store_true", help="judge the sessions already in --out")
+    args = p.parse_args(argv)
+    args.slowdowns = [float(s) for s in args.slowdown.split(",") if s.strip()]
+    args.specs = [s for s in args.specs.split(";") if s]
+    args.tests = args.tests.split(",")
+    args.alphas = [float(a) for a in args.alphas.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    raw = args.out / "sessions.json"
+    if args.analyse_only:
+        sessions = json.loads(raw.read_text())
+    else:
+        workdir = args.out / "suite"
+        workdir.mkdir(exist_ok=True)
+        (workdir / "conftest.py").write_text(textwrap.dedent(CONFTEST))
+        (workdir / "test_calibration.py").write_text(textwrap.dedent(TEST))
+        sessions = []
+        for i in range(args.trials + 1):
+            sessions.append(run_session(args, i, workdir))
+            raw.write_text(json.dumps(sessions))
+    table = analyse(args, sessions)
+    print_table(table, sessions)
+    (args.out / "calibration.json").write_text(json.dumps(
+        {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+         "sessions": [{k: v for k, v in s.items() if k != "samples"} for s in sessions], "table": table},
+        indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
