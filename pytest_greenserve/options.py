@@ -109,6 +109,27 @@ def _cpu_watts(text: str) -> tuple[float, float] | None:
         raise ValueError("expected W_PER_BUSY_CORE[,IDLE_W] in watts (each at least 0), or 'off'") from None
 
 
+def _runs(text: str) -> int | str:
+    """A whole number of repetitions, or ``auto`` (read_settings resolves it: see gate.py)."""
+    return "auto" if text.strip().lower() == "auto" else whole(1)(text)
+
+
+def _baseline_name(text: str) -> str | None:
+    text = text.strip()
+    if text and ("/" in text or text in (".", "..", "latest")):
+        raise ValueError("a baseline name is a plain file name other than 'latest' (saved under <report-dir>/baselines/)")
+    return text or None
+
+
+def _yes_no(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("", "0", "no", "false", "off"):
+        return False
+    if value in ("1", "yes", "true", "on"):
+        return True
+    raise ValueError("expected yes or no")
+
+
 def _url(text: str) -> str:
     if not text.startswith(("http://", "https://")):
         raise ValueError("expected an http:// or https:// URL")
@@ -134,6 +155,7 @@ class Option:
     convert: Callable[[str], Any]
     readme_default: str = ""
     dest: str = ""
+    const: str | None = None  # the bare flag's value (--greenserve-compare-any-machine); metavar then "[...]"
 
     def __post_init__(self):
         if self.readme_default and self.default:
@@ -171,7 +193,8 @@ OPTIONS: tuple[Option, ...] = (
            _model_list, readme_default="the `mini-*` models"),
     Option("configs", "CONFIGS", "all", "serving configurations ENGINE-PROVIDER, e.g. torch-cpu,onnx-cpu; 'all'",
            _config_list),
-    Option("runs", "N", "3", "repetitions of every model x configuration", whole(1)),
+    Option("runs", "N|auto", "3", "repetitions of every model x configuration; auto: with --greenserve-compare, "
+           "up to 10, stopping once the item is decided against the baseline (else 3)", _runs),
     Option("prompts", "N", str(N_PROBLEMS), f"first N of HumanEval's {N_PROBLEMS} short prompts",
            whole(1, N_PROBLEMS)),
     Option("new-tokens", "N", "32", "tokens generated per request (greedy, EOS ignored)", whole(1)),
@@ -211,6 +234,16 @@ OPTIONS: tuple[Option, ...] = (
            "(greenserve serve in a child process, FastAPI + uvicorn on loopback; the serve extra)",
            choice("inproc", "http")),
     Option("concurrency", "N", "1", "client threads sending the prompts at once (the paper: 1)", whole(1, 256)),
+    Option("save", "NAME", "", "save this session as baseline NAME (<report-dir>/baselines/NAME.json) for the gate",
+           _baseline_name, readme_default="unset"),
+    Option("compare", "NAME|PATH|latest", "",
+           "gate this session against a saved baseline, per (model, configuration)",
+           _optional(str), readme_default="unset"),
+    Option("fail", "METRIC:THRESHOLD,...", "energy:5%",
+           "the gate's thresholds: a gateable metric (or energy, time) with a change in % or in units, "
+           "e.g. energy:5%,time:10% or ms_per_token:0.5ms", lambda text: text.strip()),
+    Option("compare-any-machine", "[yes|no]", "no", "compare with a baseline measured on other hardware",
+           _yes_no, const="yes"),
 )
 
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -255,6 +288,10 @@ class Settings:
     wattmeter: str | None = _default("wattmeter")  # URL
     transport: str = _default("transport")  # inproc | http
     concurrency: int = _default("concurrency")  # client threads sending the prompts
+    save: str | None = _default("save")  # baseline name to save this session under
+    compare: str | None = _default("compare")  # baseline NAME|PATH|latest to gate against
+    fail: str = _default("fail")  # the gate's thresholds, parsed by plugin.py against the metric registry
+    compare_any_machine: bool = _default("compare-any-machine")
 
 
 def read_settings(raw: Callable[[str], str | None], *, engines: dict, models: dict, rootpath: Path) -> Settings:
@@ -286,6 +323,10 @@ def read_settings(raw: Callable[[str], str | None], *, engines: dict, models: di
     if values["concurrency"] > 1 and values["transport"] != "http":
         raise OptionError("--greenserve-concurrency above 1 needs --greenserve-transport=http "
                           "(in-process engines serve one request at a time)")
+    if values["runs"] == "auto":  # gate.py: a cap with a baseline to decide against, else the default
+        from .gate import AUTO_RUNS_CAP, AUTO_RUNS_WITHOUT_BASELINE
+
+        values["runs"] = AUTO_RUNS_CAP if values["compare"] is not None else AUTO_RUNS_WITHOUT_BASELINE
     report_dir = values.pop("report_dir")
     if not report_dir.is_absolute():
         report_dir = Path(rootpath) / report_dir

@@ -186,7 +186,7 @@ def analyze(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> Analy
         if good.empty:
             words.append("No comparison: every configuration of this model was error-prone.")
 
-    flags = sample_flags(df, metrics)
+    flags = sample_flags(df[~df["error_prone"]], metrics)  # an excluded configuration is not compared at all
     stats_rows = _flag_rows(stats_rows, flags)
     for f in flags:
         notes.append(f"{f.machine} / {f.model}: {f.config} {f.text}")

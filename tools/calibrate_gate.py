@@ -111,6 +111,8 @@ def run_session(args, index: int, workdir: Path) -> dict:
     wall = time.perf_counter() - start
     samples = []
     for path in sorted(report_dir.glob("*/samples.jsonl")):
+        if path.parent.is_symlink() or path.parent.name == "latest":
+            continue
         samples += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] if proc.returncode else []
     print(f"session {index}: rc={proc.returncode} {len(samples)} samples {wall:.1f} s {' '.join(tail)}", flush=True)

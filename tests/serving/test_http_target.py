@@ -99,3 +99,19 @@ def test_concurrent_clients_keep_prompt_order_and_give_latency_quantiles_and_thr
     assert sample["latency_p50_s"] <= sample["latency_p95_s"] <= sample["latency_p99_s"] <= max(m.latencies_s)
     assert sample["requests_per_s"] == pytest.approx(40 / m.time_s)
     assert sample["gen_tokens_per_s"] == pytest.approx(120 / m.time_s)
+
+
+def test_concurrency_above_one_needs_the_http_transport(tmp_path):
+    from pytest_greenserve.engines import BUILTIN
+    from pytest_greenserve.models import REGISTRY
+    from pytest_greenserve.options import OptionError, read_settings
+
+    def settings(**given):
+        return read_settings({"models": "mini-gpt2", "configs": "torch-cpu", **given}.get,
+                             engines={e.name: e for e in BUILTIN}, models=dict(REGISTRY), rootpath=tmp_path)
+
+    with pytest.raises(OptionError, match="--greenserve-concurrency above 1 needs --greenserve-transport=http"):
+        settings(concurrency="4")
+    s = settings(concurrency="4", transport="http")
+    assert (s.transport, s.concurrency) == ("http", 4)
+    assert (settings().transport, settings().concurrency) == ("inproc", 1)

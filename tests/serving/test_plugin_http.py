@@ -1,5 +1,7 @@
-"""``--greenserve-transport=http`` end to end: a server crash mid-sample, its restart, the same
-tokens as the torch reference, the transport in every sample, and no orphan server afterwards."""
+"""``--greenserve-transport=http`` end to end: a server crash mid-sample fails that item with the
+reason, the next item restarts the server and passes, samples record the transport, and no
+``greenserve serve`` outlives the session. (The same tokens over HTTP as in-process:
+test_http_target.py.)"""
 
 import json
 
@@ -57,19 +59,20 @@ def test_http_transport_survives_a_server_crash_and_leaves_no_orphans(pytester, 
     pytester.makeconftest(CRASHING_ENGINE)
     reports = pytester.path / "reports"
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", f"--greenserve-models=tiny={model}", "--greenserve-configs=crashing-cpu,torch-cpu",
+        "-p", "no:cacheprovider", f"--greenserve-models=tiny={model}", "--greenserve-configs=crashing-cpu",
         "--greenserve-runs=2", "--greenserve-prompts=1", "--greenserve-new-tokens=4", "--greenserve-idle=0",
         "--greenserve-warmup=0", "--greenserve-threads=1", "--greenserve-transport=http",
         f"--greenserve-cache-dir={pytester.path / 'cache'}", f"--greenserve-report-dir={reports}", timeout=240)
-    result.assert_outcomes(passed=3, failed=1)
+    result.assert_outcomes(passed=1, failed=1)
     out = result.stdout.str()
     assert "request 1 of 1 failed: EngineError: the server (pid " in out
     assert "killed by signal 9 during the request; log tail: greenserve serve: loading tiny on crashing-cpu" in out
     assert "Traceback" not in out
     samples = [json.loads(line) for line in (reports / "latest" / "samples.jsonl").read_text().splitlines()]
-    assert sorted(s["config"] for s in samples) == ["crashing-cpu@http", "torch-cpu@http", "torch-cpu@http"]
-    assert {s["transport"] for s in samples} == {"http"} and {s["engine"] for s in samples} == {"crashing", "torch"}
-    torch = [s for s in samples if s["engine"] == "torch"]
-    assert all(s["match_rate"] == 1.0 for s in torch)  # over HTTP, the in-process torch reference's tokens
-    assert all(s["latency_p99_s"] is not None and s["requests_per_s"] > 0 for s in samples)
+    (sample,) = samples  # the restarted server's
+    assert (sample["config"], sample["engine"], sample["provider"], sample["transport"]) == (
+        "crashing-cpu@http", "crashing", "cpu", "http")
+    assert sample["match_rate"] == 0.0  # an echo, checked against the in-process torch reference
+    assert sample["latency_p99_s"] is not None and sample["requests_per_s"] > 0
+    assert "torch-cpu@http" not in out
     assert servers_of(model) == []  # no `greenserve serve` outlived the session
