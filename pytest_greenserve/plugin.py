@@ -162,7 +162,8 @@ class Greenserve:
         try:
             return self.session.measure(self.case)
         except EngineError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            reason = str(exc)
+        pytest.fail(reason, pytrace=False)  # outside the except: one line, no chained tracebacks
 
 
 @pytest.fixture

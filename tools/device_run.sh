@@ -7,6 +7,7 @@
 #   bash tools/device_run.sh install-ort  #   then join, check and install (carry .ortparts/SHA256 and the last part)
 #   bash tools/device_run.sh issue8-onnx  # onnx-cuda beside torch-cuda on codeparrot-small
 #   bash tools/device_run.sh issue8-cv codeparrot-small   # torch-cuda and jit-cuda, 64 prompts x 5
+#   bash tools/device_run.sh issue11-http # torch-cuda in-process vs over HTTP; the null engine's HTTP overhead
 # DRY=1 runs a tiny CPU-only version of the same sessions locally to check the script.
 # Each session is capped with SIGINT (pytest then finishes cleanly); finished samples are
 # never lost. Results: one tarball of the report directories under $OUT.
@@ -73,6 +74,16 @@ case "$1" in
     session "issue8-cv-$2" 560 --greenserve-models="$2" --greenserve-configs=torch-cuda,jit-cuda \
       --greenserve-prompts=64 --greenserve-runs=5 --greenserve-idle=5
     pack "issue8-cv-$2" ;;
+  issue11-http)  # torch-cuda in-process and over HTTP (carry .whl-serve: fastapi, uvicorn, httpx and their needs)
+    [ -d $SITE/transformers ] || install .whl
+    [ -d $SITE/opentelemetry ] || install .whl-serve
+    shift; for transport in ${@:-inproc http}; do
+      session "issue11-$transport" 280 --greenserve-models=codeparrot-small --greenserve-configs=torch-cuda \
+        --greenserve-transport=$transport --greenserve-prompts=64 --greenserve-runs=3 --greenserve-idle=2
+    done
+    $PY -m pytest benchmarks/test_http_overhead.py -p pytest_greenserve.plugin -q -s -p no:cacheprovider 2>&1 \
+      | grep -iE "ms|passed|failed|error" | tail -15
+    pack issue11 ;;
   install-ov)
     install .whl-ov; probe ;;
   issue3)
