@@ -23,10 +23,14 @@ error-prone (outputs differ from the torch reference). Samples flagged ``unstead
 ``low_resolution`` (the metric registry's sample checks) are left out, and named in the reason
 when too few are left.
 
-**Why Mann-Whitney U, alpha 0.01, minimum 3, cap 10** (tools/calibrate_gate.py; numbers in
-docs/gate.md when the lead has them): on a 2-core VM shared with other work, single samples
-of the same work took from 3 s to 75 s: the spread is heavy-tailed and a t-test (Welch) is
-pulled by one outlier into both false alarms and misses; ranks are not. The change-of-median
+**Why Mann-Whitney U, alpha 0.01, minimum 3, cap 10, threshold 3%** (tools/calibrate_gate.py;
+numbers in docs/gate.md): on the 2-core VM shared with other work, samples of the same work
+had a median within-session CV of 65% (3 s to 75 s for one sample): the spread is heavy-tailed,
+a t-test (Welch) is pulled by one outlier, ranks are not; neither test flagged an A/A trial
+there, and neither caught even a planted 20% (the honest answer on such a machine is
+"undecided" or "same", never a false alarm). The default threshold is 3%, below the 5% to be
+caught: a true 5% regression shows a median change scattered around 5%, so a 5% threshold
+would catch it about half the time however many repetitions. The change-of-median
 key guards against the rank test flagging a 0.3% difference on a quiet GPU. Alpha 0.01 (before
 Holm) keeps A/A false alarms under the 5% goal even with the sequential looks of
 ``--greenserve-runs=auto`` (every look from the 3rd repetition to the cap is a chance to cry
@@ -52,7 +56,7 @@ AUTO_RUNS_CAP = 10
 AUTO_RUNS_WITHOUT_BASELINE = 3
 DEFAULT_TEST = "mwu"
 DEFAULT_ALPHA = 0.01
-DEFAULT_FAIL = "energy:5%"
+DEFAULT_FAIL = "energy:3%"  # below the 5% to catch: a true 5% change has a median change near 5%
 TESTS = ("mwu", "welch")
 FLAGS = ("unsteady", "low_resolution")
 

@@ -239,7 +239,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("compare", "NAME|PATH|latest", "",
            "gate this session against a saved baseline, per (model, configuration)",
            _optional(str), readme_default="unset"),
-    Option("fail", "METRIC:THRESHOLD,...", "energy:5%",
+    Option("fail", "METRIC:THRESHOLD,...", "energy:3%",
            "the gate's thresholds: a gateable metric (or energy, time) with a change in % or in units, "
            "e.g. energy:5%,time:10% or ms_per_token:0.5ms", lambda text: text.strip()),
     Option("compare-any-machine", "[yes|no]", "no", "compare with a baseline measured on other hardware",

@@ -22,15 +22,16 @@ and written with every session's samples to ``--out``/calibration.json.
     python tools/calibrate_gate.py --analyse-only --out /tmp/calib     # re-judge saved sessions
 
 The plugin need not be pip-installed: the sessions run with ``PYTHONPATH`` set to this
-checkout and ``-p pytest_greenserve.plugin`` (dropped where the entry point is installed).
+checkout and ``-p no:greenserve -p pytest_greenserve.plugin`` (this checkout's plugin even where
+another is installed).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -84,10 +85,6 @@ def test_autocomplete(greenserve):
 '''
 
 
-def _entry_point_installed() -> bool:
-    return any(e.value == "pytest_greenserve.plugin" for e in importlib.metadata.entry_points(group="pytest11"))
-
-
 def slow_name(fraction: float) -> str:
     return f"slow{round(fraction * 100)}"
 
@@ -100,9 +97,9 @@ def run_session(args, index: int, workdir: Path) -> dict:
            f"--greenserve-models={args.model}", f"--greenserve-configs={','.join(configs)}",
            f"--greenserve-runs={args.runs}", f"--greenserve-prompts={args.prompts}",
            f"--greenserve-idle={args.idle}", f"--greenserve-settle={args.settle}",
-           f"--greenserve-seed={index}", f"--greenserve-report-dir={report_dir}"]
-    if not _entry_point_installed():
-        cmd[3:3] = ["-p", "pytest_greenserve.plugin"]
+           f"--greenserve-seed={index}", f"--greenserve-report-dir={report_dir}", *shlex.split(args.pytest_args)]
+    # this checkout's plugin, whether or not (some version of) it is pip-installed
+    cmd[3:3] = ["-p", "no:greenserve", "-p", "pytest_greenserve.plugin"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                GREENSERVE_CALIBRATION_ENGINE=engine,
                GREENSERVE_CALIBRATION_SLOWDOWNS=",".join(str(f) for f in args.slowdowns))
@@ -128,12 +125,18 @@ def _rename(rows, config):
     return [dict(r, config=config, engine=config.split("-")[0]) for r in rows]
 
 
-def judge(base_rows, now_rows, spec, *, test, alpha, runs, auto, min_runs):
+def _unflag(rows):
+    return [{k: v for k, v in r.items() if k not in ("unsteady", "low_resolution")} for r in rows]
+
+
+def judge(base_rows, now_rows, spec, *, test, alpha, runs, auto, min_runs, keep_flagged=False):
     """The gate's verdict ('regression', 'improved', 'same', 'undecided') and the repetitions
     of the 'now' side it used (sequential rule: stop once decided; else all ``runs``)."""
     from pytest_greenserve import gate
 
     thresholds = gate.parse_thresholds(spec)
+    if keep_flagged:  # what the gate would say if it trusted unsteady / low-resolution samples
+        base_rows, now_rows = _unflag(base_rows), _unflag(now_rows)
     base = base_rows[:runs]
     if not auto:
         now = now_rows[:runs]
@@ -167,6 +170,7 @@ def analyse(args, sessions: list[dict]) -> list[dict]:
                 for runs in sorted({r for r in (3, 5, args.runs) if r <= args.runs}):
                     plans.append(dict(spec=spec, test=test, alpha=alpha, runs=runs, auto=False))
                 plans.append(dict(spec=spec, test=test, alpha=alpha, runs=args.runs, auto=True))
+    plans = [dict(p, keep_flagged=k) for p in plans for k in ((False, True) if args.keep_flagged else (False,))]
     table = []
     for plan in plans:
         for label, fraction, config in variants:
@@ -177,7 +181,7 @@ def analyse(args, sessions: list[dict]) -> list[dict]:
                 if not base or not now:
                     continue
                 v, n = judge(base, now, plan["spec"], test=plan["test"], alpha=plan["alpha"], runs=plan["runs"],
-                             auto=plan["auto"], min_runs=args.min_runs)
+                             auto=plan["auto"], min_runs=args.min_runs, keep_flagged=plan["keep_flagged"])
                 verdicts.append(v)
                 used.append(n)
             if not verdicts:
@@ -190,16 +194,39 @@ def analyse(args, sessions: list[dict]) -> list[dict]:
     return table
 
 
-def print_table(table, sessions):
+def noise(args, sessions) -> dict:
+    """How noisy the configuration under test was: spread of time_s within and across sessions."""
+    import statistics as st
+
+    within, medians, flagged, total = [], [], 0, 0
+    for s in sessions:
+        t = [r["time_s"] for r in _series(s, args.config) if r.get("time_s")]
+        if len(t) >= 2:
+            within.append(st.stdev(t) / st.fmean(t) * 100)
+            medians.append(st.median(t))
+        for r in s["samples"]:
+            total += 1
+            flagged += bool(r.get("unsteady") or r.get("low_resolution"))
+    return {"cv_within_session_pct_median": st.median(within) if within else None,
+            "cv_of_session_medians_pct": st.stdev(medians) / st.fmean(medians) * 100 if len(medians) > 1 else None,
+            "flagged_fraction": flagged / total if total else None}
+
+
+def print_table(table, sessions, spread=None):
     walls = [s["wall_s"] for s in sessions]
+    if spread:
+        print(f"time_s spread of the configuration under test: median within-session CV "
+              f"{spread['cv_within_session_pct_median']}%, CV of session medians {spread['cv_of_session_medians_pct']}%; "
+              f"samples flagged unsteady/low_resolution: {spread['flagged_fraction']}")
     if walls:
         print(f"\n{len(walls)} sessions, wall time per session: median {sorted(walls)[len(walls) // 2]:.1f} s, "
               f"total {sum(walls) / 60:.1f} min")
-    print(f"{'threshold':<14}{'test':<9}{'alpha':>7}{'runs':>7}  {'variant':<13}{'trials':>7}{'flagged':>9}"
+    print(f"{'threshold':<14}{'test':<9}{'alpha':>7}{'runs':>7}{'flags':>6}  {'variant':<13}{'trials':>7}{'flagged':>9}"
           f"{'undecided':>10}{'mean runs':>10}")
     for r in table:
         runs = f"auto{r['runs']}" if r["auto"] else str(r["runs"])
-        print(f"{r['spec']:<14}{r['test']:<9}{r['alpha']:>7g}{runs:>7}  {r['variant']:<13}{r['trials']:>7}"
+        flags = "kept" if r.get("keep_flagged") else "out"
+        print(f"{r['spec']:<14}{r['test']:<9}{r['alpha']:>7g}{runs:>7}{flags:>6}  {r['variant']:<13}{r['trials']:>7}"
               f"{r['regression_rate']:>9.0%}{r['undecided_rate']:>10.0%}{r['mean_runs']:>10.1f}")
 
 
@@ -219,6 +246,12 @@ def main(argv=None) -> int:
     p.add_argument("--alphas", default="0.01,0.05")
     p.add_argument("--min-runs", type=int, default=3)
     p.add_argument("--analyse-only", action="store_true", help="judge the sessions already in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the sessions already in --out and run only the missing ones (a run cut by a time limit)")
+    p.add_argument("--pytest-args", default="",
+                   help="more options for every session, e.g. '--greenserve-weights=replica --greenserve-cache-dir=/tmp/c'")
+    p.add_argument("--keep-flagged", action="store_true",
+                   help="also judge as if unsteady / low-resolution samples were trusted (the gate leaves them out)")
     args = p.parse_args(argv)
     args.slowdowns = [float(s) for s in args.slowdown.split(",") if s.strip()]
     args.specs = [s for s in args.specs.split(";") if s]
@@ -233,15 +266,17 @@ def main(argv=None) -> int:
         workdir.mkdir(exist_ok=True)
         (workdir / "conftest.py").write_text(textwrap.dedent(CONFTEST))
         (workdir / "test_calibration.py").write_text(textwrap.dedent(TEST))
-        sessions = []
-        for i in range(args.trials + 1):
+        sessions = json.loads(raw.read_text()) if args.resume and raw.is_file() else []
+        for i in range(len(sessions), args.trials + 1):
             sessions.append(run_session(args, i, workdir))
             raw.write_text(json.dumps(sessions))
     table = analyse(args, sessions)
-    print_table(table, sessions)
+    spread = noise(args, sessions)
+    print_table(table, sessions, spread)
     (args.out / "calibration.json").write_text(json.dumps(
         {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-         "sessions": [{k: v for k, v in s.items() if k != "samples"} for s in sessions], "table": table},
+         "sessions": [{k: v for k, v in s.items() if k != "samples"} for s in sessions], "noise": spread,
+         "table": table},
         indent=1))
     return 0
 

@@ -8,6 +8,7 @@
 #   bash tools/device_run.sh issue8-onnx  # onnx-cuda beside torch-cuda on codeparrot-small
 #   bash tools/device_run.sh issue8-cv codeparrot-small   # torch-cuda and jit-cuda, 64 prompts x 5
 #   bash tools/device_run.sh issue11-http # torch-cuda in-process vs over HTTP; the null engine's HTTP overhead
+#   bash tools/device_run.sh issue9-calibrate  # the gate's trials on torch-cuda; again until all 11 sessions ran
 # DRY=1 runs a tiny CPU-only version of the same sessions locally to check the script.
 # Each session is capped with SIGINT (pytest then finishes cleanly); finished samples are
 # never lost. Results: one tarball of the report directories under $OUT.
@@ -84,6 +85,12 @@ case "$1" in
     $PY -m pytest benchmarks/test_http_overhead.py -p pytest_greenserve.plugin -q -s -p no:cacheprovider 2>&1 \
       | grep -iE "ms|passed|failed|error" | tail -15
     pack issue11 ;;
+  issue9-calibrate)  # the gate's A/A and planted-5% trials on torch-cuda (a call cut at its limit: run it again)
+    [ -d $SITE/transformers ] || install .whl
+    timeout -s INT 540 $PY tools/calibrate_gate.py --model codeparrot-small --config torch-cuda --trials 10 \
+      --prompts 16 --runs 6 --slowdown 0.05 --idle 1 --settle 0 --out /tmp/calib-gpu --resume \
+      --pytest-args "--greenserve-weights=replica --greenserve-cache-dir=$CACHE" 2>&1 | tail -40
+    cp /tmp/calib-gpu/calibration.json /tmp/calib-gpu/sessions.json "$OUT"/ 2>/dev/null; ls -la "$OUT" ;;
   install-ov)
     install .whl-ov; probe ;;
   issue3)
