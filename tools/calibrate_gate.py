@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true",
                    help="keep the sessions already in --out and run only the missing ones (a run cut by a time limit)")
     p.add_argument("--pytest-args", default="",
-                   help="more options for every session, e.g. '--greenserve-weights=replica --greenserve-cache-dir=/tmp/c'")
+                   help="more options for every session, e.g. --pytest-args='--greenserve-weights=replica' (with '=': the value starts with --)")
     p.add_argument("--keep-flagged", action="store_true",
                    help="also judge as if unsteady / low-resolution samples were trusted (the gate leaves them out)")
     args = p.parse_args(argv)

@@ -87,10 +87,12 @@ case "$1" in
     pack issue11 ;;
   issue9-calibrate)  # the gate's A/A and planted-5% trials on torch-cuda (a call cut at its limit: run it again)
     [ -d $SITE/transformers ] || install .whl
+    # PROMPTS RUNS IDLE NAME: 16 6 1 calib-gpu was the first run (3 s samples); 48 5 2 calib-gpu2 the second
+    prompts=${2:-16} runs=${3:-6} idle=${4:-1} out=/tmp/${5:-calib-gpu}
     timeout -s INT 540 $PY tools/calibrate_gate.py --model codeparrot-small --config torch-cuda --trials 10 \
-      --prompts 16 --runs 6 --slowdown 0.05 --idle 1 --settle 0 --out /tmp/calib-gpu --resume \
-      --pytest-args "--greenserve-weights=replica --greenserve-cache-dir=$CACHE" 2>&1 | tail -40
-    cp /tmp/calib-gpu/calibration.json /tmp/calib-gpu/sessions.json "$OUT"/ 2>/dev/null; ls -la "$OUT" ;;
+      --prompts "$prompts" --runs "$runs" --slowdown 0.05 --idle "$idle" --settle 0 --out "$out" --resume \
+      --pytest-args="--greenserve-weights=replica --greenserve-cache-dir=$CACHE" 2>&1 | tail -40
+    cp "$out"/calibration.json "$out"/sessions.json "$OUT"/ 2>/dev/null; ls -la "$OUT" ;;
   install-ov)
     install .whl-ov; probe ;;
   issue3)
