@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from .configs import ConfigError, ServingConfig, parse_config_list
 from .meters import MeterSettings, parse_cpu_watts
+from .gate import DEFAULT_FAIL
 from .metrics import DEFAULT_MIN_SAMPLE_S
 from .models import DEFAULT_MODELS, ModelError, default_cache_dir, parse_model_list, spec_for
 from .prompts import N_PROBLEMS
@@ -239,7 +240,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("compare", "NAME|PATH|latest", "",
            "gate this session against a saved baseline, per (model, configuration)",
            _optional(str), readme_default="unset"),
-    Option("fail", "METRIC:THRESHOLD,...", "energy:3%",
+    Option("fail", "METRIC:THRESHOLD,...", DEFAULT_FAIL,
            "the gate's thresholds: a gateable metric (or energy, time) with a change in % or in units, "
            "e.g. energy:5%,time:10% or ms_per_token:0.5ms", lambda text: text.strip()),
     Option("compare-any-machine", "[yes|no]", "no", "compare with a baseline measured on other hardware",
