@@ -230,6 +230,9 @@ OPTIONS: tuple[Option, ...] = (
            "OpenVINO inference precision (its bf16 CPU default changes greedy tokens)",
            choice("f32", "bf16", "f16", "default")),
     Option("threads", "N", "", "CPU threads for the engines", _optional(whole(1)), readme_default="library default"),
+    Option("ort-spinning", "on|off", "on",
+           "ONNX Runtime's CPU thread pools spin between operators (its default); 'off' lets them sleep",
+           choice("on", "off")),
     Option("transport", "inproc|http", "inproc",
            "how prompts reach the model: inproc (the engine in the pytest process) or http "
            "(greenserve serve in a child process, FastAPI + uvicorn on loopback; the serve extra)",
@@ -283,6 +286,7 @@ class Settings:
     settle_s: float = _default("settle")  # rest before each idle window
     cooldown_s: float = _default("cooldown")  # rest between configurations
     threads: int | None = _default("threads")  # None: the library's default
+    ort_spinning: str = _default("ort-spinning")  # on (ONNX Runtime's default) | off
     openvino_precision: str = _default("openvino-precision")
     sampler_hz: float = _default("sampler-hz")
     cpu_watts: tuple[float, float] | None = _default("cpu-watts")  # (W per busy core, idle W); None: off

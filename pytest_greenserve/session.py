@@ -179,6 +179,7 @@ class GreenserveSession:
 
     def _engine_options(self) -> EngineOptions:
         return EngineOptions(threads=self.settings.threads, openvino_precision=self.settings.openvino_precision,
+                             ort_spinning=self.settings.ort_spinning == "on",
                              progress=self.progress)
 
     def _make_target(self, case: Case, handle: ModelHandle):

@@ -44,6 +44,8 @@ class EngineOptions:
 
     threads: int | None = None
     openvino_precision: str = "f32"
+    #: ONNX Runtime's intra-/inter-op threads spin between operators (its default); False: they sleep
+    ort_spinning: bool = True
     #: called with one-line messages about long work (exports, traces)
     progress: Callable[[str], None] | None = None
     extra: dict = field(default_factory=dict)

@@ -183,6 +183,9 @@ class OnnxEngine(Engine):
         so = onnxruntime.SessionOptions()
         if self.options.threads and not cuda:
             so.intra_op_num_threads = self.options.threads
+        if not self.options.ort_spinning:  # spinning threads keep cores busy (and, estimated, cost energy)
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self._session_options = so
         so.log_severity_level = 0  # VERBOSE: the session logs its node placement (the audit)
         self._placement = None

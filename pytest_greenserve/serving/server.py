@@ -63,6 +63,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="replica weights' seed (default: 0)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for the engine")
     p.add_argument("--openvino-precision", default="f32", choices=("f32", "bf16", "f16", "default"))
+    p.add_argument("--ort-spinning", default="on", choices=("on", "off"),
+                   help="ONNX Runtime's CPU thread pools spin between operators (its default) or sleep")
     # what the plugin passes (not for users): the session's own handle and engine class, a socket
     p.add_argument("--handle-json", default=None, help=argparse.SUPPRESS)
     p.add_argument("--engine-class", default=None, help=argparse.SUPPRESS)
@@ -202,7 +204,8 @@ def serve(args) -> int:
         raise ServeError(f"{config} cannot run here: {why}")
     handle = _handle(args)
     engine = cls(handle, config.provider, EngineOptions(threads=args.threads,
-                                                         openvino_precision=args.openvino_precision, progress=_say))
+                                                         openvino_precision=args.openvino_precision,
+                                                         ort_spinning=args.ort_spinning == "on", progress=_say))
     _say(f"loading {handle.name} on {config} (pid {os.getpid()})")
     try:
         engine.load()

@@ -74,3 +74,23 @@ def test_ttft_on_cpu_does_not_touch_cuda(monkeypatch):
     timer = FirstTokenTimer()
     timer(torch.ones(1, 4, dtype=torch.long), None)
     assert timer.ttft_s is not None and timer.ttft_s >= 0
+
+
+def test_onnx_with_spinning_off_sleeps_its_pools_and_generates_the_same_tokens(tiny_handle):
+    """--greenserve-ort-spinning=off: the session really gets the setting, and greedy output is
+    unchanged (spinning decides how idle threads wait, never what they compute)."""
+    pytest.importorskip("onnxruntime")
+    from pytest_greenserve.engines.onnx import OnnxEngine
+
+    handle = tiny_handle("gpt2")
+    tokens, spinning = [], []
+    for spin in (True, False):
+        engine = OnnxEngine(handle, "cpu", EngineOptions(threads=1, ort_spinning=spin))
+        engine.load()
+        try:
+            tokens.append(engine.generate([5, 6, 7, 8, 9, 10], 8).token_ids)
+            spinning.append(engine.thread_settings()["ort_intra_op_spinning"])
+        finally:
+            engine.close()
+    assert spinning == [True, False]
+    assert tokens[0] == tokens[1] and len(tokens[0]) == 8
