@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .engines.base import EngineError
+from .engines.base import EngineError, failure_line
 from .targets import Target
 
 
@@ -53,9 +53,7 @@ def measure_prompts(target: Target, prompt_ids: Sequence[Sequence[int]], new_tok
             try:
                 gen = target.generate(ids, new_tokens)
             except Exception as exc:
-                first = (str(exc).strip().splitlines() or [""])[0]
-                raise RequestFailed(f"request {i} of {len(prompt_ids)} failed: "
-                                    f"{type(exc).__name__}: {first}".rstrip(": ")) from exc
+                raise RequestFailed(failure_line(f"request {i} of {len(prompt_ids)} failed", exc)) from exc
             latencies.append(time.perf_counter() - t)
             ttfts.append(gen.ttft_s)
             outputs.append(list(gen.token_ids))
@@ -86,9 +84,7 @@ def _measure_concurrently(target: Target, prompt_ids, new_tokens: int, meters, i
                 if exc is not None:
                     for f in futures:
                         f.cancel()
-                    first = (str(exc).strip().splitlines() or [""])[0]
-                    raise RequestFailed(f"request {i} of {n} failed: {type(exc).__name__}: {first}".rstrip(": ")) \
-                        from exc
+                    raise RequestFailed(failure_line(f"request {i} of {n} failed", exc)) from exc
         time_s = time.perf_counter() - t0
     return Measurement([list(g.token_ids) for _, g in results], [lat for lat, _ in results],
                        [g.ttft_s for _, g in results], time_s, tracked.fields if tracked is not None else {},

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Hashable, Sequence
 
-from .engines.base import EngineError
+from .engines.base import EngineError, failure_line
 from .targets import Target
 
 
@@ -30,8 +30,7 @@ def one_line_failure(what: str, exc: BaseException) -> str:
     """``what: Type: first line of the message`` — how a failure reaches the user."""
     if isinstance(exc, EngineError):
         return str(exc).splitlines()[0] if str(exc) else what
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{what}: {type(exc).__name__}: {first}".rstrip(": ")
+    return failure_line(what, exc)
 
 
 class Runner:

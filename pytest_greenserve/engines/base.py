@@ -25,6 +25,12 @@ class EngineError(RuntimeError):
     """A model could not be loaded, exported or run by an engine; the message is one line."""
 
 
+def failure_line(what: str, exc: BaseException) -> str:
+    """``what: Type: first line of the message``: how an exception reaches the user, in one line."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{what}: {type(exc).__name__}: {first}".rstrip(": ")
+
+
 @dataclass
 class Generation:
     """One request's result: the generated ids (prompt excluded) and time to first token.

@@ -34,6 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from ..engines.base import failure_line
 from . import DEFAULT_BODY_BYTES_MAX, DEFAULT_NEW_TOKENS_MAX, DEFAULT_PROMPT_TOKENS_MAX
 
 __all__ = ["create_app", "DEFAULT_NEW_TOKENS_MAX", "DEFAULT_PROMPT_TOKENS_MAX"]
@@ -196,8 +197,7 @@ def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
             try:
                 gen = st.engine.generate(ids, body.max_tokens)
             except Exception as exc:  # answered, so the connection and the server go on
-                first = (str(exc).strip().splitlines() or [""])[0]
-                return JSONResponse({"error": {"message": f"the engine failed: {type(exc).__name__}: {first}",
+                return JSONResponse({"error": {"message": failure_line("the engine failed", exc),
                                                "type": "server_error"}}, status_code=500)
             generation_s = time.perf_counter() - t
         new = [int(i) for i in gen.token_ids]
