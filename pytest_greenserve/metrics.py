@@ -192,6 +192,15 @@ def _j_per_token(sample):
     return energy_j / tokens if (energy_j is not None and tokens) else None
 
 
+def _over(floor: str):
+    """``ms_per_token`` over a roofline floor (roofline.py): how many times the floor it takes."""
+    def derive(sample):
+        ms, floor_ms = sample.get("ms_per_token"), sample.get(floor)
+        return ms / floor_ms if (ms is not None and floor_ms) else None
+
+    return derive
+
+
 # ---------------------------------------------------------------- the built-in metrics
 
 def _builtin() -> list[Metric]:
@@ -254,6 +263,22 @@ def _builtin() -> list[Metric]:
         M("sampler_hz", "Hz", "sampling rate achieved", better=None),
         M("sampler_overhead_pct", "%", "sampler overhead (of one core)", better=None),
         M("meter_time_s", "s", "metered window", better=None),
+        # the per-token roofline of GPU samples (roofline.py): informational, never analysed or gated;
+        # MB and GB are 10^6 and 10^9 bytes here, as bandwidths are quoted
+        M("bandwidth_gb_s", "GB/s", "the card's copy bandwidth, measured once per run", better=None),
+        M("launch_latency_us", "us", "host time per kernel launch, measured once per run", better=None),
+        M("weight_mb_per_token", "MB", "weights read per token", better=None),
+        M("kv_mb_per_token", "MB", "KV cache read per token (mean context)", better=None),
+        M("memory_floor_ms_per_token", "ms/token", "memory-bandwidth floor", better=None, kind="time"),
+        M("kernels_per_token", "kernels/token", "CUDA kernels per token (profiled)", better=None),
+        M("launches_per_token", "launches/token", "kernel launch calls per token (profiled)", better=None),
+        M("launch_floor_ms_per_token", "ms/token", "launch floor", better=None, kind="time"),
+        M("gpu_busy_ms_per_token", "ms/token", "GPU device time per token (profiled)", better=None, kind="time"),
+        M("gpu_busy_pct_profiled", "%", "GPU busy during the profiled generation", better=None, kind="use"),
+        M("x_memory_floor", "x", "time per token over the memory floor", better=None,
+          derive=_over("memory_floor_ms_per_token")),
+        M("x_launch_floor", "x", "time per token over the launch floor", better=None,
+          derive=_over("launch_floor_ms_per_token")),
     ]
 
 

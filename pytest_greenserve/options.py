@@ -229,6 +229,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("openvino-precision", "f32|bf16|f16|default", "f32",
            "OpenVINO inference precision (its bf16 CPU default changes greedy tokens)",
            choice("f32", "bf16", "f16", "default")),
+    Option("dtype", "fp32|bf16", "fp32",
+           "the engines' weights and activations; bf16 only for engines that support it (torch, jit, compile; the "
+           "others are skipped with the reason, openvino has --greenserve-openvino-precision); "
+           "a bf16 sample's config is e.g. torch-cuda:bf16",
+           choice("fp32", "bf16")),
+    Option("compile-mode", "auto|eager|graph|inductor|inductor+graph", "auto",
+           "how the compile engine captures its decode step: CUDA graph, torch.compile (inductor), both, "
+           "or neither; auto: inductor+graph on CUDA with Triton, inductor on CPU with a C++ compiler",
+           choice("auto", "eager", "graph", "inductor", "inductor+graph")),
     Option("threads", "N", "", "CPU threads for the engines", _optional(whole(1)), readme_default="library default"),
     Option("ort-spinning", "on|off", "on",
            "ONNX Runtime's CPU thread pools spin between operators (its default); 'off' lets them sleep",
@@ -238,6 +247,9 @@ OPTIONS: tuple[Option, ...] = (
            "(greenserve serve in a child process, FastAPI + uvicorn on loopback; the serve extra)",
            choice("inproc", "http")),
     Option("concurrency", "N", "1", "client threads sending the prompts at once (the paper: 1)", whole(1, 256)),
+    Option("roofline", "on|off", "on",
+           "GPU samples: measure the card's copy bandwidth and launch latency once, profile one generation "
+           "per configuration, and report ms/token against the memory and launch floors", choice("on", "off")),
     Option("save", "NAME", "", "save this session as baseline NAME (<report-dir>/baselines/NAME.json) for the gate",
            _baseline_name, readme_default="unset"),
     Option("compare", "NAME|PATH|latest", "",
@@ -288,11 +300,14 @@ class Settings:
     threads: int | None = _default("threads")  # None: the library's default
     ort_spinning: str = _default("ort-spinning")  # on (ONNX Runtime's default) | off
     openvino_precision: str = _default("openvino-precision")
+    dtype: str = _default("dtype")  # fp32 | bf16 (engines whose Engine.dtypes include it)
+    compile_mode: str = _default("compile-mode")  # the compile engine's capture (engines/compile.py)
     sampler_hz: float = _default("sampler-hz")
     cpu_watts: tuple[float, float] | None = _default("cpu-watts")  # (W per busy core, idle W); None: off
     wattmeter: str | None = _default("wattmeter")  # URL
     transport: str = _default("transport")  # inproc | http
     concurrency: int = _default("concurrency")  # client threads sending the prompts
+    roofline: str = _default("roofline")  # on | off: the per-token roofline of GPU samples (roofline.py)
     save: str | None = _default("save")  # baseline name to save this session under
     compare: str | None = _default("compare")  # baseline NAME|PATH|latest to gate against
     fail: str = _default("fail")  # the gate's thresholds, parsed by plugin.py against the metric registry

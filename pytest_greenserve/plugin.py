@@ -174,9 +174,11 @@ def greenserve(request, greenserve_case) -> Greenserve:
     if reason:
         pytest.skip(f"{greenserve_case.config}: {reason}")
     try:
-        session.handle(greenserve_case.model)
+        reason = session.model_unavailable_reason(greenserve_case.model, greenserve_case.config)
     except WeightsUnavailable as exc:
-        pytest.skip(str(exc))
+        reason = str(exc)
+    if reason:
+        pytest.skip(reason)
     return Greenserve(session, greenserve_case)
 
 

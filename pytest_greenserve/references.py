@@ -4,7 +4,9 @@ The reference of a model on a provider is the ``torch`` engine's greedy output f
 session's prompts. It is computed on demand (also when torch is not among the selected
 configurations, so every configuration is checked) and kept under
 ``<cache>/reference/<model>-<provider>-<digest>.json``; the digest covers the weights, the
-prompts, the number of new tokens, the torch/transformers versions and the file format.
+prompts, the number of new tokens, the torch/transformers versions, the file format and, for
+bf16, the dtype (the bf16 reference is the torch engine in bf16; the session builds it with
+the same engine options as every configuration).
 
 The file holds, per prompt, the token ids and the reference's top-2 score gap ("margin") at
 each generated step: a configuration that departs from the reference where the reference
@@ -35,15 +37,20 @@ class Reference(list):
 
 
 class ReferenceStore:
-    def __init__(self, cache_dir: Path, new_tokens: int, progress: Callable[[str], None] = print):
+    def __init__(self, cache_dir: Path, new_tokens: int, progress: Callable[[str], None] = print,
+                 dtype: str = "fp32"):
         self.cache_dir = Path(cache_dir)
         self.new_tokens = new_tokens
         self.progress = progress
+        self.dtype = dtype
         self._known: dict[tuple[str, str], Reference | None] = {}
 
     def path(self, model: str, provider: str, weights_key: str, texts: Sequence[str]) -> Path:
-        key = json.dumps([weights_key, provider, list(texts), self.new_tokens,
-                          library_versions(("torch", "transformers")), FORMAT], sort_keys=True)
+        parts = [weights_key, provider, list(texts), self.new_tokens, library_versions(("torch", "transformers")),
+                 FORMAT]
+        if self.dtype != "fp32":  # only then: fp32 references keep the digests (and files) they had
+            parts.append(self.dtype)
+        key = json.dumps(parts, sort_keys=True)
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         return self.cache_dir / "reference" / f"{model}-{provider}-{digest}.json"
 
@@ -64,7 +71,8 @@ class ReferenceStore:
         if target is None:
             return None
         before_compute()  # e.g. close the loaded target: at most one model in memory
-        self.progress(f"greenserve: computing torch-{provider} reference tokens for {model}")
+        dtype = "" if self.dtype == "fp32" else f" ({self.dtype})"
+        self.progress(f"greenserve: computing torch-{provider}{dtype} reference tokens for {model}")
         if hasattr(target, "keep_margins"):  # the torch engine: ask for each step's top-2 gap
             target.keep_margins = True
         target.load()

@@ -32,9 +32,14 @@ SCHEMA_VERSION = 1
 # Units are in the names. Values that could not be measured are empty (None), never 0.
 CONTEXT_COLUMNS = [
     "run_id", "machine", "model", "category", "weights", "engine", "provider", "config", "transport", "concurrency",
-    "repetition", "order",
+    "dtype", "repetition", "order",
     "requests", "new_tokens", "tokens_generated", "prompt_tokens_mean", "error_prone",
 ]
+# Words about the metrics, derived by the sample builder (roofline.bound_by: what limits a GPU sample).
+VERDICT_COLUMNS = ["bound_by"]
+# How the target was built, outside every sample: its load (exports, traces, compilation) in
+# seconds, and for engines that compile (Engine.load_info) the mode and the compile/capture seconds.
+SETUP_COLUMNS = ["load_s", "compile_mode", "compile_s", "capture_s"]
 PROVENANCE_COLUMNS = [
     "energy_cpu_source", "energy_gpu_source", "energy_total_source", "energy_wall_source", "started_at",
     "finished_at",
@@ -44,7 +49,7 @@ PROVENANCE_COLUMNS = [
 def sample_columns(metrics: dict[str, Metric] | None = None) -> list[str]:
     """The columns of samples.csv for this metric registry (None: the built-in metrics)."""
     names = metrics_or_builtin(metrics)
-    return list(dict.fromkeys([*CONTEXT_COLUMNS, *names, *PROVENANCE_COLUMNS]))
+    return list(dict.fromkeys([*CONTEXT_COLUMNS, *names, *VERDICT_COLUMNS, *SETUP_COLUMNS, *PROVENANCE_COLUMNS]))
 
 
 
@@ -257,6 +262,8 @@ def samples_frame(rows: list[dict], metrics: dict[str, Metric] | None = None):
     import pandas as pd
 
     df = pd.DataFrame(rows)
+    # samples written before --greenserve-dtype have no dtype: they were all fp32
+    df["dtype"] = df["dtype"].fillna("fp32") if "dtype" in df.columns else "fp32"
     for col in sample_columns(metrics):
         if col not in df.columns:
             df[col] = None

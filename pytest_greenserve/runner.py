@@ -24,6 +24,8 @@ from .targets import Target
 class Loaded:
     key: Hashable  # (model, configuration)
     target: Target
+    #: seconds ``target.load()`` took (exports, traces, compilation: never inside a sample)
+    load_s: float | None = None
 
 
 def one_line_failure(what: str, exc: BaseException) -> str:
@@ -66,14 +68,16 @@ class Runner:
         target = make_target()
         self._ever_loaded = True
         try:
+            started = time.perf_counter()
             target.load()
+            load_s = time.perf_counter() - started
             for ids in warmup_requests(warmup_prompts, self.warmup):
                 target.generate(ids, self.new_tokens)
         except Exception as exc:  # an engine's library failing: still one line for the user
             _close_quietly(target)
             self._failed[key] = one_line_failure(f"{label} could not be served", exc)
             raise EngineError(self._failed[key]) from exc
-        self.loaded = Loaded(key, target)
+        self.loaded = Loaded(key, target, load_s)
         return self.loaded
 
     def idle_baseline(self, label: str, meters):

@@ -19,6 +19,7 @@ from .configs import ServingConfig
 from .measure import Measurement
 from .metrics import DEFAULT_MIN_SAMPLE_S, Metric, derive_fields
 from .results import SCHEMA_VERSION, sample_columns
+from .roofline import bound_by
 
 
 #: A divergence from the reference at a step whose reference top-2 score gap is below this
@@ -73,11 +74,13 @@ def not_fully_on_cuda(provider: str, placement: Mapping | None) -> bool | None:
     return bool(placement.get("compute_on_cpu"))
 
 
-def config_label(config: ServingConfig, transport: str = "inproc", concurrency: int = 1) -> str:
-    """The ``config`` reports group by: ``torch-cpu``; over HTTP ``torch-cpu@http``; with
-    concurrent clients ``torch-cpu@http/c4`` (their latencies include queueing, so they are
-    not comparable with one client's)."""
-    label = config.name if transport == "inproc" else f"{config.name}@{transport}"
+def config_label(config: ServingConfig, transport: str = "inproc", concurrency: int = 1, dtype: str = "fp32") -> str:
+    """The ``config`` reports group by: ``torch-cpu``; in bf16 ``torch-cpu:bf16`` (so reports,
+    statistics and the gate never mix dtypes; fp32 labels carry none, as before the option);
+    over HTTP ``torch-cpu@http``; with concurrent clients ``torch-cpu:bf16@http/c4`` (their
+    latencies include queueing, so they are not comparable with one client's)."""
+    name = config.name if dtype == "fp32" else f"{config.name}:{dtype}"
+    label = name if transport == "inproc" else f"{name}@{transport}"
     return label if concurrency <= 1 else f"{label}/c{concurrency}"
 
 
@@ -87,7 +90,9 @@ def build_sample(*, run_id: str, machine: str, model: str, category: int | None,
                  reference: Sequence[Sequence[int]] | None, versions: Mapping[str, str],
                  metrics: Mapping[str, Metric], placement: Mapping | None = None,
                  tie_tolerance: float = DEFAULT_TIE_TOLERANCE, threads: Mapping | None = None,
-                 min_sample_s: float | None = None, transport: str = "inproc", concurrency: int = 1) -> dict:
+                 min_sample_s: float | None = None, transport: str = "inproc", concurrency: int = 1,
+                 dtype: str = "fp32", roofline: Mapping | None = None, load_s: float | None = None,
+                 load_info: Mapping | None = None) -> dict:
     """One sample. ``reference``: the torch ids per prompt, with ``.margins`` when recorded
     (references.Reference); only a divergence that is not a near-tie makes the sample
     error-prone. ``placement``: the engine's placement audit (``Engine.placement()``).
@@ -96,7 +101,13 @@ def build_sample(*, run_id: str, machine: str, model: str, category: int | None,
     ``metrics.DEFAULT_MIN_SAMPLE_S``). ``transport``: ``inproc`` or ``http``; an HTTP sample's
     ``config`` is ``<engine>-<provider>@http``, so every report tells it from the in-process one
     (``engine``, ``provider`` and ``transport`` stay separate columns). ``concurrency``: the
-    client threads that sent the prompts."""
+    client threads that sent the prompts. ``dtype``: ``fp32`` or ``bf16`` (``--greenserve-dtype``);
+    a bf16 sample's ``config`` is ``<engine>-<provider>:bf16``. ``roofline``: a GPU sample's
+    roofline fields (``roofline.roofline_fields``), and in ``notes`` why any are missing; the
+    ratios to the floors and ``bound_by`` are derived here. ``load_s``: the seconds the target's
+    load took (the runner's clock); ``load_info``: what an engine that compiles says about its
+    build (``Engine.load_info()``: ``compile_mode``, ``compile_s``, ``capture_s``...), kept whole
+    in samples.jsonl; both happened before any sample, never inside one."""
     m = measurement
     rate = match_rate(m.outputs, reference)
     rate_ties = match_rate_tie_aware(m.outputs, reference, tie_tolerance)
@@ -110,9 +121,10 @@ def build_sample(*, run_id: str, machine: str, model: str, category: int | None,
         "weights": weights,
         "engine": config.engine,
         "provider": config.provider,
-        "config": config_label(config, transport, concurrency),
+        "config": config_label(config, transport, concurrency, dtype),
         "transport": transport,
         "concurrency": concurrency,
+        "dtype": dtype,
         "repetition": repetition,
         "order": order,
         "requests": len(m.outputs),
@@ -135,8 +147,15 @@ def build_sample(*, run_id: str, machine: str, model: str, category: int | None,
         "not_fully_on_cuda": not_fully_on_cuda(config.provider, placement),
         "started_at": m.started_at,
         "finished_at": m.finished_at,
+        "load_s": load_s,
+        "load_info": dict(load_info) if load_info is not None else None,  # JSON only
+        **{k: (load_info or {}).get(k) for k in ("compile_mode", "compile_s", "capture_s")},
     }
+    if roofline:
+        sample.update({k: v for k, v in roofline.items() if k != "notes"})
+        sample["meter_notes"] += list(roofline.get("notes", ()))
     derive_fields(sample, metrics)
+    sample["bound_by"] = bound_by(sample)  # a word, not a metric: from ms_per_token and the floors
     for column in sample_columns(metrics):
         sample.setdefault(column, None)
     return sample

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .configs import ServingConfig
-from .engines.base import Engine, EngineError, EngineOptions, hold_cuda_context, library_versions
+from .engines.base import Engine, EngineError, EngineOptions, failure_line, hold_cuda_context, library_versions
 from .handle import ModelHandle
 from .measure import measure_prompts
 from .metrics import Metric, builtin_metrics, metrics_to_json
@@ -25,6 +25,8 @@ from .options import Settings  # re-exported: `from .session import Settings` st
 from .prompts import make_prompts
 from .references import ReferenceStore
 from .results import ResultsStore, machine_info, machine_label, new_run_id, read_samples
+from . import roofline
+from .launch_profile import profile_in_child
 from .runner import Runner
 from .samples import build_sample
 
@@ -84,12 +86,17 @@ class GreenserveSession:
         self.samples: list[dict] = []
         self.runner = Runner(warmup=settings.warmup, new_tokens=settings.new_tokens, idle_s=settings.idle_s,
                              cooldown_s=settings.cooldown_s, settle_s=settings.settle_s, progress=progress)
-        self.references = ReferenceStore(settings.cache_dir, settings.new_tokens, progress)
+        self.references = ReferenceStore(settings.cache_dir, settings.new_tokens, progress, dtype=settings.dtype)
         self._store: ResultsStore | None = None
         self._machine: dict | None = None
         self._handles: dict[str, ModelHandle | WeightsUnavailable] = {}
         self._prompts: dict[str, tuple[list[str], list[list[int]]]] = {}
         self._unavailable: dict[ServingConfig, str | None] = {}
+        # the roofline of GPU samples: the card (once per run), each model's geometry, each
+        # (model, configuration)'s profiled launches; a string where it could not be had: why
+        self._card: dict | None = None
+        self._geometry: dict[str, roofline.ModelGeometry | str] = {}
+        self._launches: dict[tuple[str, ServingConfig], roofline.LaunchCount | str] = {}
 
     # -- what can run -------------------------------------------------------------------
     def unavailable_reason(self, config: ServingConfig) -> str | None:
@@ -99,8 +106,29 @@ class GreenserveSession:
                 from .serving import missing_serve_reason  # no fastapi import: find_spec only
 
                 reason = missing_serve_reason()
+            reason = reason or self._dtype_reason(config.engine)
             self._unavailable[config] = reason or self.engines[config.engine].unavailable_reason(config.provider)
         return self._unavailable[config]
+
+    def _dtype_reason(self, engine: str) -> str | None:
+        """Why ``engine`` cannot serve in --greenserve-dtype (its ``Engine.dtypes`` lack it), or None."""
+        dtype = self.settings.dtype
+
+        def dtypes(cls) -> tuple[str, ...]:
+            return getattr(cls, "dtypes", ("fp32",))  # engines written before the option: fp32
+
+        if dtype in dtypes(self.engines[engine]):
+            return None
+        able = [name for name, cls in self.engines.items() if dtype in dtypes(cls)]
+        return (f"{engine} serves {', '.join(dtypes(self.engines[engine]))} only; --greenserve-dtype={dtype} "
+                f"is for {', '.join(able) or 'no registered engine'}")
+
+    def model_unavailable_reason(self, model: str, config: ServingConfig) -> str | None:
+        """Why ``config``'s engine cannot serve ``model``'s architecture (e.g. ``compile`` has
+        no static decoder for bloom), or None; resolves the model's handle first."""
+        cls = self.engines[config.engine]
+        check = getattr(cls, "model_unavailable_reason", None)  # engines written against 0.1 lack it
+        return check(self.handle(model).architecture) if check is not None else None
 
     def handle(self, model: str) -> ModelHandle:
         """Resolve (building a replica if needed) the model's weights; raises WeightsUnavailable."""
@@ -149,7 +177,7 @@ class GreenserveSession:
             "options": {"models": list(s.models), "configs": [c.name for c in s.configs], "runs": s.runs,
                         "prompts": s.prompts, "new_tokens": s.new_tokens, "seed": s.seed, "weights": s.weights,
                         "warmup": s.warmup, "idle_s": s.idle_s, "settle_s": s.settle_s, "cooldown_s": s.cooldown_s,
-                        "transport": s.transport, "concurrency": s.concurrency},
+                        "transport": s.transport, "concurrency": s.concurrency, "dtype": s.dtype},
             "meter_notes": self.meters.notes() if self.meters is not None else [],
             "metrics": metrics_to_json(self.metrics),
         }
@@ -179,7 +207,8 @@ class GreenserveSession:
 
     def _engine_options(self) -> EngineOptions:
         return EngineOptions(threads=self.settings.threads, openvino_precision=self.settings.openvino_precision,
-                             ort_spinning=self.settings.ort_spinning == "on",
+                             ort_spinning=self.settings.ort_spinning == "on", dtype=self.settings.dtype,
+                             compile_mode=self.settings.compile_mode,
                              progress=self.progress)
 
     def _make_target(self, case: Case, handle: ModelHandle):
@@ -225,6 +254,7 @@ class GreenserveSession:
             (case.model, case.config), label,
             lambda: self._make_target(case, handle),
             prompt_ids)
+        roof = self._roofline(case, handle, loaded.target, prompt_ids, label)  # outside the window
         idle = self.runner.idle_baseline(label, meters)
         try:
             measurement = measure_prompts(loaded.target, prompt_ids, self.settings.new_tokens, meters, idle,
@@ -240,10 +270,67 @@ class GreenserveSession:
             versions=loaded.target.versions(), metrics=self.metrics,
             threads=_optional_call(loaded.target, "thread_settings"), placement=_optional_call(loaded.target, "placement"),
             min_sample_s=self.settings.min_sample_s, tie_tolerance=self.settings.tie_tolerance,
-            transport=self.settings.transport, concurrency=self.settings.concurrency)
+            transport=self.settings.transport, concurrency=self.settings.concurrency, dtype=self.settings.dtype,
+            roofline=roof, load_s=loaded.load_s, load_info=_optional_call(loaded.target, "load_info"))
         store.append(sample)
         self.samples.append(sample)
         return sample
+
+    def _roofline(self, case: Case, handle: ModelHandle, target, prompt_ids, label: str) -> dict | None:
+        """A CUDA sample's roofline fields (``roofline.roofline_fields``), with ``notes`` saying
+        why any is missing; None for a CPU sample or with --greenserve-roofline=off.
+
+        Measured after the warm-up and before the idle window, never inside a sample's window:
+        the card's copy bandwidth and launch latency once per run, the model's geometry once
+        per model, one profiled generation of the first prompt once per (model, configuration),
+        in a child process (``launch_profile``; later loads reuse the count). A failure leaves
+        its fields None, never the sample. ``target`` is unused: the child loads its own.
+        """
+        if case.config.provider != "cuda" or self.settings.roofline != "on":
+            return None
+        notes: list[str] = []
+        if self._card is None:
+            self.progress("greenserve: measuring the card's copy bandwidth and launch latency (roofline)")
+            self._card = {"notes": []}
+            for name, measure in (("bandwidth_gb_s", roofline.measure_bandwidth_gb_s),
+                                  ("launch_latency_us", roofline.measure_launch_latency_us)):
+                try:
+                    self._card[name] = measure()
+                except Exception as exc:  # a CUDA error, out of memory: the floor it feeds stays None
+                    self._card[name] = None
+                    self._card["notes"].append(failure_line(f"roofline: {name} not measured", exc))
+        notes += self._card["notes"]
+        if case.model not in self._geometry:
+            try:
+                self._geometry[case.model] = roofline.geometry_from_pretrained(
+                    handle.ref, roofline.bytes_per_element(self.settings.dtype))
+            except Exception as exc:  # an architecture transformers cannot build from its config
+                self._geometry[case.model] = failure_line("roofline: no memory floor, the model's geometry is unknown",
+                                                          exc)
+        key = (case.model, case.config)
+        if key not in self._launches:
+            new_tokens = self.settings.new_tokens
+            if self.settings.transport != "inproc":
+                self._launches[key] = "roofline: launches not profiled (the engine runs in the server's process)"
+            elif not prompt_ids:
+                self._launches[key] = "roofline: launches not profiled (no prompt)"
+            else:
+                # in a child process: CUPTI would slow every later launch of this one (launch_profile)
+                self.progress(f"greenserve: profiling one generation of {label} in a child process (roofline)")
+                try:
+                    self._launches[key] = profile_in_child(self.engines[case.config.engine], handle,
+                                                           case.config.provider, self._engine_options(),
+                                                           prompt_ids[0], new_tokens)
+                except Exception as exc:  # no CUPTI, an engine the profiler cannot see, the child failing
+                    self._launches[key] = failure_line("roofline: launches not counted", exc)
+        geometry, launches = self._geometry[case.model], self._launches[key]
+        notes += [x for x in (geometry, launches) if isinstance(x, str)]
+        fields = roofline.roofline_fields(
+            geometry=None if isinstance(geometry, str) else geometry,
+            mean_context_len=roofline.mean_context_len(prompt_ids, self.settings.new_tokens),
+            bandwidth_gb_s=self._card["bandwidth_gb_s"], launch_latency_us=self._card["launch_latency_us"],
+            launches=None if isinstance(launches, str) else launches)
+        return {**fields, "notes": notes}
 
     def close(self):
         self.runner.close()

@@ -33,6 +33,8 @@ def test_autocomplete(greenserve):
 MINI_MODELS = ["mini-gpt2", "mini-starcoder", "mini-pythia"]
 # The paper's seven configurations (openvino-cuda does not exist).
 PAPER_CONFIGS = ["torch-cpu", "torch-cuda", "onnx-cpu", "onnx-cuda", "openvino-cpu", "jit-cpu", "jit-cuda"]
+# What --greenserve-configs=all (the default) selects: the paper's seven and the compile engine's two.
+ALL_CONFIGS = PAPER_CONFIGS + ["compile-cpu", "compile-cuda"]
 ITEM = re.compile(r"^test_autocomplete\.py::test_autocomplete\[(?P<id>[^\]]+)\]$")
 
 # Tiny settings for runs that measure: a few prompts, a few tokens, no idle baseline. One
@@ -100,6 +102,11 @@ NEW_SAMPLE_FIELDS = {
     "match_rate_tie_aware", "placement", "not_fully_on_cuda", "threads", "idle_power_w",  # issue 8
     "slowest_over_median", "drift_pct", "unsteady", "low_resolution", "min_sample_s",
     "transport", "concurrency", "latency_p99_s", "requests_per_s", "gen_tokens_per_s",  # issue 11
+    "dtype",  # issue 10: --greenserve-dtype
+    "bandwidth_gb_s", "launch_latency_us", "weight_mb_per_token", "kv_mb_per_token",  # issue 10: the roofline
+    "memory_floor_ms_per_token", "kernels_per_token", "launches_per_token", "launch_floor_ms_per_token",
+    "gpu_busy_ms_per_token", "gpu_busy_pct_profiled", "x_memory_floor", "x_launch_floor", "bound_by",
+    "load_s", "load_info", "compile_mode", "compile_s", "capture_s",  # issue 10: builds outside samples
 }
 RUN_TIMEOUT = 240  # seconds for one measured subprocess run; a hang fails instead of blocking CI
 
@@ -192,10 +199,10 @@ def truthy(text: str) -> bool:
 def test_collect_lists_one_item_per_model_config_repetition_for_the_mini_models(bench):
     result, ids = bench.collect()
     assert result.ret == 0
-    assert len(ids) == len(set(ids)) == 3 * 7 * 3
-    assert set(ids) == expected_ids(MINI_MODELS, PAPER_CONFIGS, 3)
+    assert len(ids) == len(set(ids)) == 3 * 9 * 3
+    assert set(ids) == expected_ids(MINI_MODELS, ALL_CONFIGS, 3)
     # paper models get items too (for -k) but are deselected unless named
-    result.stdout.fnmatch_lines(["63/* tests collected (* deselected)*"])
+    result.stdout.fnmatch_lines(["81/* tests collected (* deselected)*"])
 
 
 def test_item_ids_list_model_engine_provider_repetition(bench):
@@ -205,7 +212,7 @@ def test_item_ids_list_model_engine_provider_repetition(bench):
 
 def test_k_model_name_keeps_only_that_model(bench):
     _, ids = bench.collect("-k", "mini-gpt2")
-    assert set(ids) == expected_ids(["mini-gpt2"], PAPER_CONFIGS, 3)
+    assert set(ids) == expected_ids(["mini-gpt2"], ALL_CONFIGS, 3)
 
 
 def test_k_engine_and_provider_keeps_only_that_configuration(bench):
@@ -215,7 +222,7 @@ def test_k_engine_and_provider_keeps_only_that_configuration(bench):
 
 def test_k_reaches_a_paper_model(bench):
     _, ids = bench.collect("-k", "phi2")
-    assert set(ids) == expected_ids(["phi2"], PAPER_CONFIGS, 3)
+    assert set(ids) == expected_ids(["phi2"], ALL_CONFIGS, 3)
 
 
 def test_ini_keys_set_options(bench):

@@ -8,6 +8,9 @@
 #   bash tools/device_run.sh issue8-onnx  # onnx-cuda beside torch-cuda on codeparrot-small
 #   bash tools/device_run.sh issue8-cv codeparrot-small   # torch-cuda and jit-cuda, 64 prompts x 5
 #   bash tools/device_run.sh issue11-http # torch-cuda in-process vs over HTTP; the null engine's HTTP overhead
+#   bash tools/device_run.sh issue10-probe cuda codeparrot-small graph inductor+graph  # compile modes vs torch
+#   bash tools/device_run.sh issue8-threads  # onnx-cpu vs torch-cpu thread settings, fresh process each
+#   bash tools/device_run.sh issue8-ortprof  # ONNX Runtime's operator profile; profiler after-effects
 #   bash tools/device_run.sh issue9-calibrate  # the gate's trials on torch-cuda; again until all 11 sessions ran
 # DRY=1 runs a tiny CPU-only version of the same sessions locally to check the script.
 # Each session is capped with SIGINT (pytest then finishes cleanly); finished samples are
@@ -93,6 +96,24 @@ case "$1" in
       --prompts "$prompts" --runs "$runs" --slowdown 0.05 --idle "$idle" --settle 0 --out "$out" --resume \
       --pytest-args="--greenserve-weights=replica --greenserve-cache-dir=$CACHE" 2>&1 | tail -40
     cp "$out"/calibration.json "$out"/sessions.json "$OUT"/ 2>/dev/null; ls -la "$OUT" ;;
+  issue10-probe)  # compile modes on one replica against torch, outside the meters (ARGS: provider model modes...)
+    [ -d $SITE/transformers ] || install .whl
+    $PY -c "import importlib.util as u, shutil; print('triton', u.find_spec('triton') is not None, 'cc', shutil.which('gcc'), shutil.which('g++'))"
+    prov=$2 model=$3; shift 3
+    timeout -s INT 540 $PY tools/compile_probe.py "$model" "$@" --provider "$prov" --cache $CACHE \
+      --out "$OUT/probe-$prov-$model.json" 2>&1 | grep -vE "Warning|warnings.warn" | tail -30 ;;
+  issue8-threads)  # onnx-cpu vs torch-cpu on the 16 cores, each thread setting in a fresh process (ARGS: models)
+    [ -d $SITE/transformers ] || install .whl
+    shift; $PY -c "import onnxruntime as o; print('onnxruntime', o.__version__)"
+    timeout -s INT 560 $PY tools/threads_probe.py ${@:-tiny-starcoder codeparrot-small} --cache $CACHE \
+      --out "$OUT/threads.json" 2>&1 | grep -vE "Warning|warnings.warn" | tail -30 ;;
+  issue8-ortprof)  # ONNX Runtime's per-operator profile on CPU; then: does profiling slow later CUDA requests?
+    [ -d $SITE/transformers ] || install .whl
+    for spin in on off; do
+      $PY tools/profile_probe.py ort tiny-starcoder --spinning $spin --cache $CACHE --out "$OUT/ortprof-tiny-starcoder-$spin.json" 2>&1 | grep -E "^ |onnx-cpu"
+    done
+    $PY tools/profile_probe.py ort codeparrot-small --cache $CACHE --out "$OUT/ortprof-codeparrot-small-on.json" 2>&1 | grep -E "^ |onnx-cpu"
+    $PY tools/profile_probe.py lingering codeparrot-small --cache $CACHE --out "$OUT/lingering.json" 2>&1 | grep -E "ms/token" ;;
   install-ov)
     install .whl-ov; probe ;;
   issue3)

@@ -6,12 +6,13 @@ own-defaults pattern), so a ``conftest.py`` can add engines or replace a built-i
 
 from __future__ import annotations
 
+from .compile import CompileEngine
 from .jit import JitEngine
 from .onnx import OnnxEngine
 from .openvino import OpenVinoEngine
 from .torch_eager import TorchEngine
 
-BUILTIN = (TorchEngine, OnnxEngine, OpenVinoEngine, JitEngine)
+BUILTIN = (TorchEngine, OnnxEngine, OpenVinoEngine, JitEngine, CompileEngine)
 
 
 def pytest_greenserve_register_engines(registry: dict) -> None:

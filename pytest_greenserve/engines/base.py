@@ -52,6 +52,10 @@ class EngineOptions:
     openvino_precision: str = "f32"
     #: ONNX Runtime's intra-/inter-op threads spin between operators (its default); False: they sleep
     ort_spinning: bool = True
+    #: weights and activations: "fp32" or "bf16"; an engine serves only its ``Engine.dtypes``
+    dtype: str = "fp32"
+    #: how the compile engine captures its decode step (engines/compile.py MODES)
+    compile_mode: str = "auto"
     #: called with one-line messages about long work (exports, traces)
     progress: Callable[[str], None] | None = None
     extra: dict = field(default_factory=dict)
@@ -66,6 +70,9 @@ class Engine(ABC):
     providers: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     #: distribution names whose versions key export caches and reports
     libraries: ClassVar[tuple[str, ...]] = ("torch", "transformers")
+    #: the dtypes (``EngineOptions.dtype``) this engine can serve in; the session skips the
+    #: others with a reason, so an engine that ignores the option never passes for bf16
+    dtypes: ClassVar[tuple[str, ...]] = ("fp32",)
 
     def __init__(self, model: ModelHandle, provider: str, options: EngineOptions | None = None):
         self.model = model
@@ -75,6 +82,12 @@ class Engine(ABC):
     @classmethod
     def unavailable_reason(cls, provider: str) -> str | None:
         """Why this engine cannot serve on ``provider`` here, or None if it can."""
+        return None
+
+    @classmethod
+    def model_unavailable_reason(cls, architecture: str) -> str | None:
+        """Why this engine cannot serve models of ``architecture`` (a transformers
+        ``model_type``), or None if it can; such cases are skipped with this reason."""
         return None
 
     @abstractmethod
@@ -157,8 +170,19 @@ def hold_cuda_context() -> str | None:
     return None
 
 
+def torch_dtype(name: str):
+    """The torch dtype of an ``EngineOptions.dtype`` name (``"bf16"`` -> ``torch.bfloat16``)."""
+    import torch
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if name not in dtypes:
+        raise EngineError(f"unknown dtype {name!r}: expected {' or '.join(dtypes)}")
+    return dtypes[name]
+
+
 def load_torch_model(engine: "Engine"):
-    """The engine's model as an eager transformers model in fp32 on its provider's device.
+    """The engine's model as an eager transformers model in ``engine.options.dtype`` on its
+    provider's device.
 
     Shared by the engines that run PyTorch themselves (``torch``, ``jit``); a model that
     cannot be loaded becomes a one-line EngineError.
@@ -168,8 +192,9 @@ def load_torch_model(engine: "Engine"):
 
     if engine.options.threads and engine.provider == "cpu":
         torch.set_num_threads(engine.options.threads)
+    dtype = torch_dtype(engine.options.dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(engine.model.ref, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(engine.model.ref, dtype=dtype)
     except Exception as exc:  # OSError (no weights), ValueError/KeyError (unknown architecture), ...
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise EngineError(f"{engine.name} could not load {engine.model.name}: {first}") from exc
@@ -231,6 +256,8 @@ def hf_generate(model, input_ids: Sequence[int], new_tokens: int, handle: ModelH
     )
     gaps = None
     if margins:
+        # generate() upcasts the last logits to fp32 before its processors, so a bf16 model's
+        # scores are its bf16 logits exactly; .float() keeps the gap's subtraction in fp32 either way
         top2 = torch.stack([s[0] for s in out.scores]).float().topk(2, dim=-1).values
         gaps = (top2[:, 0] - top2[:, 1]).tolist()
         out = out.sequences

@@ -127,6 +127,7 @@ def _step_module(model, wrap_encoder_decoder: bool):
 class JitEngine(Engine):
     name = "jit"
     libraries = ("torch", "transformers", "optimum-onnx")
+    dtypes = ("fp32", "bf16")  # the traces run in the dtype load_torch_model loaded
 
     @classmethod
     def unavailable_reason(cls, provider):

@@ -10,6 +10,7 @@ from .base import Engine, Generation, cuda_unavailable_reason, hf_generate, load
 class TorchEngine(Engine):
     name = "torch"
     libraries = ("torch", "transformers")
+    dtypes = ("fp32", "bf16")  # load_torch_model loads in EngineOptions.dtype
     #: set by the reference store: also return each step's top-2 score gap (Generation.margins)
     keep_margins: bool = False
 

@@ -13,13 +13,16 @@ from ..metrics import Metric, builtin_metrics, metrics_from_json
 from ..results import mark_error_prone, samples_frame, write_csv
 from ..stats import Analysis, analyze, prepare
 from .guidelines import guideline_markdown
-from .tables import (SUMMARY_HEADERS, best_savings_lines, category_rows, energy_cell, markdown_table, match_cell,
-                     per_token_cell, plain, power_model_lines, summary_rows, text_table)
+from .tables import (ROOFLINE_TITLE, SUMMARY_HEADERS, best_savings_lines, category_rows, energy_cell, markdown_table,
+                     match_cell, per_token_cell, plain, power_model_lines, roofline_notes, roofline_rows, summary_rows,
+                     text_table)
 
 __all__ = ["write_reports", "terminal_summary", "summary_markdown", "run_metrics"]
 
 
-def summary_markdown(analysis: Analysis, meta: dict, metrics: dict[str, Metric] | None = None) -> str:
+def summary_markdown(analysis: Analysis, meta: dict, metrics: dict[str, Metric] | None = None,
+                     samples=None) -> str:
+    """summary.md; ``samples``: the samples frame, for the roofline table of GPU samples (None: no table)."""
     run_id = meta.get("run_id") or "merged runs"
     out = [f"# pytest-greenserve summary — {run_id}", ""]
     if analysis.summary.empty:
@@ -40,6 +43,9 @@ def summary_markdown(analysis: Analysis, meta: dict, metrics: dict[str, Metric] 
         h, r = category_rows(analysis.category_medians, metric, registry[metric].unit)
         if r:
             out += [f"## {title}", "", markdown_table(h, r), ""]
+    h, r = roofline_rows(samples)
+    if r:
+        out += [f"## {ROOFLINE_TITLE}", "", markdown_table(h, r), ""] + [f"- {n}" for n in roofline_notes(samples)] + [""]
     out += ["## Guidelines", "", guideline_markdown(analysis), ""]
     if analysis.notes:
         out += ["## Notes", ""] + [f"- {n}" for n in analysis.notes] + [""]
@@ -78,7 +84,7 @@ def write_reports(rows: list[dict], run_dir: Path, meta: dict | None = None,
              "summary": run_dir / "summary.md", "html": run_dir / "report.html"}
     write_csv(rows, paths["samples"], metrics)
     analysis.stats.to_csv(paths["stats"], index=False)
-    paths["summary"].write_text(summary_markdown(analysis, meta, metrics), encoding="utf-8")
+    paths["summary"].write_text(summary_markdown(analysis, meta, metrics, df), encoding="utf-8")
     paths["html"].write_text(render(analysis, df, meta, metrics), encoding="utf-8")
     return paths
 

@@ -14,8 +14,8 @@ from ..analysis.sources import source_note
 from ..stats import Analysis, prepare
 from . import plots
 from .guidelines import guideline_text
-from .tables import (SUMMARY_HEADERS, best_savings_lines, category_rows, html_table, power_model_lines, savings_rows,
-                     summary_rows)
+from .tables import (ROOFLINE_TITLE, SUMMARY_HEADERS, best_savings_lines, category_rows, html_table, power_model_lines,
+                     roofline_notes, roofline_rows, savings_rows, summary_rows)
 
 ANALYSIS_LIBS = ["pytest-greenserve", "pandas", "numpy", "scipy", "statsmodels", "pingouin", "scikit-posthocs",
                  "matplotlib"]
@@ -227,6 +227,10 @@ def render(analysis: Analysis, df: pd.DataFrame, meta: dict, metrics: dict[str, 
         h, r = category_rows(analysis.category_medians, metric, metrics[metric].unit)
         if r:
             parts.append(f"<h3>{esc(title)}</h3>" + html_table(h, r))
+    h, r = roofline_rows(df)
+    if r:
+        parts.append(f"<h2>{esc(ROOFLINE_TITLE)}</h2>" + html_table(h, r, "roofline") + "<ul class='muted'>"
+                     + "".join(f"<li>{esc(n)}</li>" for n in roofline_notes(df)) + "</ul>")
     parts.append("<h2>Per model</h2>")
     models = df[["machine", "model"]].drop_duplicates().sort_values(["machine", "model"]).to_records(index=False)
     if len(models) == 0:

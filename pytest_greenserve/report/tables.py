@@ -13,8 +13,9 @@ import pandas as pd
 
 from ..analysis.formatting import fmt_value
 from ..analysis.metrics import Metric, metrics_or_builtin
-from ..analysis.ordering import sort_configs
+from ..analysis.ordering import config_sort_key, sort_configs
 from ..analysis.sources import is_estimated
+from ..roofline import HOST_BUSY_PCT, NEAR_FLOOR, bound_by
 
 
 def _missing(v) -> bool:
@@ -156,3 +157,85 @@ def best_savings_lines(analysis) -> list[str]:
         for r in g[g["config"] == best].to_dict("records"):
             lines.append(f"{machine}: {r['text']}" + (f" — {r['note']}" if r["note"] else ""))
     return lines
+
+
+# ---------------------------------------------------------------- the per-token roofline (GPU samples)
+
+ROOFLINE_TITLE = "Distance from the card's limit (GPU samples)"
+ROOFLINE_HEADERS = ["model", "configuration", "n", "ms per token", "memory floor (ms/token)",
+                    "launch floor (ms/token)", "× memory floor", "kernels per token", "launches per token", "bound by"]
+# the medians roofline.bound_by reads
+_ROOFLINE_MEDIANS = ("ms_per_token", "memory_floor_ms_per_token", "launch_floor_ms_per_token", "x_memory_floor",
+                     "kernels_per_token", "launches_per_token", "gpu_busy_ms_per_token", "gpu_busy_pct_profiled",
+                     "gpu_pct", "bandwidth_gb_s", "launch_latency_us")
+
+
+def _roofline_medians(df: pd.DataFrame | None) -> pd.DataFrame:
+    """Per machine × model × configuration of samples with a roofline: the medians of its fields."""
+    if df is None or df.empty or "memory_floor_ms_per_token" not in df.columns:
+        return pd.DataFrame()
+    num = {c: pd.to_numeric(df[c], errors="coerce") if c in df.columns else pd.Series(float("nan"), index=df.index)
+           for c in _ROOFLINE_MEDIANS}
+    frame = pd.DataFrame({"machine": df["machine"].fillna("unknown").astype(str), "model": df["model"].astype(str),
+                          "config": df["config"].astype(str), **num})
+    frame = frame[num["memory_floor_ms_per_token"].notna() | num["kernels_per_token"].notna()]
+    if frame.empty:
+        return frame
+    out = frame.groupby(["machine", "model", "config"], sort=False).median()
+    out["n"] = frame.groupby(["machine", "model", "config"], sort=False).size()
+    out = out.reset_index()
+    out["_k"] = out["config"].map(config_sort_key)
+    return out.sort_values(["machine", "model", "_k"]).drop(columns="_k").reset_index(drop=True)
+
+
+def times(value) -> str:
+    """``"7.5×"``, ``"120×"``; ``"—"`` where missing."""
+    return "—" if _missing(value) else f"{fmt_value(value)}×"
+
+
+def roofline_rows(df: pd.DataFrame | None) -> tuple[list[str], list[list[str]]]:
+    """The roofline table (summary.md, report.html): per model × configuration of GPU samples,
+    the medians of ms/token, the two floors, ms/token over the memory floor, kernels and
+    launches per token, and what binds (``roofline.bound_by`` of the medians). With several
+    machines, a machine column first. No rows without GPU samples measured with a roofline."""
+    med = _roofline_medians(df)
+    if med.empty:
+        return list(ROOFLINE_HEADERS), []
+    several = med["machine"].nunique() > 1
+    rows = []
+    for r in med.to_dict("records"):
+        r = {k: (None if _missing(v) else v) for k, v in r.items()}
+        cells = [r["model"], r["config"], str(int(r["n"])), plain(r["ms_per_token"]),
+                 plain(r["memory_floor_ms_per_token"]), plain(r["launch_floor_ms_per_token"]),
+                 times(r["x_memory_floor"]), plain(r["kernels_per_token"]), plain(r["launches_per_token"]),
+                 bound_by(r) or "—"]
+        rows.append(([r["machine"]] if several else []) + cells)
+    return (["machine"] if several else []) + list(ROOFLINE_HEADERS), rows
+
+
+def roofline_notes(df: pd.DataFrame | None) -> list[str]:
+    """How each floor was obtained, with the card's measured values, for under the roofline table."""
+    med = _roofline_medians(df)
+    if med.empty:
+        return []
+    cards = med.groupby("machine", sort=False)[["bandwidth_gb_s", "launch_latency_us"]].median()
+    several = len(cards) > 1
+
+    def measured(col: str, unit: str) -> str:
+        known = [(m, v) for m, v in cards[col].items() if not _missing(v)]
+        if not known:
+            return "not measured"
+        return "; ".join(f"{m}: {fmt_value(v, unit)}" if several else fmt_value(v, unit) for m, v in known)
+
+    return [
+        "Memory floor: the bytes read per generated token — the weights (every parameter once; an embedding table "
+        "one row, unless it is tied to the output layer) and the KV cache at the mean context (prompt plus half "
+        "the new tokens) — over the card's copy bandwidth, measured once per run with a device-to-device copy "
+        f"(what the card achieves, not its spec sheet): {measured('bandwidth_gb_s', 'GB/s')} (GB = 10^9 bytes).",
+        "Launch floor: kernel launch calls per generated token, counted by the profiler in one generation per "
+        "configuration (a CUDA graph is one call), × the host time of one launch, measured once per run with "
+        f"back-to-back one-element adds: {measured('launch_latency_us', 'µs')}.",
+        f"Bound by: memory or launches: within {NEAR_FLOOR:g}× of that floor, the higher of the two; further "
+        f"above both: host when the GPU is busy less than {HOST_BUSY_PCT:g}% of the time (Python, the framework, "
+        "the engine between kernels), kernels when it is busy (kernels slower than the bandwidth allows).",
+    ]

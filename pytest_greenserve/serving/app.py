@@ -243,4 +243,5 @@ def server_info(engine, handle=None) -> dict:
         except Exception:
             device = "cuda"
     return {"versions": versions, "device": device, "python": sys.version.split()[0],
-            "weights": getattr(handle, "weights", None), "model_key": getattr(handle, "key", None)}
+            "weights": getattr(handle, "weights", None), "model_key": getattr(handle, "key", None),
+            "dtype": getattr(getattr(engine, "options", None), "dtype", None)}

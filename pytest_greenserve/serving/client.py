@@ -52,7 +52,8 @@ class HttpTarget:
         ref, root = engine_class_ref(self.engine_cls)
         args = ["--config", self.config_name, "--handle-json", handle_to_json(self.handle), "--engine-class", ref,
                 "--openvino-precision", self.options.openvino_precision,
-                "--ort-spinning", "on" if self.options.ort_spinning else "off"]
+                "--ort-spinning", "on" if self.options.ort_spinning else "off", "--dtype", self.options.dtype,
+                "--compile-mode", self.options.compile_mode]
         if self.options.threads:
             args += ["--threads", str(self.options.threads)]
         if self.new_tokens_max:

@@ -65,6 +65,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--openvino-precision", default="f32", choices=("f32", "bf16", "f16", "default"))
     p.add_argument("--ort-spinning", default="on", choices=("on", "off"),
                    help="ONNX Runtime's CPU thread pools spin between operators (its default) or sleep")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
+                   help="weights and activations (bf16: engines that support it, e.g. torch, jit)")
+    p.add_argument("--compile-mode", default="auto", choices=("auto", "eager", "graph", "inductor", "inductor+graph"),
+                   help="how the compile engine captures its decode step (default: auto)")
     # what the plugin passes (not for users): the session's own handle and engine class, a socket
     p.add_argument("--handle-json", default=None, help=argparse.SUPPRESS)
     p.add_argument("--engine-class", default=None, help=argparse.SUPPRESS)
@@ -202,10 +206,14 @@ def serve(args) -> int:
     why = cls.unavailable_reason(config.provider)
     if why:
         raise ServeError(f"{config} cannot run here: {why}")
+    dtypes = getattr(cls, "dtypes", ("fp32",))  # engines written before --dtype serve fp32
+    if args.dtype not in dtypes:
+        raise ServeError(f"{config} serves {', '.join(dtypes)} only, not --dtype {args.dtype}")
     handle = _handle(args)
     engine = cls(handle, config.provider, EngineOptions(threads=args.threads,
                                                          openvino_precision=args.openvino_precision,
-                                                         ort_spinning=args.ort_spinning == "on", progress=_say))
+                                                         ort_spinning=args.ort_spinning == "on", dtype=args.dtype,
+                                                         compile_mode=args.compile_mode, progress=_say))
     _say(f"loading {handle.name} on {config} (pid {os.getpid()})")
     try:
         engine.load()

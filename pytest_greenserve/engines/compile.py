@@ -1,0 +1,278 @@
+"""``compile``: the decode step captured whole, over a static KV cache.
+
+Eager PyTorch (the paper's best GPU configuration) launches every kernel of every layer from
+Python, one token at a time; on an H100 the card then waits on the host most of the time.
+This engine runs the model as a :class:`~.static_decoder.StaticDecoder` (fixed shapes, a
+preallocated KV cache, the current position in a device tensor) and captures one decode step,
+greedy choice included, as one unit:
+
+* ``graph`` (CUDA): the eager step recorded once as a CUDA graph and replayed per token: one
+  launch per token instead of hundreds;
+* ``inductor`` (CPU or CUDA): the step compiled by ``torch.compile(fullgraph=True,
+  dynamic=False)``, which fuses its operators (C++ on CPU, Triton on CUDA);
+* ``inductor+graph`` (CUDA): the compiled step, then captured as a CUDA graph (what gpt-fast's
+  ``mode="reduce-overhead"`` does, captured by hand so the step's state stays on the device);
+* ``eager``: the static decoder without capture (a diagnostic: what the static cache alone gives);
+* ``auto`` (the default): ``inductor+graph`` on CUDA when Triton is installed, else ``graph``;
+  ``inductor`` on CPU when a C++ compiler is found, else ``eager``. If compiling fails, ``auto``
+  falls back to the uncompiled mode and says so; a mode asked for by name fails instead.
+
+Prefill runs the same decoder over the prompt. On CUDA it is captured once per prompt length
+(the runner's warm-up sends one prompt of every length, so capture never happens inside a
+measured request); on CPU it runs uncompiled, so 10-15-token prompts never recompile.
+
+Everything built at load (the decoder, compilation, captures) is timed and reported by
+:meth:`CompileEngine.load_info` (``compile_s``), apart from the measured samples. A request
+longer than the cache grows it (and captures again) and says so in ``load_info``.
+
+Tokens: greedy argmax with EOS forbidden at every step, as the other engines; they equal the
+``torch`` engine's up to fp32 kernel differences (the tie-aware consistency rule).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import time
+from typing import Sequence
+
+from .base import (Engine, EngineError, Generation, cuda_unavailable_reason, failure_line, load_torch_model,
+                   missing_module_reason)
+
+MODES = ("auto", "eager", "graph", "inductor", "inductor+graph")
+#: KV cache positions allocated at load: prompt (10-15 tokens) + 32 new tokens fit with room
+INITIAL_CAPACITY = 64
+#: the prompt of the generation run at load, which compiles/captures before any request
+LOAD_PROMPT_LEN = 8
+#: eager warm-up runs before a CUDA graph capture (cuBLAS/cuDNN initialise their workspaces)
+CAPTURE_WARMUP = 3
+
+
+def resolve_mode(mode: str, provider: str) -> str:
+    """The concrete mode for ``mode`` on ``provider`` (``auto`` resolved); raises EngineError."""
+    if mode not in MODES:
+        raise EngineError(f"compile: unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "auto":
+        if provider == "cuda":
+            return "inductor+graph" if importlib.util.find_spec("triton") is not None else "graph"
+        return "inductor" if _cxx_compiler() else "eager"
+    if "graph" in mode and provider != "cuda":
+        raise EngineError(f"compile: mode {mode!r} needs CUDA (CUDA graphs); on cpu use inductor or eager")
+    return mode
+
+
+def _cxx_compiler() -> str | None:
+    import os
+
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++") or shutil.which("c++")
+
+
+class CompileEngine(Engine):
+    name = "compile"
+    libraries = ("torch", "transformers")
+    dtypes = ("fp32", "bf16")
+
+    @classmethod
+    def unavailable_reason(cls, provider):
+        reason = missing_module_reason("torch", "transformers", extra="torch")
+        if reason is None and provider == "cuda":
+            reason = cuda_unavailable_reason()
+        return reason
+
+    @classmethod
+    def model_unavailable_reason(cls, architecture: str) -> str | None:
+        from .static_decoder import unsupported_reason
+
+        return unsupported_reason(architecture)
+
+    # -- load ---------------------------------------------------------------------------------
+    def load(self):
+        import torch
+
+        started = time.perf_counter()
+        self.device = "cuda" if self.provider == "cuda" else "cpu"
+        asked = self.options.compile_mode
+        self.mode = resolve_mode(asked, self.provider)
+        self.fallback: str | None = None
+        self.captures = 0
+        self.capture_s = 0.0  # CUDA graph captures after load (new prompt lengths, a grown cache)
+        self._loading = True
+        self.torch_model = load_torch_model(self)
+        vocab = self.torch_model.config.get_text_config().vocab_size
+        # EOS may never win (generate's min_new_tokens processor): -inf added before the argmax
+        self.eos_bias = torch.zeros(vocab, device=self.device)
+        eos = [i for i in self.model.eos_token_ids if 0 <= i < vocab]
+        if eos:
+            self.eos_bias[eos] = float("-inf")
+        try:
+            self._build(INITIAL_CAPACITY)
+        except ValueError as exc:  # a configuration the static decoder does not wire
+            raise EngineError(str(exc)) from exc
+        try:
+            self._say(f"compiling {self.model.name} for {self.name}-{self.provider} ({self.mode}; "
+                      "outside the measured samples)")
+            self.compile_s = self._first_generation(vocab)
+        except Exception as exc:
+            if asked != "auto" or "inductor" not in self.mode:
+                raise EngineError(failure_line(f"compile could not build {self.model.name} ({self.mode})", exc)) from exc
+            # auto: the uncompiled mode still captures (CUDA) or runs the static decoder (CPU)
+            self.fallback = failure_line(f"{self.mode} failed", exc)
+            self.mode = "graph" if self.provider == "cuda" else "eager"
+            self._say(f"compile: {self.fallback}; falling back to {self.mode}")
+            self._build(INITIAL_CAPACITY)
+            self.compile_s = self._first_generation(vocab)
+        self.load_s = time.perf_counter() - started
+        self._loading = False
+
+    def _first_generation(self, vocab: int) -> float:
+        """One short generation, which compiles (inductor) and captures (CUDA graphs) the decode
+        step and this prompt length's prefill; returns its seconds."""
+        started = time.perf_counter()
+        self._prepare()
+        self.generate([1 + i % (vocab - 1) for i in range(LOAD_PROMPT_LEN)], 4)
+        return time.perf_counter() - started
+
+    def _say(self, message: str) -> None:
+        if self.options.progress:
+            self.options.progress(f"greenserve: {message}")
+
+    def _build(self, capacity: int) -> None:
+        """The decoder with a ``capacity``-position cache, its state tensors, and the decode
+        callable of this mode (compiled and captured by :meth:`_prepare`; prefill graphs are
+        captured at the first request of each prompt length)."""
+        import torch
+
+        from .static_decoder import StaticDecoder
+
+        self.decoder = StaticDecoder(self.torch_model, capacity)
+        self.capacity = capacity
+        dev = self.device
+        # the step's state lives on the device, so a captured step needs no host input:
+        self.tok = torch.zeros(1, 1, dtype=torch.long, device=dev)  # the last token
+        self.pos = torch.zeros(1, dtype=torch.long, device=dev)  # its position
+        self.generated = torch.zeros(capacity, dtype=torch.long, device=dev)  # tokens by position
+        forward = self.decoder.forward
+        if "inductor" in self.mode:
+            torch._dynamo.reset()  # a rebuilt decoder must not reuse graphs guarded on the old one
+            forward = torch.compile(forward, fullgraph=True, dynamic=False)
+        self._decode_forward = forward
+        self._decode_graph = None
+        self._prefill_graphs: dict[int, tuple] = {}
+
+    def _advance(self, logits, last_position) -> None:
+        """Greedy choice (EOS forbidden), written to the device state: the token at
+        ``last_position + 1``."""
+        nxt = (logits.float() + self.eos_bias).argmax(dim=-1)  # (1,)
+        self.pos.copy_(last_position + 1)
+        self.generated.index_copy_(0, self.pos, nxt)
+        self.tok.copy_(nxt.view(1, 1))
+
+    def _decode_step(self) -> None:
+        self._advance(self._decode_forward(self.tok, self.pos), self.pos)
+
+    def _capture(self, fn):
+        """``fn`` recorded as a CUDA graph (after eager warm-up runs on a side stream)."""
+        import torch
+
+        started = time.perf_counter()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(CAPTURE_WARMUP):
+                self.pos.zero_()  # warm-up steps advance the position; keep it inside the cache
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        self.captures += 1
+        if not self._loading:
+            self.capture_s += time.perf_counter() - started
+        return graph
+
+    # -- requests -----------------------------------------------------------------------------
+    def _prefill(self, input_ids: Sequence[int]) -> None:
+        import torch
+
+        n = len(input_ids)
+        if "graph" not in self.mode:
+            ids = torch.tensor([list(input_ids)], dtype=torch.long, device=self.device)
+            positions = torch.arange(n, device=self.device)
+            self._advance(self.decoder(ids, positions), positions[-1:])
+            return
+        if n not in self._prefill_graphs:
+            ids = torch.zeros(1, n, dtype=torch.long, device=self.device)
+            positions = torch.arange(n, device=self.device)
+            # prefill runs the eager decoder (inductor would compile once per prompt length)
+            graph = self._capture(lambda: self._advance(self.decoder(ids, positions), positions[-1:]))
+            # a graph reads its inputs by address: keep them alive as long as the graph
+            self._prefill_graphs[n] = (graph, ids, positions)
+        graph, ids, _ = self._prefill_graphs[n]
+        ids.copy_(torch.tensor([list(input_ids)], dtype=torch.long))
+        graph.replay()
+
+    def _decode(self) -> None:
+        if self._decode_graph is None:
+            self._decode_step()
+        else:
+            self._decode_graph.replay()
+
+    def _prepare(self) -> None:
+        """Compile (inductor) and capture (CUDA graphs) the decode step now, before any request:
+        capture's warm-up runs move the step's state, which must not happen mid-generation."""
+        import torch
+
+        with torch.no_grad():
+            if "graph" in self.mode:
+                self._decode_graph = self._capture(self._decode_step)
+            elif "inductor" in self.mode:
+                self._decode_step()  # the first call compiles
+
+    def generate(self, input_ids: Sequence[int], new_tokens: int) -> Generation:
+        import torch
+
+        if new_tokens <= 0:
+            return Generation(token_ids=[], ttft_s=None)
+        n = len(input_ids)
+        if n + new_tokens > self.capacity:
+            capacity = 1 << (n + new_tokens - 1).bit_length()
+            self._say(f"compile: growing the KV cache of {self.model.name} to {capacity} positions (captures again)")
+            started, self._loading = time.perf_counter(), True  # counted whole, below
+            self._build(capacity)
+            self._prepare()
+            self._loading = False
+            self.capture_s += time.perf_counter() - started
+        with torch.no_grad():
+            start = time.perf_counter()
+            self._prefill(input_ids)
+            self.tok.item()  # the first new token exists now (.item() synchronises a CUDA device)
+            ttft = time.perf_counter() - start
+            for _ in range(new_tokens - 1):
+                self._decode()
+            out = self.generated[n:n + new_tokens].tolist()  # .tolist() synchronises
+        return Generation(token_ids=out, ttft_s=ttft)
+
+    # -- reports ------------------------------------------------------------------------------
+    def load_info(self) -> dict:
+        """What load built, for the sample: the mode; ``load_s``, the whole load; ``compile_s``,
+        its first generation, which compiles (inductor) and captures (CUDA graphs) the decode
+        step; ``capture_s``, CUDA graph captures since (one per new prompt length, in the
+        runner's warm-up, never inside a measured request); the cache size; the graphs."""
+        return {"compile_mode": self.mode, "load_s": getattr(self, "load_s", None),
+                "compile_s": getattr(self, "compile_s", None),
+                "capture_s": self.capture_s,
+                "compile_fallback": self.fallback, "kv_capacity": self.capacity,
+                "cuda_graphs_captured": self.captures}
+
+    def close(self):
+        import gc
+
+        self.decoder = self.torch_model = None
+        self._decode_graph = None
+        self._prefill_graphs = {}
+        self._decode_forward = None
+        gc.collect()
+        if self.provider == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
