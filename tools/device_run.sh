@@ -11,6 +11,7 @@
 #   bash tools/device_run.sh issue10-probe cuda codeparrot-small graph inductor+graph  # compile modes vs torch
 #   bash tools/device_run.sh issue8-threads  # onnx-cpu vs torch-cpu thread settings, fresh process each
 #   bash tools/device_run.sh issue8-ortprof  # ONNX Runtime's operator profile; profiler after-effects
+#   bash tools/device_run.sh issue10 codeparrot-small torch-cuda,jit-cuda,onnx-cuda,compile-cuda  # 64 prompts x 5
 #   bash tools/device_run.sh issue9-calibrate  # the gate's trials on torch-cuda; again until all 11 sessions ran
 # DRY=1 runs a tiny CPU-only version of the same sessions locally to check the script.
 # Each session is capped with SIGINT (pytest then finishes cleanly); finished samples are
@@ -114,6 +115,12 @@ case "$1" in
     done
     $PY tools/profile_probe.py ort codeparrot-small --cache $CACHE --out "$OUT/ortprof-codeparrot-small-on.json" 2>&1 | grep -E "^ |onnx-cpu"
     $PY tools/profile_probe.py lingering codeparrot-small --cache $CACHE --out "$OUT/lingering.json" 2>&1 | grep -E "ms/token" ;;
+  issue10)  # the measured session of issue 10 (ARGS: model configs [runs] [prompts] [cap_s] [name])
+    [ -d $SITE/transformers ] || install .whl
+    model=$2 configs=$3 runs=${4:-5} prompts=${5:-64} cap=${6:-560} name=${7:-issue10-$2}
+    session "$name" "$cap" --greenserve-models="$model" --greenserve-configs="$configs" \
+      --greenserve-prompts="$prompts" --greenserve-runs="$runs" --greenserve-idle=2 --greenserve-settle=1
+    pack "$name" ;;
   install-ov)
     install .whl-ov; probe ;;
   issue3)
