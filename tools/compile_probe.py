@@ -22,6 +22,7 @@ def main() -> int:
     ap.add_argument("--cache", default="/tmp/gscache")
     ap.add_argument("--provider", default="cuda")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     a = ap.parse_args()
 
     import torch
@@ -50,20 +51,20 @@ def main() -> int:
 
     result = {"model": a.model, "provider": a.provider, "prompts": a.prompts, "new_tokens": a.new_tokens,
               "device": torch.cuda.get_device_name() if a.provider == "cuda" else "cpu", "modes": {}}
-    opts = EngineOptions(progress=print)
+    opts = EngineOptions(progress=print, dtype=a.dtype)
+    result["dtype"] = a.dtype
     ref = TorchEngine(handle, a.provider, opts); ref.load()
     ref_out, ref_ms = run(ref)
     ref.close()
     result["torch_ms_per_token"] = ref_ms
     print(f"torch-{a.provider}: {ref_ms:.3f} ms/token (median request / new tokens)", flush=True)
     for mode in a.modes:
-        opts = EngineOptions(progress=print)
-        opts.compile_mode = mode
+        opts = EngineOptions(progress=print, dtype=a.dtype, compile_mode=mode)
         eng = CompileEngine(handle, a.provider, opts)
         try:
             eng.load()
             outs, ms = run(eng)
-            same = sum(x == y for x, y in zip(outs, ref_out))
+            same = sum(x == y for x, y in zip(outs, ref_out))  # exact; bf16 near-ties may differ
             info = eng.load_info()
             result["modes"][mode] = {"ms_per_token": ms, "speedup_vs_torch": ref_ms / ms,
                                      "exact_match": f"{same}/{len(outs)}", **info}

@@ -102,7 +102,7 @@ case "$1" in
     $PY -c "import importlib.util as u, shutil; print('triton', u.find_spec('triton') is not None, 'cc', shutil.which('gcc'), shutil.which('g++'))"
     prov=$2 model=$3; shift 3
     timeout -s INT 540 $PY tools/compile_probe.py "$model" "$@" --provider "$prov" --cache $CACHE \
-      --out "$OUT/probe-$prov-$model.json" 2>&1 | grep -vE "Warning|warnings.warn" | tail -30 ;;
+      --out "$OUT/probe-$prov-$model-${DTYPE:-fp32}.json" --dtype "${DTYPE:-fp32}" 2>&1 | grep -vE "Warning|warnings.warn" | tail -30 ;;
   issue8-threads)  # onnx-cpu vs torch-cpu on the 16 cores, each thread setting in a fresh process (ARGS: models)
     [ -d $SITE/transformers ] || install .whl
     shift; $PY -c "import onnxruntime as o; print('onnxruntime', o.__version__)"

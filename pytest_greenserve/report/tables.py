@@ -232,8 +232,9 @@ def roofline_notes(df: pd.DataFrame | None) -> list[str]:
         "one row, unless it is tied to the output layer) and the KV cache at the mean context (prompt plus half "
         "the new tokens) — over the card's copy bandwidth, measured once per run with a device-to-device copy "
         f"(what the card achieves, not its spec sheet): {measured('bandwidth_gb_s', 'GB/s')} (GB = 10^9 bytes).",
-        "Launch floor: kernel launch calls per generated token, counted by the profiler in one generation per "
-        "configuration (a CUDA graph is one call), × the host time of one launch, measured once per run with "
+        "Launch floor: kernel launch calls per generated token, counted by the PyTorch profiler in one generation "
+        "per configuration, in a child process so that the profiler's cost never reaches a measured sample (a CUDA "
+        "graph is one call), × the host time of one launch, measured once per run with "
         f"back-to-back one-element adds: {measured('launch_latency_us', 'µs')}.",
         f"Bound by: memory or launches: within {NEAR_FLOOR:g}× of that floor, the higher of the two; further "
         f"above both: host when the GPU is busy less than {HOST_BUSY_PCT:g}% of the time (Python, the framework, "
