@@ -8,10 +8,12 @@ greedy choice included, as one unit:
 
 * ``graph`` (CUDA): the eager step recorded once as a CUDA graph and replayed per token: one
   launch per token instead of hundreds;
-* ``inductor`` (CPU or CUDA): the step compiled by ``torch.compile(fullgraph=True,
-  dynamic=False)``, which fuses its operators (C++ on CPU, Triton on CUDA);
-* ``inductor+graph`` (CUDA): the compiled step, then captured as a CUDA graph (what gpt-fast's
-  ``mode="reduce-overhead"`` does, captured by hand so the step's state stays on the device);
+* ``inductor`` (CPU or CUDA): the whole step, greedy choice and state updates included,
+  compiled by ``torch.compile(fullgraph=True, dynamic=False)``, which fuses its operators
+  (C++ on CPU, Triton on CUDA);
+* ``inductor+graph`` (CUDA): the decoder's forward compiled, then the whole step captured as
+  a CUDA graph (what gpt-fast's ``mode="reduce-overhead"`` does, captured by hand so the step's
+  state stays on the device);
 * ``eager``: the static decoder without capture (a diagnostic: what the static cache alone gives);
 * ``auto`` (the default): ``inductor+graph`` on CUDA when Triton is installed, else ``graph``;
   ``inductor`` on CPU when a C++ compiler is found, else ``eager``. If compiling fails, ``auto``
@@ -151,11 +153,18 @@ class CompileEngine(Engine):
         self.tok = torch.zeros(1, 1, dtype=torch.long, device=dev)  # the last token
         self.pos = torch.zeros(1, dtype=torch.long, device=dev)  # its position
         self.generated = torch.zeros(capacity, dtype=torch.long, device=dev)  # tokens by position
-        forward = self.decoder.forward
+        forward, step = self.decoder.forward, self._eager_decode_step
         if "inductor" in self.mode:
             torch._dynamo.reset()  # a rebuilt decoder must not reuse graphs guarded on the old one
-            forward = torch.compile(forward, fullgraph=True, dynamic=False)
+            if "graph" in self.mode:
+                # the CUDA graph holds the whole step (choice and state updates included) anyway
+                forward = torch.compile(forward, fullgraph=True, dynamic=False)
+            else:
+                # no graph: compile the whole step, so the choice and the state updates are not
+                # eager operators launched one by one (on CPU: 0.66 against 0.73 ms/token, mini-gpt2)
+                step = torch.compile(step, fullgraph=True, dynamic=False)
         self._decode_forward = forward
+        self._decode_step = step
         self._decode_graph = None
         self._prefill_graphs: dict[int, tuple] = {}
 
@@ -167,7 +176,8 @@ class CompileEngine(Engine):
         self.generated.index_copy_(0, self.pos, nxt)
         self.tok.copy_(nxt.view(1, 1))
 
-    def _decode_step(self) -> None:
+    def _eager_decode_step(self) -> None:
+        """One decode step on the device state (``_build`` makes ``_decode_step`` of it)."""
         self._advance(self._decode_forward(self.tok, self.pos), self.pos)
 
     def _capture(self, fn):
@@ -270,7 +280,7 @@ class CompileEngine(Engine):
         self.decoder = self.torch_model = None
         self._decode_graph = None
         self._prefill_graphs = {}
-        self._decode_forward = None
+        self._decode_forward = self._decode_step = None
         gc.collect()
         if self.provider == "cuda":
             import torch
