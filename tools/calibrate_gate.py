@@ -97,7 +97,9 @@ def run_session(args, index: int, workdir: Path) -> dict:
            f"--greenserve-models={args.model}", f"--greenserve-configs={','.join(configs)}",
            f"--greenserve-runs={args.runs}", f"--greenserve-prompts={args.prompts}",
            f"--greenserve-idle={args.idle}", f"--greenserve-settle={args.settle}",
-           f"--greenserve-seed={index}", f"--greenserve-report-dir={report_dir}", *shlex.split(args.pytest_args)]
+           f"--greenserve-seed={index}", f"--greenserve-report-dir={report_dir}",
+           # the roofline's profiling child adds a load per configuration and is not what is gated
+           "--greenserve-roofline=off", *shlex.split(args.pytest_args)]
     # this checkout's plugin, whether or not (some version of) it is pip-installed
     cmd[3:3] = ["-p", "no:greenserve", "-p", "pytest_greenserve.plugin"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
