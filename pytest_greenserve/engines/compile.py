@@ -34,6 +34,7 @@ Tokens: greedy argmax with EOS forbidden at every step, as the other engines; th
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import time
 from typing import Sequence
@@ -64,8 +65,7 @@ def resolve_mode(mode: str, provider: str) -> str:
 
 
 def _cxx_compiler() -> str | None:
-    import os
-
+    """A C++ compiler for inductor's CPU code, as it looks for one ($CXX, then the usual names)."""
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++") or shutil.which("c++")
 
 
