@@ -45,7 +45,7 @@ def profile_in_child(engine_cls, handle: ModelHandle, provider: str, options: En
         ref, root = engine_class_ref(engine_cls)
     except ServeError as exc:
         raise RuntimeError(str(exc)) from None
-    request = {"engine_class": ref, "handle": json.loads(handle_to_json(handle)), "provider": provider,
+    request = {"engine_class": ref, "handle": handle_to_json(handle), "provider": provider,
                "options": _options_to_json(options), "prompt_ids": list(prompt_ids), "new_tokens": new_tokens}
     env = dict(os.environ)
     path = [p for p in (root, *sys.path) if p]
@@ -67,13 +67,10 @@ def profile_in_child(engine_cls, handle: ModelHandle, provider: str, options: En
 
 def _child(request: dict) -> dict:
     from .roofline import count_launches
-    from .serving.server import import_engine_class
+    from .serving.server import handle_from_json, import_engine_class
 
     cls = import_engine_class(request["engine_class"])
-    h = dict(request["handle"])
-    h["cache_dir"] = __import__("pathlib").Path(h["cache_dir"])
-    h["eos_token_ids"] = tuple(h.get("eos_token_ids") or ())
-    engine = cls(ModelHandle(**h), request["provider"], EngineOptions(**request["options"]))
+    engine = cls(handle_from_json(request["handle"]), request["provider"], EngineOptions(**request["options"]))
     prompt, new_tokens = request["prompt_ids"], request["new_tokens"]
     try:
         engine.load()

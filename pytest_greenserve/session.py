@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .configs import ServingConfig
-from .engines.base import Engine, EngineError, EngineOptions, failure_line, hold_cuda_context, library_versions
+from .engines.base import (Engine, EngineError, EngineOptions, engine_dtypes, failure_line, hold_cuda_context,
+                           library_versions)
 from .handle import ModelHandle
 from .measure import measure_prompts
 from .metrics import Metric, builtin_metrics, metrics_to_json
@@ -113,14 +114,10 @@ class GreenserveSession:
     def _dtype_reason(self, engine: str) -> str | None:
         """Why ``engine`` cannot serve in --greenserve-dtype (its ``Engine.dtypes`` lack it), or None."""
         dtype = self.settings.dtype
-
-        def dtypes(cls) -> tuple[str, ...]:
-            return getattr(cls, "dtypes", ("fp32",))  # engines written before the option: fp32
-
-        if dtype in dtypes(self.engines[engine]):
+        if dtype in engine_dtypes(self.engines[engine]):
             return None
-        able = [name for name, cls in self.engines.items() if dtype in dtypes(cls)]
-        return (f"{engine} serves {', '.join(dtypes(self.engines[engine]))} only; --greenserve-dtype={dtype} "
+        able = [name for name, cls in self.engines.items() if dtype in engine_dtypes(cls)]
+        return (f"{engine} serves {', '.join(engine_dtypes(self.engines[engine]))} only; --greenserve-dtype={dtype} "
                 f"is for {', '.join(able) or 'no registered engine'}")
 
     def model_unavailable_reason(self, model: str, config: ServingConfig) -> str | None:

@@ -147,6 +147,22 @@ def missing_module_reason(*modules: str, extra: str) -> str | None:
     return None
 
 
+def torch_unavailable_reason(provider: str, *modules: str, extra: str) -> str | None:
+    """Why an engine that runs PyTorch itself cannot serve on ``provider``: a missing module
+    (``torch``, ``transformers`` and any in ``modules``; ``extra`` names the pip extra), or on
+    ``cuda`` no CUDA device; None when it can."""
+    reason = missing_module_reason("torch", "transformers", *modules, extra=extra)
+    if reason is None and provider == "cuda":
+        reason = cuda_unavailable_reason()
+    return reason
+
+
+def engine_dtypes(cls) -> tuple[str, ...]:
+    """The dtypes an engine class serves in (``Engine.dtypes``); engines written before the
+    option have none and serve fp32."""
+    return getattr(cls, "dtypes", ("fp32",))
+
+
 def cuda_unavailable_reason() -> str | None:
     try:
         import torch

@@ -39,8 +39,7 @@ import shutil
 import time
 from typing import Sequence
 
-from .base import (Engine, EngineError, Generation, cuda_unavailable_reason, failure_line, load_torch_model,
-                   missing_module_reason)
+from .base import Engine, EngineError, Generation, failure_line, load_torch_model, torch_unavailable_reason
 
 MODES = ("auto", "eager", "graph", "inductor", "inductor+graph")
 #: KV cache positions allocated at load: prompt (10-15 tokens) + 32 new tokens fit with room
@@ -76,10 +75,7 @@ class CompileEngine(Engine):
 
     @classmethod
     def unavailable_reason(cls, provider):
-        reason = missing_module_reason("torch", "transformers", extra="torch")
-        if reason is None and provider == "cuda":
-            reason = cuda_unavailable_reason()
-        return reason
+        return torch_unavailable_reason(provider, extra="torch")
 
     @classmethod
     def model_unavailable_reason(cls, architecture: str) -> str | None:

@@ -28,7 +28,7 @@ import time
 import warnings
 from typing import Sequence
 
-from .base import Engine, EngineError, Generation, cuda_unavailable_reason, load_torch_model, missing_module_reason
+from .base import Engine, EngineError, Generation, load_torch_model, torch_unavailable_reason
 
 #: prompt length used for the example inputs of the traces (any length > 1 works)
 TRACE_PROMPT_LEN = 8
@@ -131,10 +131,7 @@ class JitEngine(Engine):
 
     @classmethod
     def unavailable_reason(cls, provider):
-        reason = missing_module_reason("torch", "transformers", "optimum.exporters.onnx", extra="jit")
-        if reason is None and provider == "cuda":
-            reason = cuda_unavailable_reason()
-        return reason
+        return torch_unavailable_reason(provider, "optimum.exporters.onnx", extra="jit")
 
     def load(self):
         import torch

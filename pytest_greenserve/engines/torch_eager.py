@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .base import Engine, Generation, cuda_unavailable_reason, hf_generate, load_torch_model, missing_module_reason
+from .base import Engine, Generation, hf_generate, load_torch_model, torch_unavailable_reason
 
 
 class TorchEngine(Engine):
@@ -16,10 +16,7 @@ class TorchEngine(Engine):
 
     @classmethod
     def unavailable_reason(cls, provider):
-        reason = missing_module_reason("torch", "transformers", extra="torch")
-        if reason is None and provider == "cuda":
-            reason = cuda_unavailable_reason()
-        return reason
+        return torch_unavailable_reason(provider, extra="torch")
 
     def load(self):
         self.device = "cuda" if self.provider == "cuda" else "cpu"

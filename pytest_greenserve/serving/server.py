@@ -119,14 +119,10 @@ def engine_class_ref(cls) -> tuple[str, str | None]:
 
 
 def _handle(args):
-    from ..handle import ModelHandle
     from ..models import ModelError, WeightsUnavailable, default_cache_dir, parse_model_list, resolve, spec_for
 
     if args.handle_json:
-        data = json.loads(args.handle_json)
-        data["cache_dir"] = Path(data["cache_dir"])
-        data["eos_token_ids"] = tuple(data.get("eos_token_ids") or ())
-        return ModelHandle(**data)
+        return handle_from_json(args.handle_json)
     if not args.model:
         raise ServeError("--model is required (a registered name, NAME=/local/path, or a model directory)")
     cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
@@ -144,6 +140,16 @@ def handle_to_json(handle) -> str:
     data["cache_dir"] = str(data["cache_dir"])
     data["eos_token_ids"] = list(data["eos_token_ids"])
     return json.dumps(data)
+
+
+def handle_from_json(text: str):
+    """The ModelHandle that :func:`handle_to_json` wrote."""
+    from ..handle import ModelHandle
+
+    data = json.loads(text)
+    data["cache_dir"] = Path(data["cache_dir"])
+    data["eos_token_ids"] = tuple(data.get("eos_token_ids") or ())
+    return ModelHandle(**data)
 
 
 class _FastTokenizer:
@@ -191,7 +197,7 @@ def serve(args) -> int:
     if reason:
         raise ServeError(reason)
     from ..configs import ConfigError, parse_config
-    from ..engines.base import EngineError, EngineOptions
+    from ..engines.base import EngineError, EngineOptions, engine_dtypes
 
     if args.new_tokens_max < 1 or args.prompt_tokens_max < 1:
         raise ServeError("--new-tokens-max and --prompt-tokens-max must be at least 1")
@@ -206,7 +212,7 @@ def serve(args) -> int:
     why = cls.unavailable_reason(config.provider)
     if why:
         raise ServeError(f"{config} cannot run here: {why}")
-    dtypes = getattr(cls, "dtypes", ("fp32",))  # engines written before --dtype serve fp32
+    dtypes = engine_dtypes(cls)
     if args.dtype not in dtypes:
         raise ServeError(f"{config} serves {', '.join(dtypes)} only, not --dtype {args.dtype}")
     handle = _handle(args)
