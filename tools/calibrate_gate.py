@@ -48,6 +48,28 @@ SLOWDOWNS = [float(s) for s in os.environ.get("GREENSERVE_CALIBRATION_SLOWDOWNS"
 BASE = os.environ["GREENSERVE_CALIBRATION_ENGINE"]
 
 
+def _burner(provider):
+    """One short slice of work like the engine's own, so that energy follows the added time.
+
+    CPU: a small matrix product keeps a core busy (CPU energy is estimated from CPU time).
+    CUDA: decoding one token is a chain of memory-bound matrix-vector products, so the slice is
+    one: a 256 MiB fp32 matrix times a vector, about 0.1 ms on an H100. A small matrix product
+    instead would leave the GPU near idle power between launches and add time but little energy.
+    """
+    import torch
+
+    if provider != "cuda":
+        a = torch.randn(192, 192)
+        return lambda: a @ a
+    w = torch.randn(8192, 8192, device="cuda")
+    x = torch.randn(8192, device="cuda")
+
+    def burn():
+        torch.mv(w, x)
+        torch.cuda.synchronize()
+    return burn
+
+
 def _slow(base, fraction):
     class Slow(base):
         name = f"slow{round(fraction * 100)}"
@@ -57,15 +79,12 @@ def _slow(base, fraction):
             start = time.perf_counter()
             out = base.generate(self, input_ids, new_tokens)
             took = time.perf_counter() - start
-            device = "cuda" if self.provider == "cuda" else "cpu"
-            a = getattr(self, "_burn", None)
-            if a is None:
-                a = self._burn = torch.randn(192, 192, device=device)
+            burn = getattr(self, "_burn", None)
+            if burn is None:
+                burn = self._burn = _burner(self.provider)
             end = time.perf_counter() + fraction * took
             while time.perf_counter() < end:
-                b = a @ a
-                if device == "cuda":
-                    torch.cuda.synchronize()
+                burn()
             return out
     Slow.__name__ = f"Slow{round(fraction * 100)}"
     return Slow

@@ -12,7 +12,7 @@
 #   bash tools/device_run.sh issue8-threads  # onnx-cpu vs torch-cpu thread settings, fresh process each
 #   bash tools/device_run.sh issue8-ortprof  # ONNX Runtime's operator profile; profiler after-effects
 #   bash tools/device_run.sh issue10 codeparrot-small torch-cuda,jit-cuda,onnx-cuda,compile-cuda  # 64 prompts x 5
-#   bash tools/device_run.sh issue9-calibrate  # the gate's trials on torch-cuda; again until all 11 sessions ran
+#   bash tools/device_run.sh issue9-calibrate 164 5 2 calib-gpu3 compile-cuda  # the gate's trials; again until all sessions ran
 # DRY=1 runs a tiny CPU-only version of the same sessions locally to check the script.
 # Each session is capped with SIGINT (pytest then finishes cleanly); finished samples are
 # never lost. Results: one tarball of the report directories under $OUT.
@@ -89,11 +89,13 @@ case "$1" in
     $PY -m pytest benchmarks/test_http_overhead.py -p pytest_greenserve.plugin -q -s -p no:cacheprovider 2>&1 \
       | grep -iE "ms|passed|failed|error" | tail -15
     pack issue11 ;;
-  issue9-calibrate)  # the gate's A/A and planted-5% trials on torch-cuda (a call cut at its limit: run it again)
+  issue9-calibrate)  # the gate's A/A and planted-5% trials (a call cut at its limit: run it again, it resumes)
     [ -d $SITE/transformers ] || install .whl
-    # PROMPTS RUNS IDLE NAME: 16 6 1 calib-gpu was the first run (3 s samples); 48 5 2 calib-gpu2 the second
-    prompts=${2:-16} runs=${3:-6} idle=${4:-1} out=/tmp/${5:-calib-gpu}
-    timeout -s INT 540 $PY tools/calibrate_gate.py --model codeparrot-small --config torch-cuda --trials 10 \
+    # PROMPTS RUNS IDLE NAME [CONFIG] [MODEL] [TRIALS]: 16 6 1 calib-gpu and 48 5 2 calib-gpu2 were
+    # torch-cuda on codeparrot-small; 164 5 2 calib-gpu3 compile-cuda the third
+    prompts=${2:-16} runs=${3:-6} idle=${4:-1} out=/tmp/${5:-calib-gpu} config=${6:-torch-cuda}
+    model=${7:-codeparrot-small} trials=${8:-10}
+    timeout -s INT ${CAP_S:-540} $PY tools/calibrate_gate.py --model "$model" --config "$config" --trials "$trials" \
       --prompts "$prompts" --runs "$runs" --slowdown 0.05 --idle "$idle" --settle 0 --out "$out" --resume \
       --pytest-args="--greenserve-weights=replica --greenserve-cache-dir=$CACHE" 2>&1 | tail -40
     cp "$out"/calibration.json "$out"/sessions.json "$OUT"/ 2>/dev/null; ls -la "$OUT" ;;
