@@ -2,10 +2,11 @@
 
 Every *session* is one ``python -m pytest -p pytest_greenserve.plugin`` run of one model with
 the configuration under test (``--config``, e.g. torch-cpu) and, beside it in the same
-shuffled order, one copy of that engine per planted slowdown (``slow5-cpu`` for 5%): after
-each request the copy keeps the device busy (matrix products on the request's device) for the
-given fraction of the request's own time, so time and energy both follow. Sessions are
-independent processes, like a baseline run and a pull request's run.
+shuffled order, one copy of that engine per planted slowdown (``slow5-cpu`` for 5%). With
+``--plant repeat`` (the default) the copy serves one request in twenty twice (for 5%), so it
+does 5% more of the engine's own work and every meter follows. With ``--plant burn`` (how the
+CPU trials of the second session ran), the copy stays busy after each request for 5% of that
+request's time. Sessions are independent processes, like a baseline run and a pull request's run.
 
 Trial *i* compares session *i* (the baseline) with session *i+1*:
 
@@ -32,6 +33,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -41,6 +43,67 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CONFTEST = '''
+import os, time
+
+SLOWDOWNS = [float(s) for s in os.environ.get("GREENSERVE_CALIBRATION_SLOWDOWNS", "").split(",") if s]
+BASE = os.environ["GREENSERVE_CALIBRATION_ENGINE"]
+PLANT = os.environ.get("GREENSERVE_CALIBRATION_PLANT", "repeat")
+
+
+def _burner(provider):
+    """``--plant burn``: one short slice of busy work (CPU: a small matrix product; CUDA: a
+    memory-bound matrix-vector product, about 0.1 ms on an H100)."""
+    import torch
+
+    if provider != "cuda":
+        a = torch.randn(192, 192)
+        return lambda: a @ a
+    w = torch.randn(8192, 8192, device="cuda")
+    x = torch.randn(8192, device="cuda")
+
+    def burn():
+        torch.mv(w, x)
+        torch.cuda.synchronize()
+    return burn
+
+
+def _slow(base, fraction):
+    class Slow(base):
+        name = f"slow{round(fraction * 100)}"
+
+        def generate(self, input_ids, new_tokens):
+            if PLANT == "repeat":
+                # the engine's own request again, once every 1/fraction requests: exactly
+                # `fraction` more of the same work, so time and energy (of every meter) follow
+                out = base.generate(self, input_ids, new_tokens)
+                done = getattr(self, "_requests", 0)
+                self._requests = done + 1
+                if int((done + 1) * fraction) > int(done * fraction):
+                    base.generate(self, input_ids, new_tokens)
+                return out
+            start = time.perf_counter()
+            out = base.generate(self, input_ids, new_tokens)
+            took = time.perf_counter() - start
+            burn = getattr(self, "_burn", None)
+            if burn is None:
+                burn = self._burn = _burner(self.provider)
+            end = time.perf_counter() + fraction * took
+            while time.perf_counter() < end:
+                burn()
+            return out
+    Slow.__name__ = f"Slow{round(fraction * 100)}"
+    return Slow
+
+
+def pytest_greenserve_register_engines(registry):
+    from pytest_greenserve import engines
+    engines.pytest_greenserve_register_engines(registry)
+    for fraction in SLOWDOWNS:
+        cls = _slow(registry[BASE], fraction)
+        registry[cls.name] = cls
+'''
+
+TEST = '''
 import os, time
 from pytest_greenserve.engines.base import Generation
 
@@ -123,7 +186,10 @@ def run_session(args, index: int, workdir: Path) -> dict:
     cmd[3:3] = ["-p", "no:greenserve", "-p", "pytest_greenserve.plugin"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                GREENSERVE_CALIBRATION_ENGINE=engine,
-               GREENSERVE_CALIBRATION_SLOWDOWNS=",".join(str(f) for f in args.slowdowns))
+               GREENSERVE_CALIBRATION_SLOWDOWNS=",".join(str(f) for f in args.slowdowns),
+               GREENSERVE_CALIBRATION_PLANT=args.plant)
+    # a session cut by a time limit and run again starts from an empty report directory
+    shutil.rmtree(report_dir, ignore_errors=True)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -259,6 +325,10 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", type=int, default=40)
     p.add_argument("--runs", type=int, default=8, help="repetitions per configuration and session (the cap)")
     p.add_argument("--slowdown", default="0.05,0.10,0.20", help="planted slowdowns, comma-separated fractions")
+    p.add_argument("--plant", choices=("repeat", "burn"), default="repeat",
+                   help="how a slowed copy slows: repeat one request in 1/fraction (the engine's own work: energy "
+                        "follows time on every meter), or burn busy work for that fraction of each request's time "
+                        "(the CPU calibration's way; on a GPU its power differs from the engine's)")
     p.add_argument("--idle", default="1")
     p.add_argument("--settle", default="0")
     p.add_argument("--out", type=Path, required=True, help="directory for the sessions and calibration.json")

@@ -96,7 +96,7 @@ case "$1" in
     prompts=${2:-16} runs=${3:-6} idle=${4:-1} out=/tmp/${5:-calib-gpu} config=${6:-torch-cuda}
     model=${7:-codeparrot-small} trials=${8:-10}
     timeout -s INT ${CAP_S:-540} $PY tools/calibrate_gate.py --model "$model" --config "$config" --trials "$trials" \
-      --prompts "$prompts" --runs "$runs" --slowdown 0.05 --idle "$idle" --settle 0 --out "$out" --resume \
+      --prompts "$prompts" --runs "$runs" --slowdown 0.05 --plant "${PLANT:-repeat}" --idle "$idle" --settle 0 --out "$out" --resume \
       --pytest-args="--greenserve-weights=replica --greenserve-cache-dir=$CACHE" 2>&1 | tail -40
     cp "$out"/calibration.json "$out"/sessions.json "$OUT"/ 2>/dev/null; ls -la "$OUT" ;;
   issue10-probe)  # compile modes on one replica against torch, outside the meters (ARGS: provider model modes...)
