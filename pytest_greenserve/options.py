@@ -256,7 +256,7 @@ OPTIONS: tuple[Option, ...] = (
            "gate this session against a saved baseline, per (model, configuration)",
            _optional(str), readme_default="unset"),
     Option("fail", "METRIC:THRESHOLD,...", DEFAULT_FAIL,
-           "the gate's thresholds: a gateable metric (or energy, time) with a change in % or in units, "
+           "the gate's thresholds: a gateable metric (or energy: gross energy_total_j; time: time_s) with a change in % or in units, "
            "e.g. energy:5%,time:10% or ms_per_token:0.5ms", lambda text: text.strip()),
     Option("compare-any-machine", "[yes|no]", "no", "compare with a baseline measured on other hardware",
            _yes_no, const="yes"),

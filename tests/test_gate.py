@@ -73,7 +73,7 @@ def test_holm_by_hand():
 # ---------------------------------------------------------------- decisions
 
 
-def rows(values, model="mini-gpt2", config="torch-cpu", metric="energy_net_j", **extra):
+def rows(values, model="mini-gpt2", config="torch-cpu", metric="energy_total_j", **extra):
     return [{"model": model, "config": config, metric: v, "time_s": v / 10, **extra} for v in values]
 
 
@@ -105,9 +105,9 @@ def test_higher_is_better_metrics_and_absolute_thresholds():
     c = gate.compare(base, now, gate.parse_thresholds("tokens_per_s:5%", reg), metrics=reg).comparisons[0]
     assert c.verdict == "regression" and c.change_pct == pytest.approx(-20)
     assert verdict(rows([100, 101, 99, 100.5, 99.5]), rows([110, 111, 109, 110.5, 109.5]),
-                   "energy_net_j:20J").verdict == "same"
+                   "energy_total_j:20J").verdict == "same"
     assert verdict(rows([100, 101, 99, 100.5, 99.5]), rows([130, 131, 129, 130.5, 129.5]),
-                   "energy_net_j:20J").verdict == "regression"
+                   "energy_total_j:20J").verdict == "regression"
 
 
 def test_energy_alias_falls_back_to_gross_energy():
@@ -141,6 +141,21 @@ def test_holm_across_items_and_overrides():
                           overrides={("mini-gpt2", "onnx-cpu"): gate.parse_thresholds("energy:20%")})
     assert [c.verdict for c in result.comparisons] == ["regression", "same"]
     assert "baseline -> now" in gate.table_lines(result)[0]
+
+
+def test_energy_is_gross_energy_and_the_table_says_how_it_was_obtained():
+    # net energy unchanged, gross 10% worse: "energy" gates on gross (calibrated in docs/gate.md)
+    src = {"energy_cpu_source": "estimated-cpu-time", "energy_gpu_source": "nvml-counter"}
+    base = [dict(r, energy_net_j=50.0, **src) for r in rows([100, 101, 99, 100.5, 99.5])]
+    now = [dict(r, energy_net_j=50.0, **src) for r in rows([110, 111, 109, 110.5, 109.5])]
+    result = gate.compare(base, now, gate.parse_thresholds("energy:3%,energy_net_j:3%"))
+    by_metric = {c.metric: c for c in result.comparisons}
+    assert by_metric["energy_total_j"].verdict == "regression" and by_metric["energy_net_j"].verdict == "same"
+    assert by_metric["energy_total_j"].source == "estimated-cpu-time+nvml-counter"
+    line = next(row for row in gate.table_lines(result) if "energy_total_j" in row)
+    assert "energy_total_j [estimated-cpu-time+nvml-counter] (fail" in line
+    # a metric that is not an energy carries no source
+    assert gate.compare(base, now, gate.parse_thresholds("time:3%")).comparisons[0].source is None
 
 
 def test_a_a_draws_from_one_distribution_rarely_fail():
@@ -209,7 +224,7 @@ def test_baseline_refusals_are_one_line(tmp_path):
 
 def test_benchmark_entries_carry_rounds_and_energy():
     samples = [dict(r, energy_total_j=r["energy_net_j"] + 5, tokens_generated=64, order=i)
-               for i, r in enumerate(rows([10, 12, 11]))]
+               for i, r in enumerate(rows([10, 12, 11], metric="energy_net_j"))]
     (e,) = entries(samples)
     assert e["name"] == "test_greenserve[mini-gpt2-torch-cpu]" and e["rounds"] == [1.0, 1.2, 1.1]
     assert e["extra_info"]["energy_net_j"] == 11 and e["extra_info"]["tokens_generated"] == 64

@@ -332,7 +332,7 @@ def main(argv=None) -> int:
     p.add_argument("--idle", default="1")
     p.add_argument("--settle", default="0")
     p.add_argument("--out", type=Path, required=True, help="directory for the sessions and calibration.json")
-    p.add_argument("--specs", default="energy:3%;energy:5%;time:3%", help="thresholds to judge, ';'-separated")
+    p.add_argument("--specs", default="energy:3%;energy_net_j:3%;energy:5%;time:3%", help="thresholds to judge, ';'-separated")
     p.add_argument("--tests", default="mwu,welch")
     p.add_argument("--alphas", default="0.01,0.05")
     p.add_argument("--min-runs", type=int, default=3)
