@@ -44,67 +44,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CONFTEST = '''
 import os, time
-
-SLOWDOWNS = [float(s) for s in os.environ.get("GREENSERVE_CALIBRATION_SLOWDOWNS", "").split(",") if s]
-BASE = os.environ["GREENSERVE_CALIBRATION_ENGINE"]
-PLANT = os.environ.get("GREENSERVE_CALIBRATION_PLANT", "repeat")
-
-
-def _burner(provider):
-    """``--plant burn``: one short slice of busy work (CPU: a small matrix product; CUDA: a
-    memory-bound matrix-vector product, about 0.1 ms on an H100)."""
-    import torch
-
-    if provider != "cuda":
-        a = torch.randn(192, 192)
-        return lambda: a @ a
-    w = torch.randn(8192, 8192, device="cuda")
-    x = torch.randn(8192, device="cuda")
-
-    def burn():
-        torch.mv(w, x)
-        torch.cuda.synchronize()
-    return burn
-
-
-def _slow(base, fraction):
-    class Slow(base):
-        name = f"slow{round(fraction * 100)}"
-
-        def generate(self, input_ids, new_tokens):
-            if PLANT == "repeat":
-                # the engine's own request again, once every 1/fraction requests: exactly
-                # `fraction` more of the same work, so time and energy (of every meter) follow
-                out = base.generate(self, input_ids, new_tokens)
-                done = getattr(self, "_requests", 0)
-                self._requests = done + 1
-                if int((done + 1) * fraction) > int(done * fraction):
-                    base.generate(self, input_ids, new_tokens)
-                return out
-            start = time.perf_counter()
-            out = base.generate(self, input_ids, new_tokens)
-            took = time.perf_counter() - start
-            burn = getattr(self, "_burn", None)
-            if burn is None:
-                burn = self._burn = _burner(self.provider)
-            end = time.perf_counter() + fraction * took
-            while time.perf_counter() < end:
-                burn()
-            return out
-    Slow.__name__ = f"Slow{round(fraction * 100)}"
-    return Slow
-
-
-def pytest_greenserve_register_engines(registry):
-    from pytest_greenserve import engines
-    engines.pytest_greenserve_register_engines(registry)
-    for fraction in SLOWDOWNS:
-        cls = _slow(registry[BASE], fraction)
-        registry[cls.name] = cls
-'''
-
-TEST = '''
-import os, time
 from pytest_greenserve.engines.base import Generation
 
 SLOWDOWNS = [float(s) for s in os.environ.get("GREENSERVE_CALIBRATION_SLOWDOWNS", "").split(",") if s]
