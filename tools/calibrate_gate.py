@@ -44,20 +44,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CONFTEST = '''
 import os, time
-from pytest_greenserve.engines.base import Generation
 
 SLOWDOWNS = [float(s) for s in os.environ.get("GREENSERVE_CALIBRATION_SLOWDOWNS", "").split(",") if s]
 BASE = os.environ["GREENSERVE_CALIBRATION_ENGINE"]
+PLANT = os.environ.get("GREENSERVE_CALIBRATION_PLANT", "repeat")
 
 
 def _burner(provider):
-    """One short slice of work like the engine's own, so that energy follows the added time.
-
-    CPU: a small matrix product keeps a core busy (CPU energy is estimated from CPU time).
-    CUDA: decoding one token is a chain of memory-bound matrix-vector products, so the slice is
-    one: a 256 MiB fp32 matrix times a vector, about 0.1 ms on an H100. A small matrix product
-    instead would leave the GPU near idle power between launches and add time but little energy.
-    """
+    """``--plant burn``: one short slice of busy work. CPU: a small matrix product. CUDA: a
+    memory-bound matrix-vector product, about 0.1 ms on an H100, like a decode step's kernels (a
+    small matrix product would leave the GPU near idle power between launches: time, no energy)."""
     import torch
 
     if provider != "cuda":
@@ -77,7 +73,15 @@ def _slow(base, fraction):
         name = f"slow{round(fraction * 100)}"
 
         def generate(self, input_ids, new_tokens):
-            import torch
+            if PLANT == "repeat":
+                # the engine's own request again, once every 1/fraction requests: exactly
+                # `fraction` more of the same work, so time and energy (of every meter) follow
+                out = base.generate(self, input_ids, new_tokens)
+                done = getattr(self, "_requests", 0)
+                self._requests = done + 1
+                if int((done + 1) * fraction) > int(done * fraction):
+                    base.generate(self, input_ids, new_tokens)
+                return out
             start = time.perf_counter()
             out = base.generate(self, input_ids, new_tokens)
             took = time.perf_counter() - start
