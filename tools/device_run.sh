@@ -12,7 +12,7 @@
 #   bash tools/device_run.sh issue8-threads  # onnx-cpu vs torch-cpu thread settings, fresh process each
 #   bash tools/device_run.sh issue8-ortprof  # ONNX Runtime's operator profile; profiler after-effects
 #   bash tools/device_run.sh issue10 codeparrot-small torch-cuda,jit-cuda,onnx-cuda,compile-cuda  # 64 prompts x 5
-#   bash tools/device_run.sh issue9-calibrate 164 5 2 calib-gpu3 compile-cuda  # the gate's trials; again until all sessions ran
+#   bash tools/device_run.sh issue9-calibrate 164 5 2 calib-gpu4 compile-cuda  # the gate's trials; again until all sessions ran
 # DRY=1 runs a tiny CPU-only version of the same sessions locally to check the script.
 # Each session is capped with SIGINT (pytest then finishes cleanly); finished samples are
 # never lost. Results: one tarball of the report directories under $OUT.
@@ -92,7 +92,8 @@ case "$1" in
   issue9-calibrate)  # the gate's A/A and planted-5% trials (a call cut at its limit: run it again, it resumes)
     [ -d $SITE/transformers ] || install .whl
     # PROMPTS RUNS IDLE NAME [CONFIG] [MODEL] [TRIALS]: 16 6 1 calib-gpu and 48 5 2 calib-gpu2 were
-    # torch-cuda on codeparrot-small; 164 5 2 calib-gpu3 compile-cuda the third
+    # torch-cuda on codeparrot-small; 164 5 2 calib-gpu3 compile-cuda (PLANT=burn) the third and
+    # 164 5 2 calib-gpu4 compile-cuda (repeat) the fourth
     prompts=${2:-16} runs=${3:-6} idle=${4:-1} out=/tmp/${5:-calib-gpu} config=${6:-torch-cuda}
     model=${7:-codeparrot-small} trials=${8:-10}
     timeout -s INT ${CAP_S:-540} $PY tools/calibrate_gate.py --model "$model" --config "$config" --trials "$trials" \
