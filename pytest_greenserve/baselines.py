@@ -24,6 +24,11 @@ from typing import Any, Mapping
 BASELINE_KIND = "greenserve-baseline"
 BASELINE_SCHEMA = 1
 FINGERPRINT_KEYS = ("arch", "cpu_model", "cpu_count", "gpu")
+#: The options (run.json's ``options``) that make two sessions the same workload: a change in
+#: any of them changes what a request costs, so a comparison across it would read as a
+#: regression or an improvement of the serving. Repetitions, models and configurations may differ.
+WORKLOAD_KEYS = ("prompts", "new_tokens", "seed", "weights", "dtype", "transport", "concurrency", "threads",
+                 "openvino_precision", "ort_spinning", "compile_mode")
 
 
 class BaselineError(Exception):
@@ -131,6 +136,23 @@ def check_machine(doc: Mapping[str, Any], current: Mapping[str, Any], any_machin
     if diff:
         raise BaselineError(f"greenserve baseline {doc.get('path', doc.get('name'))} was measured on other hardware "
                             f"({'; '.join(diff)}); compare anyway with --greenserve-compare-any-machine")
+
+
+def check_workload(doc: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+    """Refuse a baseline measured with another workload (:data:`WORKLOAD_KEYS`), naming the
+    first option that differs. A key the baseline does not record (saved by an older version)
+    is not compared."""
+    theirs = doc.get("options") or {}
+    for key in WORKLOAD_KEYS:
+        if key in theirs and key in options and theirs[key] != options[key]:
+            flag = "--greenserve-" + key.replace("_", "-")
+            raise BaselineError(f"greenserve baseline {doc.get('path', doc.get('name'))} was measured with "
+                                f"{flag}={_shown(theirs[key])}, this session has {flag}={_shown(options[key])}: "
+                                f"compare the same workload, or save a new baseline")
+
+
+def _shown(value: Any) -> str:
+    return "(library default)" if value is None else str(value)
 
 
 def items(doc: Mapping[str, Any]) -> set[tuple[str, str]]:

@@ -195,7 +195,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("configs", "CONFIGS", "all", "serving configurations ENGINE-PROVIDER, e.g. torch-cpu,onnx-cpu; 'all'",
            _config_list),
     Option("runs", "N|auto", "3", "repetitions of every model x configuration; auto: with --greenserve-compare, "
-           "up to 10, stopping once the item is decided against the baseline (else 3)", _runs),
+           "as many as the baseline's spread needs for the threshold across the session's comparisons (at most "
+           "20), stopping once the item is decided (else 3)", _runs),
     Option("prompts", "N", str(N_PROBLEMS), f"first N of HumanEval's {N_PROBLEMS} short prompts",
            whole(1, N_PROBLEMS)),
     Option("new-tokens", "N", "32", "tokens generated per request (greedy, EOS ignored)", whole(1)),
@@ -258,6 +259,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("fail", "METRIC:THRESHOLD,...", DEFAULT_FAIL,
            "the gate's thresholds: a gateable metric (or energy: gross energy_total_j; time: time_s) with a change in % or in units, "
            "e.g. energy:5%,time:10% or ms_per_token:0.5ms", lambda text: text.strip()),
+    Option("undecided", "fail|pass", "fail",
+           "what the gate does when it could not judge an item (too few or too noisy repetitions, nothing "
+           "compared): fail (exit status 7, with the reason) or pass (exit 0, the reason printed)",
+           choice("fail", "pass")),
     Option("compare-any-machine", "[yes|no]", "no", "compare with a baseline measured on other hardware",
            _yes_no, const="yes"),
 )
@@ -311,6 +316,7 @@ class Settings:
     save: str | None = _default("save")  # baseline name to save this session under
     compare: str | None = _default("compare")  # baseline NAME|PATH|latest to gate against
     fail: str = _default("fail")  # the gate's thresholds, parsed by plugin.py against the metric registry
+    undecided: str = _default("undecided")  # fail | pass: the gate's answer when it could not judge
     compare_any_machine: bool = _default("compare-any-machine")
 
 
@@ -344,9 +350,11 @@ def read_settings(raw: Callable[[str], str | None], *, engines: dict, models: di
         raise OptionError("--greenserve-concurrency above 1 needs --greenserve-transport=http "
                           "(in-process engines serve one request at a time)")
     if values["runs"] == "auto":  # gate.py: a cap with a baseline to decide against, else the default
-        from .gate import AUTO_RUNS_CAP, AUTO_RUNS_WITHOUT_BASELINE
+        from .gate import AUTO_RUNS_MAX, AUTO_RUNS_WITHOUT_BASELINE
 
-        values["runs"] = AUTO_RUNS_CAP if values["compare"] is not None else AUTO_RUNS_WITHOUT_BASELINE
+        # with a baseline, items are collected up to the most any item may need; plugin.py skips
+        # the repetitions past each item's own need (gate.auto_runs) and those after its answer
+        values["runs"] = AUTO_RUNS_MAX if values["compare"] is not None else AUTO_RUNS_WITHOUT_BASELINE
     report_dir = values.pop("report_dir")
     if not report_dir.is_absolute():
         report_dir = Path(rootpath) / report_dir

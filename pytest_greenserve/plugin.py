@@ -15,6 +15,7 @@ import pytest
 
 from . import hookspecs, options
 from .engines.base import EngineError
+from .gate import EXIT_REGRESSION, EXIT_UNDECIDED
 from .models import DEFAULT_MODELS, REGISTRY, WeightsUnavailable
 from .options import OPTIONS, OptionError, Settings, option, read_settings
 from .session import GreenserveSession, plan
@@ -210,9 +211,10 @@ def pytest_sessionfinish(session, exitstatus):
     if gs is None:
         return
     gs.close()
-    if not gs.samples:
-        return
     end = session.config.stash[END_KEY] = SessionEnd()
+    if not gs.samples:  # nothing measured: no reports, but a gate asked for must still answer
+        _gate_and_save(session, gs, end, exitstatus)
+        return
     try:
         from .report import write_reports
 
@@ -224,7 +226,7 @@ def pytest_sessionfinish(session, exitstatus):
         first = (str(exc).splitlines() or [""])[0]
         end.report_error = (f"greenserve: reports not written ({type(exc).__name__}: {first}); the samples are in "
                             f"{gs.store.samples_path}; render them with: greenserve report {gs.store.run_dir}")
-    _save_and_gate(session, gs, end)
+    _gate_and_save(session, gs, end, exitstatus)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -235,6 +237,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     from .report import terminal_summary
 
     terminalreporter.section("greenserve")
+    if not end.rows and not end.report_error:  # nothing measured: only the gate has something to say
+        _write_gate(terminalreporter, config)
+        return
     if end.report_error:
         terminalreporter.write_line(end.report_error, red=True)
         _write_gate(terminalreporter, config)
@@ -247,9 +252,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 # ---------------------------------------------------------------- the CI energy gate (gate.py, baselines.py)
 
-#: The exit status of a session whose gate found a regression (or could not run), when the
-#: tests themselves passed: pytest's own codes are 0-5, so CI can tell a gate failure apart.
-GATE_FAILED_EXIT = 6
+#: The gate's exit statuses are gate.EXIT_* (pytest's own codes are 0-5, so CI can tell them
+#: apart); a session whose tests failed keeps pytest's 1.
+GATE_FAILED_EXIT = EXIT_REGRESSION  # the name earlier versions exported
 
 
 @dataclass
@@ -258,8 +263,10 @@ class GateState:
 
     thresholds: tuple = ()
     baseline: dict | None = None  # baselines.load's document
-    overrides: dict = field(default_factory=dict)  # (model, config) -> thresholds from the marker
-    decided: dict = field(default_factory=dict)  # (model, config) -> repetitions used (runs=auto)
+    overrides: dict = field(default_factory=dict)  # (model, config label) -> thresholds from the marker
+    decided: dict = field(default_factory=dict)  # (model, config label) -> repetitions used (runs=auto)
+    auto_cap: dict = field(default_factory=dict)  # (model, config label) -> repetitions its spread needs
+    family_size: int = 0  # comparisons the session's gate will make (Holm's family)
     runs_auto: bool = False  # --greenserve-runs=auto with a baseline: stop an item once decided
     result: object = None  # gate.GateResult
     lines: list = field(default_factory=list)  # (text, markup) for the terminal summary
@@ -269,8 +276,8 @@ GATE_KEY = pytest.StashKey[GateState]()
 
 
 def _gate_setup(settings: Settings, metrics: dict) -> GateState:
-    """Thresholds parsed against the registry, and the baseline loaded and checked, before
-    anything is measured: each refusal is a one-line usage error (exit status 4)."""
+    """Thresholds parsed against the registry, and the baseline loaded and checked (hardware,
+    workload), before anything is measured: each refusal is a one-line usage error (exit 4)."""
     from . import baselines, gate
 
     try:
@@ -284,20 +291,33 @@ def _gate_setup(settings: Settings, metrics: dict) -> GateState:
                 from .results import machine_info
 
                 baselines.check_machine(doc, baselines.fingerprint(machine_info()))
+            baselines.check_workload(doc, _workload_options(settings))
         except baselines.BaselineError as exc:
             raise pytest.UsageError(str(exc)) from None
         state.baseline = doc
     return state
 
 
+def _workload_options(settings: Settings) -> dict:
+    s = settings
+    return {"prompts": s.prompts, "new_tokens": s.new_tokens, "seed": s.seed, "weights": s.weights,
+            "dtype": s.dtype, "transport": s.transport, "concurrency": s.concurrency, "threads": s.threads,
+            "openvino_precision": s.openvino_precision, "ort_spinning": s.ort_spinning,
+            "compile_mode": s.compile_mode}
+
+
 def _case_key(item):
+    """(model, the configuration's label as its samples carry it: ``torch-cpu:bf16``, ``@http``)."""
     case = getattr(item, "callspec", None) and item.callspec.params.get(CASE_FIXTURE)
-    return None if case is None else (case.model, case.config.name)
+    if case is None:
+        return None
+    return case.model, item.config.stash[SESSION_KEY].label(case.config)
 
 
 def pytest_collection_finish(session):
     """Per-item thresholds from the ``greenserve`` marker (the test's own marker wins over the
-    bare one added at collection), and a baseline without any item of this session refused."""
+    bare one added at collection), a baseline without any item of this session refused, and
+    ``--greenserve-runs=auto``'s cap per item for the session's family of comparisons."""
     state = session.config.stash.get(GATE_KEY, None)
     if state is None:
         return
@@ -316,11 +336,17 @@ def pytest_collection_finish(session):
                 state.overrides[key] = gate.parse_thresholds(fail, metrics, flag=f"{item.nodeid}: greenserve(fail=...)")
             except gate.GateError as exc:
                 raise pytest.UsageError(str(exc)) from None
-    if state.baseline is not None and keys:
-        try:
-            baselines.check_matching(state.baseline, keys)
-        except baselines.BaselineError as exc:
-            raise pytest.UsageError(str(exc)) from None
+    if state.baseline is None or not keys:
+        return
+    try:
+        common = baselines.check_matching(state.baseline, keys)
+    except baselines.BaselineError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    state.family_size = sum(len(state.overrides.get(k) or state.thresholds) for k in common)
+    if state.runs_auto:
+        for key in common:
+            state.auto_cap[key] = gate.auto_runs(_baseline_rows(state, key), state.overrides.get(key) or state.thresholds,
+                                                 state.family_size, metrics=metrics)
 
 
 def _baseline_rows(state: GateState, key) -> list:
@@ -328,13 +354,20 @@ def _baseline_rows(state: GateState, key) -> list:
 
 
 def pytest_runtest_setup(item):
-    """--greenserve-runs=auto: skip the repetitions left once the item is decided (Pinpoint)."""
+    """--greenserve-runs=auto: skip the repetitions past the item's need, and those left once
+    the item is decided (Pinpoint)."""
     state = item.config.stash.get(GATE_KEY, None)
     key = _case_key(item)
-    if state is None or key is None or key not in state.decided:
+    if state is None or key is None:
         return
-    pytest.skip(f"greenserve: {key[0]} {key[1]} decided against the baseline after {state.decided[key]} "
-                f"repetitions (--greenserve-runs=auto)")
+    if key in state.decided:
+        pytest.skip(f"greenserve: {key[0]} {key[1]} decided against the baseline after {state.decided[key]} "
+                    f"repetitions (--greenserve-runs=auto)")
+    cap = state.auto_cap.get(key)
+    case = item.callspec.params[CASE_FIXTURE]
+    if cap is not None and case.repetition > cap:
+        pytest.skip(f"greenserve: {key[0]} {key[1]} needs {cap} repetitions for its threshold at the baseline's "
+                    f"spread across {state.family_size} comparisons (--greenserve-runs=auto)")
 
 
 def pytest_runtest_teardown(item):
@@ -352,58 +385,131 @@ def pytest_runtest_teardown(item):
         return
     try:
         if gate.decided(_baseline_rows(state, key), now, state.overrides.get(key) or state.thresholds,
-                        metrics=gs.metrics):
+                        metrics=gs.metrics, family_size=state.family_size):
             state.decided[key] = len(now)
     except Exception:  # deciding early is an optimisation: the gate at session end decides anyway
         pass
 
 
-def _save_and_gate(session, gs, end) -> None:
-    """After the reports: save the baseline (--greenserve-save), then run the gate
-    (--greenserve-compare); a regression sets the exit status (GATE_FAILED_EXIT)."""
+def _gate_and_save(session, gs, end, exitstatus) -> None:
+    """After the reports: the gate (--greenserve-compare) sets the exit status; then the
+    baseline (--greenserve-save) is saved only from a clean session."""
     state = session.config.stash.get(GATE_KEY, None)
     if state is None:
         return
-    from . import baselines, gate
-    from .results import machine_label, mark_error_prone
+    gate_status = _gate(session, gs, end, state)
+    if gs.settings.save:
+        _save(session, gs, end, state, exitstatus, gate_status)
 
-    rows = end.rows or list(gs.samples)
-    settings = gs.settings
-    if settings.save:
-        try:
-            meta = gs.meta()
-            path = baselines.save(settings.report_dir, settings.save, rows, meta, machine_label(meta["machine_info"]))
-            state.lines.append((f"greenserve baseline saved: {path} ({len(rows)} samples)", {"green": True}))
-        except (OSError, ValueError, baselines.BaselineError) as exc:
-            state.lines.append((f"greenserve baseline not saved: {exc}", {"red": True}))
-            session.exitstatus = session.exitstatus or GATE_FAILED_EXIT
+
+def _gate(session, gs, end, state) -> int:
+    """Compare with the baseline; returns the gate's exit status (0 without a baseline)."""
     if state.baseline is None:
-        return
+        return 0
+    from . import gate
+    from .results import mark_error_prone
+
+    settings = gs.settings
     name = state.baseline.get("path") or settings.compare
+    rows = end.rows or list(gs.samples)
     try:
         base = mark_error_prone([dict(r) for r in state.baseline["samples"]])
         now = mark_error_prone([dict(r) for r in rows])
         result = state.result = gate.compare(base, now, state.thresholds, overrides=state.overrides,
-                                             metrics=gs.metrics)
+                                             metrics=gs.metrics, family_size=state.family_size)
     except Exception as exc:  # never a traceback: say so, and fail the gate
         first = (str(exc).splitlines() or [""])[0]
         state.lines.append((f"greenserve gate not run ({type(exc).__name__}: {first})", {"red": True}))
-        session.exitstatus = session.exitstatus or GATE_FAILED_EXIT
-        return
+        _set_exit(session, EXIT_UNDECIDED)
+        return EXIT_UNDECIDED
+    why_nothing = None
     if not result.comparisons:
-        state.lines.append((f"greenserve gate: nothing of this session's samples matches baseline {name}",
-                            {"yellow": True}))
-        return
-    for line in gate.table_lines(result):
+        why_nothing = (f"no item of this session was measured ({len(session.items)} collected; skipped ones "
+                       f"say why with -rs)" if not rows else
+                       f"nothing of this session's samples matches baseline {name}")
+    status = result.exit_status(settings.undecided)
+    for line in gate.table_lines(result) if result.comparisons else []:
         state.lines.append((line, {}))
     if result.unmatched_now:
         state.lines.append(("not in the baseline (not gated): " + ", ".join(f"{m} {c}" for m, c in result.unmatched_now),
                             {"yellow": True}))
-    state.lines.append((gate.summary_line(result, name), {"red": True} if result.failed else {"green": True}))
-    if result.failed:
-        state.lines.append((f"greenserve: exit status {GATE_FAILED_EXIT} (energy gate failed)", {"red": True}))
-        if session.exitstatus in (0, 5):
-            session.exitstatus = GATE_FAILED_EXIT
+    if result.unmatched_base:
+        state.lines.append(("in the baseline, not measured in this session: "
+                            + ", ".join(f"{m} {c}" for m, c in sorted(result.unmatched_base)), {"yellow": True}))
+    if why_nothing:
+        state.lines.append((f"greenserve gate could not judge: {why_nothing}", {"red": status != 0, "yellow": status == 0}))
+    state.lines.append((gate.summary_line(result, name, settings.undecided), {"red": True} if status else {"green": True}))
+    if status == EXIT_UNDECIDED:
+        state.lines.append((f"greenserve: exit status {status} (the gate could not judge; the reasons above say what "
+                            f"to change; --greenserve-undecided=pass accepts it)", {"red": True}))
+    elif status:
+        what = "energy gate failed" if status == EXIT_REGRESSION else "outputs changed"
+        state.lines.append((f"greenserve: exit status {status} ({what})", {"red": True}))
+    _write_gate_json(gs, result, name, settings.undecided, status, why_nothing, state)
+    _set_exit(session, status)
+    return status
+
+
+def _write_gate_json(gs, result, name, undecided, status, why_nothing, state) -> None:
+    import json
+
+    from . import gate
+
+    try:
+        path = gs.store.run_dir / "gate.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(gate.gate_json(result, name, undecided, exit_status=status, why_nothing=why_nothing),
+                                  indent=1, default=str), encoding="utf-8")
+        tmp.replace(path)
+        state.lines.append((f"greenserve gate: {path}", {}))
+    except OSError as exc:
+        state.lines.append((f"greenserve gate.json not written: {exc}", {"yellow": True}))
+
+
+def _set_exit(session, status: int) -> None:
+    if status and session.exitstatus in (0, 5):
+        session.exitstatus = status
+
+
+def _save(session, gs, end, state, exitstatus, gate_status) -> None:
+    """Save the baseline only when every item that ran passed, the session was not interrupted
+    and the gate (if any) passed; otherwise leave the old baseline untouched and say why."""
+    from . import baselines, gate
+    from .results import machine_label
+
+    settings = gs.settings
+    why_not = []
+    if exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop:
+        why_not.append("the session was interrupted")
+    if session.testsfailed:
+        why_not.append(f"{session.testsfailed} item{'s' * (session.testsfailed != 1)} failed")
+    if gate_status:
+        why_not.append(f"the gate did not pass (exit status {gate_status})")
+    rows = end.rows or list(gs.samples)
+    if not rows:
+        why_not.append("nothing was measured")
+    if why_not:
+        state.lines.append((f"greenserve baseline not saved: {'; '.join(why_not)}; "
+                            f"{settings.save} is left as it was", {"red": True}))
+        _set_exit(session, gate_status or EXIT_UNDECIDED)
+        return
+    try:
+        meta = gs.meta()
+        path = baselines.save(settings.report_dir, settings.save, rows, meta, machine_label(meta["machine_info"]))
+    except (OSError, ValueError, baselines.BaselineError) as exc:
+        state.lines.append((f"greenserve baseline not saved: {exc}", {"red": True}))
+        _set_exit(session, EXIT_UNDECIDED)
+        return
+    state.lines.append((f"greenserve baseline saved: {path} ({len(rows)} samples)", {"green": True}))
+    groups = gate.group(rows)
+    family = sum(len(state.thresholds) for _ in groups)
+    need = max((gate.auto_runs(r, state.thresholds, family, metrics=gs.metrics) for r in groups.values()), default=0)
+    have = min(len(r) for r in groups.values())
+    state.lines.append((f"greenserve: a later compare of these {len(groups)} items at --greenserve-fail={settings.fail} "
+                        f"needs up to {need} runs per item at this spread ({family} comparisons, alpha "
+                        f"{gate.DEFAULT_ALPHA:g} with Holm; --greenserve-runs=auto goes up to it, at most "
+                        f"{gate.AUTO_RUNS_MAX})" + (f"; this baseline has {have}: save with at least {need} for "
+                                                  f"its side to keep up" if have < need else ""), {}))
 
 
 def _write_gate(terminalreporter, config) -> None:

@@ -29,7 +29,7 @@ from .results import ResultsStore, machine_info, machine_label, new_run_id, read
 from . import roofline
 from .launch_profile import profile_in_child
 from .runner import Runner
-from .samples import build_sample
+from .samples import build_sample, config_label
 
 __all__ = ["Case", "GreenserveSession", "LIBRARIES", "Settings", "plan"]
 
@@ -127,6 +127,12 @@ class GreenserveSession:
         check = getattr(cls, "model_unavailable_reason", None)  # engines written against 0.1 lack it
         return check(self.handle(model).architecture) if check is not None else None
 
+    def label(self, config: ServingConfig) -> str:
+        """The ``config`` this session's samples of ``config`` carry (``torch-cpu:bf16``,
+        ``torch-cpu@http``): what reports, statistics and the gate key items by."""
+        s = self.settings
+        return config_label(config, s.transport, s.concurrency, s.dtype)
+
     def handle(self, model: str) -> ModelHandle:
         """Resolve (building a replica if needed) the model's weights; raises WeightsUnavailable."""
         if model not in self._handles:
@@ -174,7 +180,9 @@ class GreenserveSession:
             "options": {"models": list(s.models), "configs": [c.name for c in s.configs], "runs": s.runs,
                         "prompts": s.prompts, "new_tokens": s.new_tokens, "seed": s.seed, "weights": s.weights,
                         "warmup": s.warmup, "idle_s": s.idle_s, "settle_s": s.settle_s, "cooldown_s": s.cooldown_s,
-                        "transport": s.transport, "concurrency": s.concurrency, "dtype": s.dtype},
+                        "transport": s.transport, "concurrency": s.concurrency, "dtype": s.dtype,
+                        "threads": s.threads, "openvino_precision": s.openvino_precision,
+                        "ort_spinning": s.ort_spinning, "compile_mode": s.compile_mode},
             "meter_notes": self.meters.notes() if self.meters is not None else [],
             "metrics": metrics_to_json(self.metrics),
         }
