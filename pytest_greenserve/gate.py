@@ -66,7 +66,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from .metrics import Metric, metrics_or_builtin
+from .metrics import Metric, is_coarse_source, metrics_or_builtin
 
 #: Fewer measured samples than this on either side: "undecided".
 MIN_RUNS = 3
@@ -82,10 +82,6 @@ POWER = 0.8
 DEFAULT_FAIL = "energy:3%"  # below the 5% to catch: a true 5% change has a median change near 5%
 TESTS = ("logt", "mwu", "welch")
 FLAGS = ("unsteady", "low_resolution")
-#: Energy sources read from a coarse meter, to which ``low_resolution`` applies: NVML's energy
-#: counter steps every ~100 ms, its power readings are sampled, a wall-socket meter reports
-#: about once a second. RAPL (microjoules) and the CPU-time estimate are fine-grained.
-COARSE_SOURCES = ("nvml", "wattmeter", "wall")
 
 #: Verdicts, and the exit status each gives the session (pytest's own codes are 0-5).
 VERDICTS = ("regression", "outputs-changed", "undecided", "improved", "same")
@@ -454,11 +450,6 @@ def resolve_metric(name: str, base: Sequence[Mapping], now: Sequence[Mapping]) -
     return ALIASES.get(name, (name,))[0]
 
 
-def is_coarse(source: str | None) -> bool:
-    """Whether an energy source label names a coarse meter (:data:`COARSE_SOURCES`)."""
-    return bool(source) and any(part.startswith(COARSE_SOURCES) for part in str(source).split("+"))
-
-
 def _row_flags(row: Mapping, metric: Metric) -> list[str]:
     """The flags of ``row`` that concern ``metric``: unsteady always; low_resolution only for a
     metric read from a coarse meter."""
@@ -466,7 +457,7 @@ def _row_flags(row: Mapping, metric: Metric) -> list[str]:
     if row.get("low_resolution") is True and metric.energy_source:
         from .analysis.sources import row_energy_source
 
-        if is_coarse(row_energy_source(row, metric.energy_source)):
+        if is_coarse_source(row_energy_source(row, metric.energy_source)):
             flags.append("low_resolution")
     return flags
 

@@ -160,11 +160,26 @@ def min_sample_s(sample) -> float:
     return DEFAULT_MIN_SAMPLE_S if value is None else float(value)
 
 
+#: Energy sources read from a coarse meter, to which ``low_resolution`` applies: NVML's energy
+#: counter steps every ~100 ms, its power readings are sampled, a wall-socket meter reports
+#: about once a second. RAPL (microjoules) and the CPU-time estimate are fine-grained, and time
+#: is read from a nanosecond clock.
+COARSE_ENERGY_SOURCES = ("nvml", "wattmeter", "wall")
+
+
+def is_coarse_source(source) -> bool:
+    """Whether an energy source label (``estimated-cpu-time+nvml-counter``) names a coarse meter."""
+    return bool(source) and any(part.startswith(COARSE_ENERGY_SOURCES) for part in str(source).split("+"))
+
+
 def _low_resolution(sample):
+    """Shorter than --greenserve-min-sample-s while a coarse meter read its energy; a sample
+    whose energy is all fine-grained (RAPL, the CPU-time estimate) is never low-resolution."""
     time_s = sample.get("time_s")
     if time_s is None:
         return None
-    return bool(time_s < min_sample_s(sample))
+    coarse = any(is_coarse_source(sample.get(f"energy_{which}_source")) for which in ("cpu", "gpu", "wall"))
+    return bool(coarse and time_s < min_sample_s(sample))
 
 
 #: The sample checks: a sample whose flag is True is named in stats.csv, summary.md and report.html.

@@ -33,8 +33,21 @@ class Paced(TorchEngine):
             time.sleep(rest)
         return out
 
+class Sleepy(TorchEngine):
+    """torch-cpu's own work, then a sleep of GS_SLEEP times the request's time (a planted slowdown)."""
+    name = "sleepy"
+    def generate(self, input_ids, new_tokens):
+        t0 = time.perf_counter()
+        out = super().generate(input_ids, new_tokens)
+        time.sleep((time.perf_counter() - t0) * float(os.environ.get("GS_SLEEP", "0")))
+        return out
+    @classmethod
+    def unavailable_reason(cls, provider):
+        return os.environ.get("GS_UNAVAILABLE") or super().unavailable_reason(provider)
+
 def pytest_greenserve_register_engines(registry):
     registry["paced"] = Paced
+    registry["sleepy"] = Sleepy
 '''
 
 TEST = '''
@@ -76,11 +89,15 @@ def test_aa_passes_regression_fails_marker_overrides_and_benchmark_round_trip(su
 
     # A/A, with pytest-benchmark's storage and JSON
     storage = suite.path / "bench-storage"
-    r = run(suite, "--greenserve-runs=5", "--greenserve-compare=main", "--greenserve-fail=energy:3%,time:3%",
+    r = run(suite, "--greenserve-runs=5", "--greenserve-compare=main", "--greenserve-fail=time:10%",
             "--benchmark-autosave", f"--benchmark-storage=file://{storage}", "--benchmark-json=bench.json")
     assert r.ret == 0, r.stdout.str()
-    r.stdout.fnmatch_lines(["*item*metric*baseline -> now*change*p-value*verdict*",
-                            "*greenserve gate passed: 1 (model, configuration) item, 2 comparisons against baseline*"])
+    r.stdout.fnmatch_lines(["*item*metric*baseline -> now*change*spread*detectable*p-value*verdict*",
+                            "*greenserve gate passed: 1 (model, configuration) item, 1 comparison against baseline*"])
+    (gate_json,) = {p.resolve() for p in (suite.path / "reports").glob("*/gate.json")}  # latest/ links to it
+    doc = json.loads(gate_json.read_text())
+    assert doc["exit_status"] == 0 and {c["verdict"] for c in doc["comparisons"]} == {"same"}
+    assert all(c["detectable_pct"] < 10 and c["config"] == "paced-cpu" for c in doc["comparisons"])
     data = json.loads((suite.path / "bench.json").read_text())
     (bench,) = [b for b in data["benchmarks"] if b["name"] == "test_greenserve[mini-gpt2-paced-cpu]"]
     assert bench["stats"]["rounds"] == 5 and bench["extra_info"]["energy_total_j"] > 0
@@ -99,8 +116,10 @@ def test_aa_passes_regression_fails_marker_overrides_and_benchmark_round_trip(su
     monkeypatch.setenv("GS_SLOWDOWN", "0.05")
     r = run(suite, "--greenserve-runs=5", "--greenserve-compare=main", "--greenserve-fail=energy:3%,time:3%")
     assert r.ret == 6, r.stdout.str()
-    r.stdout.fnmatch_lines(["*item*metric*baseline -> now*change*p-value*verdict*",
-                            "mini-gpt2 paced-cpu*energy_total_j [[]estimated-cpu-time[]] (fail 3%)*J*+*%*regression",
+    r.stdout.fnmatch_lines(["*item*metric*baseline -> now*change*spread*detectable*p-value*verdict*",
+                            # estimated energy follows the time (its idle part); on a busy machine its
+                            # spread can leave it undecided, which the regression on time outranks
+                            "mini-gpt2 paced-cpu*energy_total_j [[]estimated-cpu-time[]] (fail 3%)*J*+*%*",
                             "mini-gpt2 paced-cpu*time_s (fail 3%)*s*+*%*regression",
                             "*greenserve gate FAILED*", "*exit status 6 (energy gate failed)*"])
 
@@ -148,3 +167,108 @@ def test_refusals_are_one_line_usage_errors(suite):
     r.stderr.fnmatch_lines(["ERROR: --greenserve-fail='ram_pct:5%': 'ram_pct' is not gateable*"])
     for res in (r,):
         assert "Traceback" not in res.stdout.str() + res.stderr.str()
+
+
+SLEEPY = ["-p", "no:cacheprovider", "--greenserve-models=mini-gpt2", "--greenserve-configs=sleepy-cpu",
+          "--greenserve-new-tokens=4", "--greenserve-idle=0", "--greenserve-settle=0",
+          "--greenserve-warmup=2", "--greenserve-report-dir=reports", "--greenserve-fail=energy:10%,time:10%"]
+
+
+@pytest.fixture
+def sleepy(pytester, monkeypatch):
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_serving=TEST)
+    monkeypatch.setenv("GS_SLEEP", "0")
+    monkeypatch.delenv("GS_UNAVAILABLE", raising=False)
+    return pytester
+
+
+@pytest.mark.parametrize("prompts", ["4", "24"])  # samples of ~0.1 s and ~0.5 s: both under the old 1 s floor
+def test_a_30pct_sleep_on_torch_cpu_fails_whatever_the_sample_length(sleepy, monkeypatch, prompts):
+    def go(*args):
+        return sleepy.runpytest_subprocess(*SLEEPY, f"--greenserve-prompts={prompts}", "--greenserve-runs=6", *args,
+                                           timeout=300)
+
+    r = go("--greenserve-save=main")
+    assert r.ret == 0, r.stdout.str()
+    monkeypatch.setenv("GS_SLEEP", "0.3")
+    r = go("--greenserve-compare=main")
+    assert r.ret == 6, r.stdout.str()
+    r.stdout.fnmatch_lines(["mini-gpt2 sleepy-cpu*time_s (fail 10%)*regression*"])
+
+
+def test_undecided_fails_with_its_reason_unless_asked_to_pass(suite):
+    assert run(suite, "--greenserve-runs=3", "--greenserve-save=main").ret == 0
+    # a threshold far below what 3 repetitions can resolve: the gate cannot tell, and says so
+    r = run(suite, "--greenserve-runs=3", "--greenserve-compare=main", "--greenserve-fail=time:0.001%")
+    assert r.ret == 7, r.stdout.str()
+    r.stdout.fnmatch_lines(["*time_s (fail 0.001%)*undecided (this gate sees only changes of *% or more at 3 "
+                            "against 3 runs*would do*",
+                            "*greenserve gate FAILED (could not judge)*", "*exit status 7*"])
+    r = run(suite, "--greenserve-runs=3", "--greenserve-compare=main", "--greenserve-fail=time:0.001%",
+            "--greenserve-undecided=pass")
+    assert r.ret == 0, r.stdout.str()
+    r.stdout.fnmatch_lines(["*undecided (this gate sees only changes of*", "*greenserve gate passed*"])
+
+
+def test_a_session_that_measured_nothing_cannot_pass_the_gate(sleepy, monkeypatch):
+    assert sleepy.runpytest_subprocess(*SLEEPY, "--greenserve-prompts=4", "--greenserve-runs=3",
+                                       "--greenserve-save=main", timeout=300).ret == 0
+    monkeypatch.setenv("GS_UNAVAILABLE", "no such device here")
+    r = sleepy.runpytest_subprocess(*SLEEPY, "--greenserve-prompts=4", "--greenserve-runs=3",
+                                    "--greenserve-compare=main", "-rs", timeout=300)
+    assert r.ret == 7, r.stdout.str()
+    r.stdout.fnmatch_lines(["*in the baseline, not measured in this session: mini-gpt2 sleepy-cpu*",
+                            "*greenserve gate could not judge: no item of this session was measured*"])
+
+
+def test_the_workload_must_match_the_baseline(suite):
+    assert run(suite, "--greenserve-runs=3", "--greenserve-save=main").ret == 0
+    r = run(suite, "--greenserve-runs=3", "--greenserve-compare=main", "--greenserve-prompts=4")
+    assert r.ret == 4
+    r.stderr.fnmatch_lines(["ERROR: greenserve baseline *main.json was measured with --greenserve-prompts=5, this "
+                            "session has --greenserve-prompts=4: compare the same workload, or save a new baseline"])
+
+
+def test_bf16_and_http_items_compare_with_their_own_baselines(suite):
+    pytest.importorskip("fastapi")
+    for extra in (["--greenserve-dtype=bf16"], ["--greenserve-transport=http"]):
+        name = "b-" + extra[0].split("=")[1]
+        r = run(suite, "--greenserve-runs=3", f"--greenserve-save={name}", *extra)
+        assert r.ret == 0, r.stdout.str()
+        r = run(suite, "--greenserve-runs=3", f"--greenserve-compare={name}", "--greenserve-fail=time:50%", *extra)
+        assert r.ret == 0, r.stdout.str()
+        label = "paced-cpu:bf16" if "bf16" in name else "paced-cpu@http"
+        r.stdout.fnmatch_lines([f"mini-gpt2 {label}*time_s (fail 50%)*same*"])
+    # the marker's threshold reaches a bf16 item
+    suite.makepyfile(test_serving=MARKED)
+    r = run(suite, "--greenserve-runs=3", "--greenserve-compare=b-bf16", "--greenserve-fail=energy:3%",
+            "--greenserve-dtype=bf16")
+    r.stdout.fnmatch_lines(["mini-gpt2 paced-cpu:bf16*time_s (fail 50%)*"])
+
+
+def test_ctrl_c_during_a_save_leaves_the_old_baseline_byte_identical(suite, monkeypatch):
+    import os
+    import signal
+    import sys
+    import time
+
+    assert run(suite, "--greenserve-runs=3", "--greenserve-save=main").ret == 0
+    path = suite.path / "reports" / "baselines" / "main.json"
+    before = path.read_bytes()
+    runs_before = set((suite.path / "reports").glob("*/samples.jsonl"))
+    monkeypatch.setenv("GS_PACE", "0.3")  # slow enough to interrupt mid-session
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *ARGS, "--greenserve-runs=6", "--greenserve-save=main"],
+                            cwd=suite.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:  # wait for the new session's first sample
+        new = set((suite.path / "reports").glob("*/samples.jsonl")) - runs_before
+        if any(p.stat().st_size > 0 for p in new):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out  # pytest's "interrupted"
+    assert "greenserve baseline not saved: the session was interrupted" in out, out
+    assert path.read_bytes() == before

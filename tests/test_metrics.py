@@ -199,9 +199,14 @@ def test_a_drift_from_the_first_to_the_last_quarter_makes_the_sample_unsteady():
     assert _derived(latencies_s=[0.05] * 7)["drift_pct"] is None  # too few requests for quarters
 
 
-def test_a_sample_shorter_than_min_sample_s_is_low_resolution():
-    assert _derived(time_s=0.4)["low_resolution"] is True  # the default, 1 s
-    assert _derived(time_s=1.5)["low_resolution"] is False
-    assert _derived(time_s=1.5, min_sample_s=2.0)["low_resolution"] is True
-    assert _derived(time_s=None)["low_resolution"] is None
+def test_a_sample_shorter_than_min_sample_s_is_low_resolution_only_where_a_coarse_meter_read_it():
+    nvml = {"energy_gpu_source": "nvml-counter"}
+    assert _derived(time_s=0.4, **nvml)["low_resolution"] is True  # the default, 1 s
+    assert _derived(time_s=1.5, **nvml)["low_resolution"] is False
+    assert _derived(time_s=1.5, min_sample_s=2.0, **nvml)["low_resolution"] is True
+    assert _derived(time_s=None, **nvml)["low_resolution"] is None
+    # RAPL's microjoules and the CPU-time estimate resolve a short window: never low-resolution
+    assert _derived(time_s=0.4, energy_cpu_source="estimated-cpu-time")["low_resolution"] is False
+    assert _derived(time_s=0.4, energy_cpu_source="rapl")["low_resolution"] is False
+    assert _derived(time_s=0.4, energy_wall_source="wattmeter")["low_resolution"] is True
     assert _derived()["unsteady"] is None  # no latencies: not known, not steady
