@@ -41,8 +41,8 @@ VERDICT_COLUMNS = ["bound_by"]
 # seconds, and for engines that compile (Engine.load_info) the mode and the compile/capture seconds.
 SETUP_COLUMNS = ["load_s", "compile_mode", "compile_s", "capture_s"]
 PROVENANCE_COLUMNS = [
-    "energy_cpu_source", "energy_gpu_source", "energy_total_source", "energy_wall_source", "started_at",
-    "finished_at",
+    "energy_cpu_source", "energy_gpu_source", "energy_total_source", "energy_idle_source", "energy_wall_source",
+    "started_at", "finished_at",
 ]
 
 
