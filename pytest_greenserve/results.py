@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .fsutil import write_text_atomically
 from .metrics import Metric, metrics_or_builtin
 
 # Version of the sample and run.json layout this code writes and understands. Bump it when a
@@ -120,7 +121,8 @@ class ResultsStore:
     def write_meta(self, meta: dict) -> None:
         if "schema_version" not in meta:
             meta = {"schema_version": SCHEMA_VERSION, **meta}
-        (self.run_dir / "run.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+        # atomically: an interrupted write leaves the old run.json or the new one, never a torn one
+        write_text_atomically(self.run_dir / "run.json", json.dumps(meta, indent=2, default=_json_default))
 
 
 def _json_default(obj):
