@@ -42,7 +42,7 @@ class ModelSpec:
     architecture: str  # transformers model_type
     hub_id: str | None = None
     params: str = ""  # as the paper labels it, e.g. "110M"
-    category: int | None = None  # the paper's size category (1: <1B, 2: 1-1.5B, 3: 2-3B)
+    category: int | None = None  # the paper's size category (1: <1B, 2: 1-1.5B, 3: 2-3B), by parameter count
     mini: bool = False
 
     @property
@@ -65,10 +65,11 @@ PAPER_MODELS = [
     ModelSpec("stablecode-3b-completion", "gpt_neox", "stabilityai/stablecode-completion-alpha-3b-4k", "3B", 3),
 ]
 
+# ~1 M parameters: the paper's size category 1 (under 1B), so Tables 4 and 5 place them there
 MINI_MODELS = [
-    ModelSpec("mini-gpt2", "gpt2", params="1M", mini=True),  # codeparrot-small's architecture
-    ModelSpec("mini-starcoder", "gpt_bigcode", params="1M", mini=True),  # tiny-starcoder's
-    ModelSpec("mini-pythia", "gpt_neox", params="1M", mini=True),  # pythia's
+    ModelSpec("mini-gpt2", "gpt2", params="1M", category=1, mini=True),  # codeparrot-small's architecture
+    ModelSpec("mini-starcoder", "gpt_bigcode", params="1M", category=1, mini=True),  # tiny-starcoder's
+    ModelSpec("mini-pythia", "gpt_neox", params="1M", category=1, mini=True),  # pythia's
 ]
 
 REGISTRY: dict[str, ModelSpec] = {m.name: m for m in MINI_MODELS + PAPER_MODELS}

@@ -202,7 +202,9 @@ def analyze(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> Analy
     notes += placement_notes(df)  # the ONNX placement audit: nodes per provider, not fully on CUDA
     marks = flags_by_config(flags)
     if not summary.empty:
-        summary["flags"] = [marks.get((r.machine, r.model, r.config)) for r in summary.itertuples()]
+        # object dtype: pandas 3 would make a string column whose missing values are NaN ("flagged: nan")
+        summary["flags"] = pd.Series([marks.get((r.machine, r.model, r.config)) for r in summary.itertuples()],
+                                     index=summary.index, dtype=object)
     stats = pd.DataFrame(stats_rows, columns=STATS_COLUMNS, dtype=object)
     stats = stats.where(stats.notna(), None)
 
