@@ -2,8 +2,8 @@
 
 A null engine returns at once, so a sample run through the same pipeline as the real
 benchmarks (session.measure: prompts, meters with their sampler thread, results store)
-measures only the harness. Goals (DESIGN.md): floor < 1 ms per request in-process, sampler
-< 1% of one core at 10 Hz. The numbers are reported in pytest-benchmark's table and
+measures only the harness. Goals (docs/architecture.md, "The harness's own cost"): floor
+< 1 ms per request in-process, sampler < 1% of one core at 10 Hz. The numbers are reported in pytest-benchmark's table and
 ``extra_info``, not asserted: speed goals are checked by benchmarks, not by timed tests.
 pytest-benchmark is optional (``pip install -e ".[benchmark]"``): without it the floor's
 benchmark is skipped and the other measurements here still run.

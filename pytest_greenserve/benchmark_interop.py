@@ -13,6 +13,11 @@ shows them in its table; it saves nothing when that list is empty. ``plugin.py``
 - ``extra_info``: the medians of energy (net, gross, CPU, GPU, per token), tokens, requests,
   utilisation and memory, the energy sources, and each sample's energy, which
   pytest-benchmark stores but cannot gate on (the greenserve gate does).
+
+Its terminal tables (one per group, ~200 columns wide, printed before greenserve's own
+summary) are shown only when the user asked pytest-benchmark for something: any
+``--benchmark-*`` option (:func:`asked_for_tables`). Otherwise the entries are still added,
+so ``--benchmark-autosave`` and ``--benchmark-json`` given later in ini files keep working.
 """
 
 from __future__ import annotations
@@ -53,6 +58,12 @@ def entries(samples: Iterable[Mapping[str, Any]]) -> list[dict]:
                     "group": f"greenserve {model}", "param": param, "params": {"model": model, "config": config},
                     "rounds": [float(r["time_s"]) for r in rows], "extra_info": extra})
     return out
+
+
+def asked_for_tables(args: Iterable[str]) -> bool:
+    """Whether the session's arguments (command line, ``PYTEST_ADDOPTS``, the ini's ``addopts``)
+    name any ``--benchmark-*`` option: only then does pytest-benchmark print its tables."""
+    return any(str(a).startswith("--benchmark") for a in args)
 
 
 def add_to_benchmark_session(bs, samples: Iterable[Mapping[str, Any]]) -> int:

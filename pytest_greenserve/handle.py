@@ -15,7 +15,10 @@ class ModelHandle:
     """What an engine needs to load a model.
 
     ``ref`` is what ``from_pretrained`` takes: a local directory or a hub id.
-    ``key`` identifies the weights (used to key export caches), e.g. ``mini-gpt2@replica-3f2a``.
+    ``key`` identifies the weights (it keys the export and reference-token caches):
+    ``mini-gpt2@replica-<digest of its config, seed and library versions>``,
+    ``phi2@local-<digest of every file's name, size and modification time>`` or
+    ``phi2@hub-<the hub revision in the local cache>`` (``phi2@hub`` where it cannot be known).
     """
 
     name: str

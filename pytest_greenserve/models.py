@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from .handle import ModelHandle
-from .fsutil import build_dir_atomically
+from .fsutil import build_dir_atomically, marker_problem, write_marker
 
 DATA = resources.files("pytest_greenserve") / "data"
 
@@ -42,7 +42,7 @@ class ModelSpec:
     architecture: str  # transformers model_type
     hub_id: str | None = None
     params: str = ""  # as the paper labels it, e.g. "110M"
-    category: int | None = None  # the paper's size category (1: <1B, 2: 1-1.5B, 3: 2-3B)
+    category: int | None = None  # the paper's size category (1: <1B, 2: 1-1.5B, 3: 2-3B), by parameter count
     mini: bool = False
 
     @property
@@ -65,10 +65,11 @@ PAPER_MODELS = [
     ModelSpec("stablecode-3b-completion", "gpt_neox", "stabilityai/stablecode-completion-alpha-3b-4k", "3B", 3),
 ]
 
+# ~1 M parameters: the paper's size category 1 (under 1B), so Tables 4 and 5 place them there
 MINI_MODELS = [
-    ModelSpec("mini-gpt2", "gpt2", params="1M", mini=True),  # codeparrot-small's architecture
-    ModelSpec("mini-starcoder", "gpt_bigcode", params="1M", mini=True),  # tiny-starcoder's
-    ModelSpec("mini-pythia", "gpt_neox", params="1M", mini=True),  # pythia's
+    ModelSpec("mini-gpt2", "gpt2", params="1M", category=1, mini=True),  # codeparrot-small's architecture
+    ModelSpec("mini-starcoder", "gpt_bigcode", params="1M", category=1, mini=True),  # tiny-starcoder's
+    ModelSpec("mini-pythia", "gpt_neox", params="1M", category=1, mini=True),  # pythia's
 ]
 
 REGISTRY: dict[str, ModelSpec] = {m.name: m for m in MINI_MODELS + PAPER_MODELS}
@@ -77,7 +78,9 @@ DEFAULT_MODELS = [m.name for m in MINI_MODELS]
 # Tiny shapes per architecture family: small enough to build and run in well under a second.
 # Random weights need care: with the default initializer_range (0.02) and tied embeddings a
 # tiny model repeats one token, which proves nothing about output consistency. A wide init
-# and untied embeddings give varied greedy tokens (STACK-FINDINGS.md, pitfall 1).
+# and untied embeddings give varied greedy tokens: with 0.02 and tied embeddings all eight families
+# emitted one repeated token; with 0.3 and untied ones, 14-16 distinct tokens, the smallest top-1/top-2
+# logit gap along the greedy path 0.0034 (stablelm) to 0.11 (docs/architecture.md, "Replicas").
 TINY_FAMILIES: dict[str, dict] = {
     "gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_positions=512),
     "gpt_bigcode": dict(n_embd=64, n_layer=2, n_head=4, n_positions=512, multi_query=True),
@@ -160,6 +163,7 @@ def build_model_dir(cfg: dict, out_dir: Path, seed: int = 0, progress=None) -> P
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "greenserve.json").write_text(json.dumps({"weights": "replica", "seed": seed}))
+        write_marker(tmp)  # last: lists every file and its size (fsutil.marker_problem)
 
     build_dir_atomically(out_dir, save)
     return out_dir
@@ -270,14 +274,16 @@ def resolve(spec: ModelSpec, weights: str, local_path: str | None, cache_dir: Pa
     """
     if local_path:
         ref, kind = str(Path(local_path).resolve()), "local"
-        stamp = hashlib.sha256(f"{ref}:{os.path.getmtime(Path(ref) / 'config.json')}".encode()).hexdigest()[:8]
-        key = f"{spec.name}@local-{stamp}"
+        key = f"{spec.name}@local-{weights_stamp(Path(ref))}"
     elif spec.mini or weights == "replica":
         tok_len = len(load_project_tokenizer())
         cfg = replica_config_dict(spec, tok_len)
         fp = _fingerprint(cfg, seed)
         out = cache_dir / "models" / f"{spec.name}-replica-{fp}"
-        if not (out / "greenserve.json").is_file():
+        problem = marker_problem(out) if out.exists() else "absent"
+        if problem is not None:
+            if problem != "absent" and progress:
+                progress(f"greenserve: replica {out} is incomplete ({problem}); rebuilding it")
             build_model_dir(cfg, out, seed, progress=progress)
         ref, kind, key = str(out), "replica", f"{spec.name}@replica-{fp}"
     else:  # hub, or auto without a local path
@@ -289,14 +295,46 @@ def resolve(spec: ModelSpec, weights: str, local_path: str | None, cache_dir: Pa
                 f"--greenserve-models={spec.name}=/local/path, allow network access, "
                 f"or use --greenserve-weights=replica for random weights of the same shape"
             )
-        ref, kind, key = spec.hub_id, "hub", f"{spec.name}@hub"
+        ref, kind, key = spec.hub_id, "hub", None  # keyed by its revision once config.json is in the cache
     return _handle(spec, ref, kind, key, cache_dir)
 
 
-def _handle(spec: ModelSpec, ref: str, kind: str, key: str, cache_dir: Path) -> ModelHandle:
+def weights_stamp(directory: Path) -> str:
+    """What identifies a local model's weights: a digest of every file's name, size and
+    modification time (hidden files and folders aside). Replacing the weights, the tokenizer
+    or the config changes it, so exports and reference tokens made from the old ones are not
+    reused; hashing the contents would cost seconds per gigabyte at every session."""
+    entries = []
+    for p in sorted(directory.rglob("*")):
+        rel = p.relative_to(directory)
+        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
+            continue
+        st = p.stat()
+        entries.append([rel.as_posix(), st.st_size, st.st_mtime_ns])
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:12]
+
+
+def hub_revision(hub_id: str) -> str | None:
+    """The commit of ``hub_id`` in the local hub cache (the snapshot that refs/main names), or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(hub_id, "config.json")
+    except Exception:  # an unreadable hub cache: the revision is unknown, which is not an error
+        return None
+    if not isinstance(found, str):
+        return None
+    snapshot = Path(found).parent
+    return snapshot.name if snapshot.parent.name == "snapshots" else None
+
+
+def _handle(spec: ModelSpec, ref: str, kind: str, key: str | None, cache_dir: Path) -> ModelHandle:
     from transformers import AutoConfig, GenerationConfig
 
-    config = AutoConfig.from_pretrained(ref)
+    config = AutoConfig.from_pretrained(ref)  # a hub model's config.json lands in the hub cache here
+    if key is None:  # a hub model: keyed by its revision, so a new upload never reuses older exports
+        revision = hub_revision(ref)
+        key = f"{spec.name}@hub-{revision[:12]}" if revision else f"{spec.name}@hub"
     eos = config.eos_token_id
     try:
         gen = GenerationConfig.from_pretrained(ref)

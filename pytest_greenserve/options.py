@@ -24,6 +24,9 @@ from .gate import DEFAULT_FAIL
 from .metrics import DEFAULT_MIN_SAMPLE_S
 from .models import DEFAULT_MODELS, ModelError, default_cache_dir, parse_model_list, spec_for
 from .prompts import N_PROBLEMS
+
+#: prompts per sample by default: the first 100 of HumanEval's 164 (see the prompts option)
+DEFAULT_PROMPTS = 100
 from .samples import DEFAULT_TIE_TOLERANCE
 
 __all__ = ["OPTIONS", "Option", "OptionError", "Settings", "meter_settings", "option", "read_settings"]
@@ -197,8 +200,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("runs", "N|auto", "3", "repetitions of every model x configuration; auto: with --greenserve-compare, "
            "as many as the baseline's spread needs for the threshold across the session's comparisons (at most "
            "20), stopping once the item is decided (else 3)", _runs),
-    Option("prompts", "N", str(N_PROBLEMS), f"first N of HumanEval's {N_PROBLEMS} short prompts",
-           whole(1, N_PROBLEMS)),
+    # 100, not all 164: the default run then answers in about 5 minutes on a 2-core VM (README);
+    # the first N prompts are the same whatever N, so --greenserve-prompts=164 adds to them
+    Option("prompts", "N", str(DEFAULT_PROMPTS), f"first N of HumanEval's {N_PROBLEMS} short prompts "
+           f"(the paper: {N_PROBLEMS})", whole(1, N_PROBLEMS)),
     Option("new-tokens", "N", "32", "tokens generated per request (greedy, EOS ignored)", whole(1)),
     Option("seed", "N", "0", "seed for prompt windows, replica weights and run order", whole(0)),
     Option("weights", "auto|hub|replica", "auto",

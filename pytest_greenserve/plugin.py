@@ -7,6 +7,8 @@ selects models and configurations as a pytest user expects.
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -532,6 +534,13 @@ class _BenchmarkBridge:
     def pytest_sessionfinish(self, session, exitstatus):
         gs = self.config.stash.get(SESSION_KEY, None)
         bs = getattr(self.config, "_benchmarksession", None)
+        if bs is not None:
+            from .benchmark_interop import asked_for_tables
+
+            args = [*self.config.invocation_params.args, *self.config.getini("addopts"),
+                    *shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))]
+            if not asked_for_tables(args):  # its ~200-column tables came before greenserve's summary
+                bs.quiet = True
         if gs is not None and bs is not None and gs.samples:
             try:
                 from .benchmark_interop import add_to_benchmark_session

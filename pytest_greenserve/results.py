@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .fsutil import write_text_atomically
 from .metrics import Metric, metrics_or_builtin
 
 # Version of the sample and run.json layout this code writes and understands. Bump it when a
@@ -41,8 +42,8 @@ VERDICT_COLUMNS = ["bound_by"]
 # seconds, and for engines that compile (Engine.load_info) the mode and the compile/capture seconds.
 SETUP_COLUMNS = ["load_s", "compile_mode", "compile_s", "capture_s"]
 PROVENANCE_COLUMNS = [
-    "energy_cpu_source", "energy_gpu_source", "energy_total_source", "energy_wall_source", "started_at",
-    "finished_at",
+    "energy_cpu_source", "energy_gpu_source", "energy_total_source", "energy_idle_source", "energy_wall_source",
+    "started_at", "finished_at",
 ]
 
 
@@ -120,7 +121,8 @@ class ResultsStore:
     def write_meta(self, meta: dict) -> None:
         if "schema_version" not in meta:
             meta = {"schema_version": SCHEMA_VERSION, **meta}
-        (self.run_dir / "run.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+        # atomically: an interrupted write leaves the old run.json or the new one, never a torn one
+        write_text_atomically(self.run_dir / "run.json", json.dumps(meta, indent=2, default=_json_default))
 
 
 def _json_default(obj):

@@ -99,9 +99,18 @@ class Analysis:
 
 def idle_convention_note(df: pd.DataFrame) -> str:
     """Which energy the statistics use, and how steady the idle windows were."""
+    how = set(df["energy_idle_source"].dropna()) if "energy_idle_source" in df.columns else set()
+    if how and all(h == "model-constant" for h in how):
+        # no meter read power: the idle is the CPU power model's constant, the same in every sample
+        return ("net energy (gross minus the CPU power model's idle constant times the sample's window: no meter "
+                "here reads power, so no idle window was measured; estimated) is what savings, Pareto fronts and "
+                "guidelines use; MLPerf Power, ML.ENERGY and AI Energy Score subtract no idle, so gross energy is "
+                "in every table too")
     note = ("net energy (gross minus the idle power measured next to each sample, with its target loaded, "
             "times the sample's window) is what savings, Pareto fronts and guidelines use; MLPerf Power, "
             "ML.ENERGY and AI Energy Score subtract no idle, so gross energy is in every table too")
+    if "model-constant+idle-window" in how or "model-constant" in how:
+        note += "; the estimated CPU part's idle is its power model's constant, not measured"
     if "idle_power_w" in df.columns:
         idle = pd.to_numeric(df["idle_power_w"], errors="coerce").dropna()
         if len(idle) > 1:
@@ -193,7 +202,9 @@ def analyze(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> Analy
     notes += placement_notes(df)  # the ONNX placement audit: nodes per provider, not fully on CUDA
     marks = flags_by_config(flags)
     if not summary.empty:
-        summary["flags"] = [marks.get((r.machine, r.model, r.config)) for r in summary.itertuples()]
+        # object dtype: pandas 3 would make a string column whose missing values are NaN ("flagged: nan")
+        summary["flags"] = pd.Series([marks.get((r.machine, r.model, r.config)) for r in summary.itertuples()],
+                                     index=summary.index, dtype=object)
     stats = pd.DataFrame(stats_rows, columns=STATS_COLUMNS, dtype=object)
     stats = stats.where(stats.notna(), None)
 

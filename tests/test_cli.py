@@ -134,5 +134,6 @@ def test_report_fills_the_size_category_of_old_runs_from_the_model_registry(tmp_
     assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 0
     samples = pd.read_csv(tmp_path / "out" / "samples.csv")
     assert (samples.loc[samples["model"] == "phi2", "category"] == 3).all()
-    assert samples.loc[samples["model"] == "mini-gpt2", "category"].isna().all()  # a replica: no category
-    assert "| category 3 |" in (tmp_path / "out" / "summary.md").read_text()
+    assert (samples.loc[samples["model"] == "mini-gpt2", "category"] == 1).all()  # ~1 M parameters: under 1B
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "| category 3 (2-3B parameters) |" in summary and "uncategorised" not in summary

@@ -1,6 +1,6 @@
 """The package's layering (the arrows run one way; a test holds each rule):
 
-* only ``plugin.py`` knows about pytest (STYLE.md);
+* only ``plugin.py`` knows about pytest (docs/architecture.md, "Rules the tests hold");
 * ``engines/`` never imports ``models`` (models build handles, engines consume them);
 * the measuring core (session, runner, measure step, sample builder) never imports ``report``;
 * ``analysis`` never imports ``models`` (each sample carries its model's size category).

@@ -102,7 +102,7 @@ def test_defaults_list_the_embedded_models_first_then_every_registered_one():
     assert set(s.models) == set(REGISTRY) | {"my-model"}
     assert s.configs == tuple(all_configs(ENGINES))
     assert s.report_dir == Path("/root-dir/reports")
-    assert s.prompts == 164 and s.runs == 3 and s.threads is None and s.wattmeter is None
+    assert s.prompts == 100 and s.runs == 3 and s.threads is None and s.wattmeter is None
 
 
 def test_given_values_are_typed():

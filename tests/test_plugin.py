@@ -103,6 +103,7 @@ NEW_SAMPLE_FIELDS = {
     "slowest_over_median", "drift_pct", "unsteady", "low_resolution", "min_sample_s",
     "transport", "concurrency", "latency_p99_s", "requests_per_s", "gen_tokens_per_s",  # issue 11
     "dtype",  # issue 10: --greenserve-dtype
+    "energy_idle_source",  # issue 18: idle-window or model-constant
     "bandwidth_gb_s", "launch_latency_us", "weight_mb_per_token", "kv_mb_per_token",  # issue 10: the roofline
     "memory_floor_ms_per_token", "kernels_per_token", "launches_per_token", "launch_floor_ms_per_token",
     "gpu_busy_ms_per_token", "gpu_busy_pct_profiled", "x_memory_floor", "x_launch_floor", "bound_by",
@@ -302,7 +303,9 @@ def test_measured_run_writes_samples_and_reports(bench):
         [("onnx-cpu", 1), ("onnx-cpu", 2), ("torch-cpu", 1), ("torch-cpu", 2)]
     for s in samples:
         assert set(s) == SAMPLE_KEYS_0_1 | NEW_SAMPLE_FIELDS  # the same shape as before, plus the new fields
-        assert s["schema_version"] == 1 and s["category"] is None  # mini models have no paper size category
+        assert s["schema_version"] == 1 and s["category"] == 1  # ~1 M parameters: the paper's category 1 (< 1B)
+        # no RAPL, GPU or wattmeter here: the estimate's idle is its constant, taken with no window
+        assert s["energy_idle_source"] == "model-constant"
         missing = [f for f in REQUIRED_SAMPLE_FIELDS if f not in s]
         assert not missing, missing
         assert s["machine"] == machine_label(run_meta["machine_info"])  # the machine run.json describes

@@ -322,9 +322,10 @@ def test_savings_range_and_category_medians():
     assert s["min_pct"] == pytest.approx(min(per_model)) and s["max_pct"] == pytest.approx(max(per_model))
     assert s["text"].startswith("torch-cuda uses from") and "less estimated energy than torch-cpu" in s["text"]
     cat = a.category_medians
-    assert set(cat["category"]) == {"category 2", "category 3", "uncategorised"}
+    assert set(cat["category"]) == {"category 1 (under 1B parameters)", "category 2 (1-1.5B parameters)",
+                                    "category 3 (2-3B parameters)"}  # the embedded mini-gpt2 is under 1B
     phi = samples_frame([r for r in rows if r["model"] == "phi2" and r["config"] == "torch-cpu"])
-    row = cat[(cat["category"] == "category 3") & (cat["config"] == "torch-cpu")].iloc[0]
+    row = cat[(cat["category"] == "category 3 (2-3B parameters)") & (cat["config"] == "torch-cpu")].iloc[0]
     assert row["time_s"] == pytest.approx(phi["time_s"].median())
 
 
@@ -334,7 +335,7 @@ def test_size_category_comes_from_the_samples_not_the_model_registry():
         if r["model"] == "my-model":  # unknown to the model registry: the sample says category 1
             r["category"] = 1
     a = analyze(samples_frame(rows))
-    assert set(a.category_medians["category"]) == {"category 1", "uncategorised"}  # phi2's samples say nothing
+    assert set(a.category_medians["category"]) == {"category 1 (under 1B parameters)", "uncategorised"}  # phi2's say nothing
     assert a.summary.set_index("model")["category"].isna().to_dict() == {"my-model": False, "phi2": True}
 
 

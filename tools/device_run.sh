@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements of issues 3 and 4, as run on the lent GPU machine (see tools/README.md).
+# The GPU measurements of every issue, as run on the lent GPU machines (see tools/README.md).
 #   bash tools/device_run.sh install-ov   # first call: carries .whl-ov (openvino wheel alone)
 #   bash tools/device_run.sh issue3       # carries .whl: torch-cpu vs torch-cuda on two replicas
 #   bash tools/device_run.sh issue4       # torch-cpu, torch-cuda, onnx-cpu, openvino-cpu on two replicas

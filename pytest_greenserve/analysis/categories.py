@@ -22,5 +22,13 @@ def group_category(categories: pd.Series):
     return known[0] if known else None
 
 
+#: the paper's size categories, by parameter count
+CATEGORY_RANGES = {1: "under 1B parameters", 2: "1-1.5B parameters", 3: "2-3B parameters"}
+
+
 def category_label(cat) -> str:
-    return f"category {int(cat)}" if not _missing(cat) else "uncategorised"
+    """``"category 1 (under 1B parameters)"``; a model registered without one is ``"uncategorised"``."""
+    if _missing(cat):
+        return "uncategorised"
+    cat = int(cat)
+    return f"category {cat} ({CATEGORY_RANGES[cat]})" if cat in CATEGORY_RANGES else f"category {cat}"

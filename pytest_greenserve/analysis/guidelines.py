@@ -22,6 +22,21 @@ class Guideline:
     per_model: dict[str, str]
     evidence: list[str]
     caveats: list[str] = field(default_factory=list)
+    #: model -> the runner-up its best configuration was tested against and found not
+    #: significantly different from: the two are tied there, and neither is "the" answer
+    ties: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tied_with(self) -> list[str]:
+        """The configurations ``best_config`` is tied with in the models where it came first."""
+        return sorted({other for model, other in self.ties.items() if self.per_model.get(model) == self.best_config},
+                      key=config_sort_key)
+
+    @property
+    def tied_everywhere(self) -> bool:
+        """Whether ``best_config`` is tied with its runner-up in every model where it came first."""
+        won = [m for m, c in self.per_model.items() if c == self.best_config]
+        return bool(won) and all(m in self.ties for m in won)
 
 
 def _pair_p(stats: pd.DataFrame, machine, model, metric, a, b):
@@ -65,7 +80,7 @@ def build_guidelines(valid: pd.DataFrame, stats: pd.DataFrame, energy_metric: st
         for shape, names, rule in shapes:
             if not names:  # a registry without resource metrics
                 continue
-            per_model, evidence, caveats, ranks = {}, [], [], {}
+            per_model, evidence, caveats, ranks, ties = {}, [], [], {}, {}
             for model, g in m.groupby("model", sort=True):
                 # the process tree's own CPU/RAM where every configuration has it; the system-wide
                 # figure (other processes included) is then context only
@@ -96,6 +111,9 @@ def build_guidelines(valid: pd.DataFrame, stats: pd.DataFrame, energy_metric: st
                 p, test, significant, why = _pair_p(stats, machine, model, key, best, second)
                 est = " (estimated)" if metric.energy_source and (gi.loc[best, "estimated"]
                                                                   or gi.loc[second, "estimated"]) else ""
+                tied = p is not None and not pd.isna(p) and not significant
+                if tied:
+                    ties[model] = second
                 if p is not None and not pd.isna(p):
                     if significant:
                         sig = f"significantly lower ({'Games-Howell' if test == 'games_howell' else 'Dunn-Holm'} {fmt_p(p)})"
@@ -112,7 +130,8 @@ def build_guidelines(valid: pd.DataFrame, stats: pd.DataFrame, energy_metric: st
                     diff = f", {change:.1f}% less" if change >= 0 else f", {-change:.1f}% more"
                     if change < 0:
                         sig = sig.replace("significantly lower", "significantly higher")
-                line = (f"{model}: {best} — median {metric.label}{est} {fmt_value(vb, metric.unit)} vs "
+                who = f"{best} and {second} tied" if tied else best
+                line = (f"{model}: {who} — median {metric.label}{est} {fmt_value(vb, metric.unit)} vs "
                         f"{fmt_value(vs, metric.unit)} for the runner-up {second}{diff}; {sig}")
                 if context:
                     line += "; system-wide, other processes included (context, not ranked): " + ", ".join(
@@ -131,5 +150,5 @@ def build_guidelines(valid: pd.DataFrame, stats: pd.DataFrame, energy_metric: st
                 n = source_note(srcs)
                 if n:
                     caveats.append(n)
-            out.append(Guideline(shape, machine, best_config, per_model, evidence, caveats))
+            out.append(Guideline(shape, machine, best_config, per_model, evidence, caveats, ties))
     return out

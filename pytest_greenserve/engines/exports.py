@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from ..fsutil import build_dir_atomically
+from ..fsutil import cached_dir
 from ..handle import ModelHandle
 
 
@@ -18,19 +18,11 @@ def export_dir(model: ModelHandle, engine: str, versions: dict[str, str]) -> Pat
 
 
 def cached_export(target: Path, build: Callable[[Path], None], progress: Callable[[str], None] | None = None) -> Path:
-    """Return ``target``, building it with ``build(tmpdir)`` first unless a finished export is there.
+    """Return ``target``, building it with ``build(tmpdir)`` first unless a complete export is there.
 
-    The export is written to a temporary sibling and renamed into place (``fsutil``), so an
-    interrupted export never leaves a half-written cache entry behind.
+    The export is written to a temporary sibling and renamed into place, with a marker listing
+    its files written last (``fsutil.cached_dir``): an interrupted export never leaves a
+    half-written cache entry behind, and one torn later (a file truncated or deleted, a torn
+    marker) is rebuilt with a one-line note.
     """
-    marker = target / ".greenserve-complete"
-    if marker.is_file():
-        return target
-    if progress:
-        progress(f"exporting to {target} (cached for later sessions)")
-
-    def build_and_mark(tmp: Path) -> None:
-        build(tmp)
-        (tmp / ".greenserve-complete").write_text("ok")
-
-    return build_dir_atomically(target, build_and_mark)
+    return cached_dir(target, build, "export", progress)

@@ -14,8 +14,9 @@ user's do. Fields of :meth:`MeterSet.stop` (what was measured; the metric regist
 ``pytest_greenserve.metrics``, names the columns every sample has):
 
 ``energy_cpu_j, energy_gpu_j, energy_total_j, energy_idle_j, energy_net_j`` (J; total = the
-parts measured, see :mod:`.idle`), ``energy_cpu_source, energy_gpu_source`` and the extra
-``energy_total_source``; ``cpu_pct`` (system, % of all CPUs), ``ram_pct`` (system),
+parts measured, see :mod:`.idle`), ``energy_cpu_source, energy_gpu_source`` and the extras
+``energy_total_source`` and ``energy_idle_source`` (``idle-window`` or ``model-constant``);
+``cpu_pct`` (system, % of all CPUs), ``ram_pct`` (system),
 ``proc_cpu_pct`` (process tree, % of one core), the extra ``proc_ram_pct`` (tree RSS / RAM),
 ``gpu_pct, gpu_mem_util_pct, gpu_mem_used_pct`` (means), ``rss_peak_mb, gpu_mem_peak_mb``
 (sampled peaks), ``sampler_hz`` (rate achieved), ``sampler_overhead_pct`` (the sampler
@@ -38,7 +39,7 @@ from typing import Callable, Iterator, Sequence
 from .base import Meter, MeterUnavailable, Probe, Reading
 from .builtin import builtin_meters
 from .cpu_estimate import DEFAULT_CPU_IDLE_W, DEFAULT_CPU_W_PER_CORE, parse_cpu_watts
-from .idle import TOTAL_PARTS, IdleBaseline, idle_from_energy, source_key, subtract_idle, total_energy
+from .idle import TOTAL_PARTS, IdleBaseline, idle_from_energy, modelled_idle, source_key, subtract_idle, total_energy
 from .sampler import CpuPercent, Sampler, SystemMemoryProbe
 
 __all__ = [
@@ -91,6 +92,10 @@ class MeterSet:
                 self.meters.append(m)
             else:
                 self._notes.append(f"{m.name}: {reason}")
+        if self.meters and not self.reads_power():
+            constants = ", ".join(f"{r.field} {r.value:g} W ({r.source})" for r in self._modelled_readings())
+            self._notes.append("idle: no meter here reads power (RAPL, NVML or a wattmeter), so no idle window is "
+                               "taken; idle power is the power model's constant" + (f": {constants}" if constants else ""))
         probes: list[Probe] = [SystemMemoryProbe().probe()]
         for m in self.meters:
             probes += m.probes()
@@ -101,6 +106,29 @@ class MeterSet:
     def notes(self) -> list[str]:
         """One line per meter that cannot run (and how the CPU figure is obtained instead)."""
         return list(self._notes)
+
+    # -- idle -------------------------------------------------------------------------------
+    def reads_power(self) -> bool:
+        """Whether any usable meter reads power (RAPL, NVML, a wattmeter): only then does an idle
+        window tell anything; the CPU-time estimate's idle is its model's constant."""
+        return any(getattr(m, "reads_power", True) for m in self.meters)
+
+    def _modelled_readings(self) -> list[Reading]:
+        out: list[Reading] = []
+        for m in self.meters:
+            try:
+                readings = m.modelled_idle() if hasattr(m, "modelled_idle") else []
+            except Exception as exc:  # a user's meter must not take the session down
+                self._sample_notes.append(f"{m.name}: modelled_idle failed ({type(exc).__name__}: {exc})")
+                continue
+            out += [r for r in readings if r.value is not None and r.field not in {o.field for o in out}]
+        return out
+
+    def modelled_idle(self, measured: IdleBaseline | None = None) -> IdleBaseline:
+        """The meters' model constants as idle power (no window, no time), over ``measured``'s
+        readings of the same fields where a window was measured too."""
+        readings = self._modelled_readings()
+        return modelled_idle({r.field: r.value for r in readings}, {r.field: r.source for r in readings}, measured)
 
     # -- samples --------------------------------------------------------------------------
     @contextmanager
@@ -177,7 +205,8 @@ class MeterSet:
         return fields
 
     def measure_idle(self, seconds: float, progress: Callable[[str], None] | None = None) -> IdleBaseline:
-        """Measure idle power for ``seconds`` with nothing else running.
+        """Measure idle power for ``seconds`` with nothing else running; a meter whose idle is
+        its model's constant (the CPU-time estimate) gets that constant, not what it read.
 
         ``progress(line)`` gets a progress line about once a second
         (``"idle baseline: 2/5 s"``) and a last one with the result.
@@ -200,7 +229,7 @@ class MeterSet:
                        and k not in ("energy_total_j", "energy_idle_j", "energy_net_j",
                                      "energy_wall_idle_j", "energy_wall_net_j")})
         sources = {k: fields.get(source_key(k)) for k in energy}
-        idle = idle_from_energy(energy, sources, fields["meter_time_s"])
+        idle = self.modelled_idle(idle_from_energy(energy, sources, fields["meter_time_s"]))
         if progress is not None:
             progress(idle.describe())
         return idle

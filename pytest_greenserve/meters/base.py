@@ -51,6 +51,12 @@ class Probe:
 class Meter(ABC):
     #: short name shown in the session header
     name: str = "meter"
+    #: True for a meter that reads power or energy from hardware (RAPL, NVML, a wattmeter): an
+    #: idle window next to each sample then tells it the machine's idle power. False for one whose
+    #: idle power is its model's constant (:meth:`modelled_idle`, the CPU-time estimate), or that
+    #: reads no energy at all: an idle window would only measure that constant. A user's meter
+    #: is taken to read power unless it says otherwise (an idle window costs time, never truth).
+    reads_power: bool = True
 
     def unavailable_reason(self) -> str | None:
         """Why this meter cannot measure here, or None when it can."""
@@ -63,6 +69,11 @@ class Meter(ABC):
     @abstractmethod
     def stop(self) -> list[Reading]:
         """End the sample and return its readings."""
+
+    def modelled_idle(self) -> list[Reading]:
+        """The idle power its model assumes, per energy field (unit ``W``), for a meter whose idle
+        is a constant rather than a measurement (the CPU-time estimate); [] for the others."""
+        return []
 
     def probes(self) -> list[Probe]:
         """Callables the shared sampler thread should read while a sample runs (optional)."""

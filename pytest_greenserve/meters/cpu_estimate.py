@@ -11,8 +11,10 @@ The power model (every figure it gives is labelled ``estimated-cpu-time``)::
   this overstates the cost of a busy sibling thread.
 * ``cpu_idle_w`` (default 20 W): the package's power with nothing running, counted for the
   whole sample so that gross energy grows with time as it does on a real machine. The idle
-  baseline of the same model is this figure (plus the harness' own tiny CPU time), so net
-  energy is about ``cpu_w_per_core * busy_core_s``.
+  power of this model is this constant (:meth:`CpuEstimateMeter.modelled_idle`): no idle window
+  is measured for it (one would only read the constant back), and net energy is
+  ``cpu_w_per_core * busy_core_s``, the harness' own sampling thread included (well under 1%
+  of a core, see ``sampler_overhead_pct``).
 
 Set both from ``--greenserve-cpu-watts=PER_CORE[,IDLE]`` (see :func:`parse_cpu_watts`);
 ``off`` disables the estimate. This is a model, not a measurement: compare estimated figures
@@ -65,6 +67,7 @@ class CpuEstimateMeter(Meter):
     name = "cpu energy"
     field = "energy_cpu_j"
     source = SOURCE
+    reads_power = False  # its idle is cpu_idle_w, a constant of the model
 
     def __init__(
         self,
@@ -84,6 +87,9 @@ class CpuEstimateMeter(Meter):
     def notes(self) -> list[str]:
         how = describe(self.cpu_w_per_core, self.cpu_idle_w)
         return [f"cpu energy: {self.why_estimated}; {how}" if self.why_estimated else f"cpu energy: {how}"]
+
+    def modelled_idle(self) -> list[Reading]:
+        return [Reading(self.field, self.cpu_idle_w, "W", self.source)]
 
     def start(self) -> None:
         self._start = (self.cpu_time_s(), self.clock())

@@ -1,12 +1,18 @@
 """Idle baseline and its subtraction, as pure functions.
 
-Before each configuration the session measures the machine with nothing running for N seconds
-and keeps the idle *power* of each energy field (``energy_cpu_j`` -> W). A sample then gets:
+Next to each sample the session measures the machine with nothing running for N seconds and
+keeps the idle *power* of each energy field (``energy_cpu_j`` -> W), but only where a meter
+reads power (RAPL, NVML, a wattmeter). The CPU-time estimate's idle power is its model's
+constant (``modelled``): it is taken as it is, with no window, since a window would only read
+the constant back. A sample then gets:
 
 * ``energy_total_j`` (gross) = ``energy_cpu_j + energy_gpu_j``. If one of the two is missing
   the total is the other one alone, and ``energy_total_source`` names only what it contains
   (``rapl-package+nvml-counter``, ``estimated-cpu-time``); with both missing it is None.
 * ``energy_idle_j`` = the idle power of exactly those parts x the sample's time.
+* ``energy_idle_source``: how that idle power was had, per part in the total's order:
+  ``idle-window`` (measured) or ``model-constant`` (the estimate's constant), e.g.
+  ``model-constant+idle-window`` for an estimated CPU beside an NVML-metered GPU.
 * ``energy_net_j`` = ``energy_total_j - energy_idle_j``. A negative net is kept as it is (not
   clamped to 0) and noted: the load cost less than the idle noise, which is a finding.
 
@@ -23,6 +29,8 @@ from typing import Mapping
 
 TOTAL_PARTS = ("energy_cpu_j", "energy_gpu_j")
 WALL = "energy_wall_j"
+MEASURED = "idle-window"      # energy_idle_source of a part whose idle power an idle window measured
+MODELLED = "model-constant"   # ... of a part whose idle power is its meter's model constant
 
 
 def source_key(energy_field: str) -> str:
@@ -33,16 +41,31 @@ def source_key(energy_field: str) -> str:
 
 @dataclass(frozen=True)
 class IdleBaseline:
-    """Idle power per energy field, measured over ``duration_s``. Units: W."""
+    """Idle power per energy field, measured over ``duration_s`` (0: no window). Units: W.
+
+    ``modelled``: the fields whose idle power is their meter's model constant, not measured.
+    """
 
     duration_s: float
     power_w: Mapping[str, float | None] = field(default_factory=dict)
     sources: Mapping[str, str | None] = field(default_factory=dict)
+    modelled: frozenset[str] = frozenset()
 
     def describe(self) -> str:
         parts = [f"{k.removeprefix('energy_').removesuffix('_j')} {v:.2f} W"
+                 + (f" (the {self.sources.get(k)} model's constant)" if k in self.modelled else "")
                  for k, v in self.power_w.items() if v is not None]
-        return f"idle over {self.duration_s:.1f} s: " + (", ".join(parts) or "nothing measurable")
+        head = f"idle over {self.duration_s:.1f} s: " if self.duration_s > 0 else "idle, no window: "
+        return head + (", ".join(parts) or "nothing measurable")
+
+
+def modelled_idle(power_w: Mapping[str, float], sources: Mapping[str, str | None],
+                  measured: IdleBaseline | None = None) -> IdleBaseline:
+    """``measured`` (None: no window) with the model constants ``power_w`` in place of what the
+    window read for those fields: a constant is the model's idle, whatever a window says."""
+    base = measured or IdleBaseline(0.0)
+    return IdleBaseline(base.duration_s, {**base.power_w, **power_w}, {**base.sources, **sources},
+                        frozenset(base.modelled) | frozenset(power_w))
 
 
 def idle_from_energy(energy_j: Mapping[str, float | None], sources: Mapping[str, str | None],
@@ -65,6 +88,7 @@ def total_energy(fields: Mapping) -> tuple[float | None, str | None]:
 
 def _idle_of(parts: list[str], fields: Mapping, idle: IdleBaseline, time_s: float,
              notes: list[str]) -> float | None:
+    """The idle energy of ``parts`` over ``time_s`` (J), or None with a note saying why."""
     total_w = 0.0
     for p in parts:
         w = idle.power_w.get(p)
@@ -81,7 +105,7 @@ def _idle_of(parts: list[str], fields: Mapping, idle: IdleBaseline, time_s: floa
 
 def subtract_idle(fields: Mapping, idle: IdleBaseline | None, time_s: float | None) -> tuple[dict, list[str]]:
     """Idle and net energy for a sample's fields. Returns (new fields, notes)."""
-    out: dict = {"energy_idle_j": None, "energy_net_j": None}
+    out: dict = {"energy_idle_j": None, "energy_net_j": None, "energy_idle_source": None}
     notes: list[str] = []
     has_wall = WALL in fields
     if has_wall:
@@ -95,6 +119,7 @@ def subtract_idle(fields: Mapping, idle: IdleBaseline | None, time_s: float | No
         if idle_j is not None:
             out["energy_idle_j"] = idle_j
             out["energy_net_j"] = total - idle_j
+            out["energy_idle_source"] = "+".join(MODELLED if p in idle.modelled else MEASURED for p in parts)
     if has_wall and fields.get(WALL) is not None:
         w = idle.power_w.get(WALL)
         if w is None:

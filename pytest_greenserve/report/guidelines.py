@@ -12,10 +12,26 @@ SHAPE_QUESTION = {
 }
 
 
+def _both(configs: list[str]) -> str:
+    return configs[0] if len(configs) == 1 else ", ".join(configs[:-1]) + " and " + configs[-1]
+
+
 def guideline_text(g: Guideline) -> tuple[str, list[str]]:
-    """A headline sentence and the evidence lines for one guideline."""
+    """A headline sentence and the evidence lines for one guideline.
+
+    Where the first configuration is not significantly different from the runner-up (in every
+    model where it came first), the headline says *tied* and names both: the run cannot tell
+    them apart, so it does not pick one."""
     intro = SHAPE_QUESTION.get(g.shape, g.shape)
-    if g.best_config:
+    tied_with = getattr(g, "tied_with", [])
+    if g.best_config and tied_with and getattr(g, "tied_everywhere", False):
+        head = (f"{intro}: tied — {_both([g.best_config] + tied_with)} (no significant difference in this run "
+                f"on {g.machine}); either will do, or measure more repetitions to tell them apart.")
+    elif g.best_config and tied_with:
+        where = ", ".join(m for m, other in g.ties.items() if g.per_model.get(m) == g.best_config)
+        head = (f"{intro}: use {g.best_config} (best found in this run on {g.machine}; tied with "
+                f"{_both(tied_with)} for {where}).")
+    elif g.best_config:
         head = f"{intro}: use {g.best_config} (best found in this run on {g.machine})."
     else:
         head = f"{intro}: no recommendation on {g.machine}" + (f" ({'; '.join(g.caveats)})." if g.caveats else ".")

@@ -1,4 +1,11 @@
-"""report.html: one self-contained file (inline CSS, inline PNG images, no network)."""
+"""report.html: one self-contained file (inline CSS, inline PNG images, no network).
+
+It leads with the answer: one overview picture across models and configurations (energy and
+time per token with their spread, quality marks, estimated energy drawn as such), then the
+guidelines, then the details (summary tables, savings, size categories, the roofline, one
+section per model, the machines). The notes are folded under one line that says how many
+there are and of what kind.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ import pandas as pd
 
 from ..analysis.formatting import fmt_p
 from ..analysis.metrics import Metric, metrics_or_builtin
+from ..analysis.placement import placement_notes
 from ..analysis.sources import source_note
 from ..stats import Analysis, prepare
 from . import plots
@@ -29,6 +37,7 @@ th{background:#f2f2f2}.note{color:#8a5a00}.muted{color:#666}
 img{max-width:100%;height:auto;border:1px solid #eee}
 li{margin:.2em 0}details{margin:.5em 0}code{background:#f5f5f5;padding:0 3px}
 .guideline{background:#f3f9f3;border-left:4px solid #3a3;padding:.4em .8em;margin:.6em 0}
+details.notes>summary{cursor:pointer;color:#8a5a00}figure.overview{margin:1em 0}
 """
 
 # Lets a headless browser (and the test) see that every image decoded and no script failed.
@@ -94,23 +103,68 @@ def _machines_section(meta: dict, df: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
-def _notes(analysis: Analysis, meta: dict | None = None) -> str:
-    items = list(analysis.notes)
+#: the kinds of notes, in the order the folded line names them
+NOTE_KINDS = ("flagged samples", "error-prone configurations", "how energy is counted", "metrics not recorded",
+              "ONNX placement", "other")
+
+
+def note_items(analysis: Analysis, df: pd.DataFrame, meta: dict | None = None) -> list[tuple[str, str]]:
+    """Every note of the report as (kind, text); kinds from :data:`NOTE_KINDS`."""
+    flagged = {f"{f.machine} / {f.model}: {f.config} {f.text}" for f in analysis.flags}
+    placement = set(placement_notes(df))
+    items: list[tuple[str, str]] = []
+    for n in analysis.notes:
+        kind = ("flagged samples" if n in flagged else "ONNX placement" if n in placement
+                else "metrics not recorded" if "was not recorded in any sample" in n
+                else "how energy is counted" if "energy" in n else "other")
+        items.append((kind, n))
     for e in analysis.exclusions:
-        items.append(f"{e.machine} / {e.model}: {e.config} excluded as error-prone — {e.reason}")
+        items.append(("error-prone configurations",
+                      f"{e.machine} / {e.model}: {e.config} excluded as error-prone — {e.reason}"))
     srcs = analysis.summary["energy_source"].dropna().unique() if not analysis.summary.empty else []
     if any("estimated" in s for s in srcs):
-        items.append("Some energy values are estimated from CPU time with a power model, not measured; they are "
-                     "labelled estimated wherever they appear and are not comparable with measured values.")
+        items.append(("how energy is counted",
+                      "Some energy values are estimated from CPU time with a power model, not measured; they are "
+                      "labelled estimated wherever they appear and are not comparable with measured values."))
         for line in power_model_lines(meta):
-            items.append(f"The power model (idle W × wall time + W per busy core × the process tree's CPU-seconds), "
-                         f"as the meters recorded it: {line}")
+            items.append(("how energy is counted",
+                          "The power model (idle W × wall time + W per busy core × the process tree's CPU-seconds), "
+                          f"as the meters recorded it: {line}"))
     if analysis.summary["energy_net_j"].notna().any() if not analysis.summary.empty else False:
-        items.append("Net energy = gross energy − idle energy over the same duration; the idle baseline is taken for "
-                     "the whole machine, so net energy is reported for the total only, gross for CPU and GPU apart.")
+        items.append(("how energy is counted",
+                      "Net energy = gross energy − idle energy over the same duration; the idle baseline is taken "
+                      "for the whole machine, so net energy is reported for the total only, gross for CPU and GPU "
+                      "apart."))
+    return items
+
+
+def notes_line(items: list[tuple[str, str]]) -> str:
+    """``"9 notes: 3 flagged samples, 4 how energy is counted, 2 metrics not recorded"``."""
+    counts = {k: sum(1 for kind, _ in items if kind == k) for k in NOTE_KINDS}
+    kinds = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    return f"{len(items)} note{'s' if len(items) != 1 else ''}: {kinds}"
+
+
+def _notes(analysis: Analysis, df: pd.DataFrame, meta: dict | None = None) -> str:
+    """The notes, folded under one line that says how many there are and of what kind."""
+    items = note_items(analysis, df, meta)
     if not items:
         return ""
-    return "<h2>Notes</h2><ul>" + "".join(f'<li class="note">{esc(i)}</li>' for i in items) + "</ul>"
+    body = "".join(f"<h4>{esc(k)}</h4><ul>" + "".join(f'<li class="note">{esc(t)}</li>' for kind, t in items
+                                                      if kind == k) + "</ul>"
+                   for k in NOTE_KINDS if any(kind == k for kind, _ in items))
+    return f'<details class="notes"><summary>{esc(notes_line(items))}</summary>{body}</details>'
+
+
+def _overview(analysis: Analysis, df: pd.DataFrame) -> str:
+    """The first figure: every model and configuration, energy and time per token."""
+    flagged = {(f.machine, f.model, f.config) for f in analysis.flags}
+    uri, alt = plots.overview_plot(df, analysis.energy_metric, flagged)
+    if uri is None:
+        return '<p class="muted">No overview: no sample recorded a time per token.</p>'
+    return (f'<figure class="overview"><img alt="{esc(alt)}" src="{uri}"><figcaption class="muted">Each point is a '
+            "configuration's median over its repetitions; the bars span its repetitions. Lower and further left "
+            "is better. The guidelines below say which differences are significant.</figcaption></figure>")
 
 
 def _guidelines(analysis: Analysis) -> str:
@@ -204,11 +258,12 @@ def render(analysis: Analysis, df: pd.DataFrame, meta: dict, metrics: dict[str, 
     parts = [f"<h1>pytest-greenserve report — {esc(run_id)}</h1>",
              f"<p class='muted'>{len(df)} sample(s), {df['model'].nunique()} model(s), "
              f"{df['config'].nunique()} configuration(s), machine(s): {esc(', '.join(analysis.machines) or 'none')}.</p>"]
+    parts.append(_overview(analysis, df))  # the answer first
+    parts.append(_guidelines(analysis))
+    parts.append(_notes(analysis, df, meta))
     options = meta.get("options")
     if isinstance(options, dict) and options:
         parts.append("<details><summary>Options</summary>" + _kv_table(options) + "</details>")
-    parts.append(_notes(analysis, meta))
-    parts.append(_guidelines(analysis))
     parts.append("<h2>Summary per model and configuration</h2>")
     for machine in analysis.machines:
         s = analysis.summary[analysis.summary["machine"] == machine]

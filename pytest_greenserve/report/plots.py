@@ -1,5 +1,7 @@
 """Plots for report.html, as inline base64 PNG data URIs (matplotlib's Agg backend).
 
+* :func:`overview_plot`: the report's first figure, every model and configuration at once:
+  energy per token against time per token, with the spread of the repetitions;
 * :func:`box_plots`: per model, one box per configuration for each ``plotted`` metric of the
   registry (the built-ins: energy, time and utilisation, the paper's Figures 6–8);
 * :func:`pareto_plot`: per model, median energy against median time with the Pareto front.
@@ -153,3 +155,90 @@ def pareto_plot(samples: pd.DataFrame, summary: pd.DataFrame, energy_metric: str
     ax.legend(fontsize=6, loc="best")
     fig.subplots_adjust(left=0.12, right=0.97, top=0.92, bottom=0.14)
     return _to_uri(fig), front
+
+
+# ---------------------------------------------------------------- the overview: the answer at a glance
+
+def overview_energy(samples: pd.DataFrame, energy_metric: str) -> tuple[pd.Series, str]:
+    """Per sample, energy per generated token of the statistics' energy (net, else gross), and
+    its axis words: ``"net J/token"`` or ``"gross J/token"``."""
+    tokens = pd.to_numeric(samples.get("tokens_generated"), errors="coerce")
+    if energy_metric in samples and samples[energy_metric].notna().any():
+        energy = pd.to_numeric(samples[energy_metric], errors="coerce")
+        words = "net J/token" if energy_metric == "energy_net_j" else "gross J/token"
+    else:
+        energy, words = pd.Series(float("nan"), index=samples.index), "J/token"
+    return energy / tokens.where(tokens > 0), words
+
+
+def overview_plot(samples: pd.DataFrame, energy_metric: str, flagged: set | None = None) -> tuple[str | None, str]:
+    """One figure across every model (one panel per machine × model) and configuration: median
+    time per token against median energy per token, each with bars from the fastest to the
+    slowest repetition (and the cheapest to the dearest), so the answer and its spread are
+    seen together.
+
+    Quality marks: a configuration whose outputs disagreed with torch (``error_prone``) is a
+    grey ×, excluded from every comparison; one with flagged samples (unsteady, low
+    resolution: ``flagged`` holds their (machine, model, config)) has a ``!`` after its name.
+    Estimated energy is drawn as such: hollow markers, dashed bars and "estimated" on the
+    axis. Returns the data URI (None without any time per token) and the alt text.
+    """
+    if samples.empty or "ms_per_token" not in samples or samples["ms_per_token"].notna().sum() == 0:
+        return None, ""
+    flagged = flagged or set()
+    plt = _pyplot()
+    per_token, words = overview_energy(samples, energy_metric)
+    df = samples.assign(_e=per_token, _t=pd.to_numeric(samples["ms_per_token"], errors="coerce"))
+    panels = list(df[["machine", "model"]].drop_duplicates().sort_values(["machine", "model"]).itertuples(index=False))
+    several = df["machine"].nunique() > 1
+    configs = sort_configs(df["config"])
+    colour = {c: f"C{i % 10}" for i, c in enumerate(configs)}
+    ncols = min(3, len(panels))
+    nrows = (len(panels) + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+    any_estimated = False
+    for ax, (machine, model) in zip(axes.flat, panels):
+        g = df[(df["machine"] == machine) & (df["model"] == model)]
+        no_energy, panel_estimated = [], False
+        for c in sort_configs(g["config"]):
+            s = g[g["config"] == c]
+            t = s["_t"].dropna()
+            if t.empty:
+                continue
+            e = s["_e"].dropna()
+            bad = bool(s["error_prone"].any()) if "error_prone" in s else False
+            estimated = any(is_estimated(row_energy_source(r)) for r in s.to_dict("records"))
+            panel_estimated |= estimated and not e.empty
+            label = c + (" !" if (machine, model, c) in flagged else "") + (" (error-prone)" if bad else "")
+            if e.empty:  # no energy: on the time axis alone, at the bottom, and said so
+                no_energy.append(c)
+                continue
+            x, y = t.median(), e.median()
+            col = "0.55" if bad else colour[c]
+            ax.errorbar([x], [y], xerr=[[x - t.min()], [t.max() - x]], yerr=[[y - e.min()], [e.max() - y]],
+                        fmt="none", ecolor=col, elinewidth=1, capsize=2, linestyle="--" if estimated else "-",
+                        alpha=0.8)
+            ax.plot([x], [y], linestyle="none", marker="x" if bad else "o", markersize=7, color=col, zorder=3,
+                    markerfacecolor=col if (bad or not estimated) else "none", markeredgewidth=1.5)
+            ax.annotate(label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points", color=col)
+        if no_energy:
+            ax.text(0.02, 0.02, "no energy: " + ", ".join(no_energy), transform=ax.transAxes, fontsize=7,
+                    color="0.3")
+        ax.set_title(f"{model}" + (f" on {machine}" if several else ""), fontsize=9)
+        ax.set_xlabel("ms per token (lower is faster)", fontsize=7)
+        any_estimated |= panel_estimated
+        ax.set_ylabel(words + (", estimated" if panel_estimated else "") + " (lower is cheaper)", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.margins(0.15)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    key = "bars: fastest–slowest and cheapest–dearest repetition; × grey: error-prone (excluded); !: flagged samples"
+    if any_estimated:
+        key = "hollow markers, dashed bars: energy estimated from CPU time (a power model, not a meter); " + key
+    fig.suptitle("Overview: energy per token against time per token, every model and configuration", fontsize=10)
+    fig.text(0.5, 0.01, key, ha="center", fontsize=7, color="0.25", wrap=True)
+    fig.subplots_adjust(left=0.08, right=0.98, top=1 - 0.7 / (3.4 * nrows), bottom=0.9 / (3.4 * nrows) + 0.03,
+                        wspace=0.3, hspace=0.55)
+    alt = (f"overview: {words}{' (estimated)' if any_estimated else ''} against ms per token for "
+           f"{len(panels)} model panel(s) and {len(configs)} configuration(s)")
+    return _to_uri(fig), alt

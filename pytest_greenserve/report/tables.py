@@ -62,8 +62,9 @@ def summary_rows(summary: pd.DataFrame) -> list[list[str]]:
     out = []
     for r in summary.to_dict("records"):
         config = r["config"] + (" (error-prone: excluded)" if r["error_prone"] else "")
-        if r.get("flags"):  # samples flagged unsteady / low-resolution (analysis/checks.py)
-            config += f" (flagged: {r['flags']})"
+        flags = r.get("flags")
+        if isinstance(flags, str) and flags:  # samples flagged unsteady / low-resolution (analysis/checks.py)
+            config += f" (flagged: {flags})"
         out.append([r["model"], config, str(r["n"]), plain(r["time_s"], "s"), plain(r["ms_per_token"]),
                     match_cell(r["match_rate"], r.get("match_rate_tie_aware")), energy_cell(r["energy_net_j"], r["energy_source"]),
                     per_token_cell(r["j_per_token"], r["energy_source"])])

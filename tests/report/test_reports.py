@@ -60,7 +60,7 @@ def test_html_report_is_self_contained_and_complete(run):
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
     assert "<link" not in html
     imgs = re.findall(r'<img [^>]*src="data:image/png;base64,', html)
-    assert len(imgs) == 4  # box plots + Pareto per model
+    assert len(imgs) == 5  # the overview, then box plots + Pareto per model
     for needle in ("box-a", "torch", "2.13.0", "pingouin", "Pareto front", "energy-constrained",
                    "latency-constrained", "resource-constrained", "Significance, in words", "estimated",
                    "excluded as error-prone", "Table 4", "Table 5"):
@@ -174,3 +174,104 @@ def test_measured_energy_is_not_called_estimated_and_needs_no_power_model(tmp_pa
     md = paths["summary"].read_text()
     assert "less energy than" in md and "estimated energy" not in md
     assert "power model" not in md.split("Energy marked *estimated*")[0]
+
+
+# ---------------------------------------------------------------- a report that leads with the answer (issue 18)
+
+def rendered_cells(html: str) -> list[str]:
+    return [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", html, re.S)]
+
+
+def flagged_run(tmp_path, **kw):
+    """Three models, five CPU configurations; jit-cpu and compile-cpu alike (a tie); one
+    configuration with an unsteady sample, one error-prone."""
+    rows = make_rows(models=("mini-gpt2", "mini-pythia", "phi2"),
+                     configs=("torch-cpu", "onnx-cpu", "openvino-cpu", "jit-cpu", "compile-cpu"), reps=3, **kw)
+    for r in rows:
+        r["unsteady"] = r["config"] == "onnx-cpu" and r["repetition"] == 1
+        r["low_resolution"] = False
+        if r["model"] == "phi2" and r["config"] == "openvino-cpu":
+            r["error_prone"], r["match_rate"] = True, 0.5
+    return rows, write_reports(rows, tmp_path, {**META, "meter_notes": [POWER_NOTE]})
+
+
+def test_the_overview_chart_is_the_first_figure_and_the_guidelines_follow_it(tmp_path):
+    _, paths = flagged_run(tmp_path)
+    html = paths["html"].read_text()
+    first = re.search(r"<img [^>]*>", html).group(0)
+    assert 'alt="overview: net J/token (estimated) against ms per token for 3 model panel(s)' in first
+    assert html.index(first) < html.index("<h2>Guidelines") < html.index("<h2>Summary per model")
+    assert html.index("<h2>Guidelines") < html.index('<details class="notes">')
+
+
+def test_the_notes_are_folded_under_one_line_saying_how_many_and_of_what_kind(tmp_path):
+    _, paths = flagged_run(tmp_path)
+    html = paths["html"].read_text()
+    line = re.search(r'<details class="notes"><summary>([^<]*)</summary>', html).group(1)
+    n = int(line.split()[0])
+    inside = html.split('<details class="notes">')[1].split("</details>")[0]
+    assert n == inside.count('<li class="note">') and n > 0
+    assert "flagged samples" in line and "error-prone configurations" in line and "how energy is counted" in line
+    assert '<li class="note">' not in html.replace(inside, "")  # no note outside the fold
+
+
+def test_a_tie_is_named_as_a_tie_with_both_configurations(tmp_path):
+    rows, paths = flagged_run(tmp_path)
+    from pytest_greenserve.results import samples_frame
+    from pytest_greenserve.stats import analyze
+
+    latency = next(g for g in analyze(samples_frame(rows)).guidelines if g.shape == "latency-constrained")
+    assert latency.best_config in ("jit-cpu", "compile-cpu")
+    other = ({"jit-cpu", "compile-cpu"} - {latency.best_config}).pop()
+    assert latency.tied_with == [other] and latency.tied_everywhere
+    md = paths["summary"].read_text()
+    head = next(line for line in md.splitlines() if line.startswith("- **latency-constrained**"))
+    assert "tied" in head and "jit-cpu" in head and "compile-cpu" in head and "use " not in head
+    assert re.search(r"(jit-cpu and compile-cpu|compile-cpu and jit-cpu) tied — median time", md)
+
+
+def test_a_significant_winner_is_named_alone(tmp_path):
+    rows = make_rows(models=("mini-gpt2", "phi2"), configs=("torch-cpu", "onnx-cpu", "openvino-cpu"), reps=6)
+    paths = write_reports(rows, tmp_path, META)
+    head = next(line for line in paths["summary"].read_text().splitlines()
+                if line.startswith("- **latency-constrained**"))
+    assert "use openvino-cpu" in head and "tied" not in head
+
+
+def test_no_table_cell_says_nan(tmp_path):
+    _, paths = flagged_run(tmp_path)
+    html = paths["html"].read_text()
+    cells = rendered_cells(html)
+    assert cells and not [c for c in cells if re.search(r"\bnan\b", c, re.I)]
+    md_cells = [c.strip() for line in paths["summary"].read_text().splitlines() if line.startswith("|")
+                for c in line.strip("|").split("|")]
+    assert not [c for c in md_cells if re.search(r"\bnan\b", c, re.I)]
+    assert "(flagged: 1/3 unsteady)" in html and "flagged: nan" not in html
+
+
+def test_the_embedded_models_have_a_size_category(tmp_path):
+    _, paths = flagged_run(tmp_path)
+    md = paths["summary"].read_text()
+    assert "uncategorised" not in md and "category 1 (under 1B parameters)" in md
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is absent")
+def test_a_saved_runs_report_leads_with_the_overview_in_headless_chromium(tmp_path):
+    from pytest_greenserve.cli import main
+    from report.synth import write_run
+
+    rows = make_rows(models=("mini-gpt2", "mini-pythia"), configs=("torch-cpu", "jit-cpu", "compile-cpu"), reps=3)
+    run = write_run(tmp_path / "reports", rows, "run-saved")
+    assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 0
+    page = tmp_path / "out" / "report.html"
+    done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+                           page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    assert 'data-errors="0"' in dom
+    m = re.search(r'data-images="(\d+)/(\d+)"', dom)
+    assert m and m.group(1) == m.group(2)
+    assert re.search(r"<img [^>]*>", dom).group(0).find('alt="overview') > 0
+    assert not [c for c in rendered_cells(dom) if re.search(r"\bnan\b", c, re.I)]
