@@ -345,6 +345,7 @@ class Comparison:
     p_raw: float | None = None  # the raw p of the verdict's direction (worse, or better for an improvement)
     p_value: float | None = None  # Holm-adjusted p of "worse" (or of "better" for an improvement)
     p_better_adj: float | None = None  # Holm-adjusted p of "better"
+    paired_logs: list = field(default_factory=list, repr=False)  # interleaved A/B: log(B / A) per pair
     verdict: str = "same"  # regression | outputs-changed | undecided | improved | same
     reason: str = ""
     source: str | None = None  # how an energy metric was obtained, e.g. estimated-cpu-time+nvml-counter
@@ -539,10 +540,20 @@ def _flag_words(flags: Mapping[str, int]) -> str:
 def _settle(c: Comparison, alpha: float, alpha_m: float, test: str) -> None:
     """The verdict of a tested comparison from its Holm-adjusted p-values, its resolution and
     its flags (see the module's docstring)."""
-    c.detectable_pct = detectable_pct(c.base_values, c.now_values, alpha_m, better=c.better, test=test)
     threshold_pct = c.threshold_pct()
-    if threshold_pct is not None:
-        c.runs_needed = runs_needed(c.base_values, c.now_values, threshold_pct, alpha_m, better=c.better, test=test)
+    if test == "paired-logt":
+        sd = statistics.stdev(c.paired_logs)
+        effect = _paired_detectable_log(sd, len(c.paired_logs), alpha_m)
+        c.detectable_pct = None if effect is None else _log_to_pct(effect, c.better)
+        if threshold_pct:
+            target = _pct_to_log(threshold_pct, c.better)
+            c.runs_needed = next((n for n in range(MIN_RUNS, 1001)
+                                  if (_paired_detectable_log(sd, n, alpha_m) or math.inf) <= target), None)
+    else:
+        c.detectable_pct = detectable_pct(c.base_values, c.now_values, alpha_m, better=c.better, test=test)
+        if threshold_pct is not None:
+            c.runs_needed = runs_needed(c.base_values, c.now_values, threshold_pct, alpha_m, better=c.better,
+                                        test=test)
     if c.p_value is not None and c.p_value < alpha and c.beyond("worse"):
         c.verdict, c.p_raw = "regression", c.p_worse
         return
@@ -606,6 +617,100 @@ def compare(base_rows: Iterable[Mapping], now_rows: Iterable[Mapping], threshold
     for c, pw, pb in zip(tested, worse_adj, better_adj):
         c.p_value, c.p_better_adj = pw, pb
         _settle(c, alpha, alpha_m, test)
+    return result
+
+
+# ---------------------------------------------------------------- interleaved A/B
+
+def ab_pairs(rows: Iterable[Mapping]) -> dict[tuple[str, str], dict[int, dict[str, Mapping]]]:
+    """An interleaved session's samples as pairs: (model, B's config) -> pair -> {"A": row, "B": row}."""
+    out: dict[tuple[str, str], dict[int, dict[str, Mapping]]] = {}
+    for r in rows:
+        role, pair = r.get("ab_role"), r.get("ab_pair")
+        if role not in ("A", "B") or pair is None:
+            continue
+        key = (str(r.get("model")), str(r.get("ab_candidate") or r.get("config")))
+        out.setdefault(key, {}).setdefault(int(pair), {})[role] = r
+    return out
+
+
+def _paired_p(ratios_log: Sequence[float], alternative: str) -> float:
+    from scipy.stats import ttest_1samp
+
+    if statistics.pstdev(ratios_log) == 0:
+        mean = statistics.fmean(ratios_log)
+        return (0.0 if mean > 0 else 1.0) if alternative == "greater" else (0.0 if mean < 0 else 1.0)
+    p = float(ttest_1samp(ratios_log, 0.0, alternative=alternative).pvalue)
+    return 1.0 if math.isnan(p) else p
+
+
+def _paired_detectable_log(sd: float, n: int, alpha_m: float) -> float | None:
+    """The smallest mean log ratio the one-sided paired t-test at ``alpha_m`` catches with
+    :data:`POWER` (exact noncentral t: a paired test's degrees of freedom are known, n - 1)."""
+    if n < 2:
+        return None
+    effect = _noncentrality(_t(1 - alpha_m, n - 1), n - 1) * sd / math.sqrt(n)
+    return effect if math.isfinite(effect) else None
+
+
+def _compare_pair(model, config, threshold, pairs, registry, min_runs) -> Comparison:
+    """One interleaved comparison: A is the baseline side, B this run's; the test is a one-sided
+    paired t on the log ratios B/A of the pairs (what drifts between pairs cancels)."""
+    a_rows = [p["A"] for p in pairs.values() if "A" in p]
+    b_rows = [p["B"] for p in pairs.values() if "B" in p]
+    name = resolve_metric(threshold.metric, a_rows, b_rows)
+    metric = registry.get(name) or Metric(name, "", name)
+    c = Comparison(model, config, name, metric.unit, metric.better or "lower", threshold, 0, 0,
+                   source=_energy_source(metric, [*a_rows, *b_rows]))
+    _, a_flags = _measured(a_rows, metric)
+    _, b_flags = _measured(b_rows, metric)
+    c.flags = {side: f for side, f in (("baseline", a_flags), ("this run", b_flags)) if f}
+    complete = [(p["A"].get(name), p["B"].get(name)) for _, p in sorted(pairs.items()) if "A" in p and "B" in p]
+    complete = [(float(a), float(b)) for a, b in complete if a is not None and b is not None and a > 0 and b > 0]
+    c.base_values, c.now_values = [a for a, _ in complete], [b for _, b in complete]
+    c.n_base = c.n_now = len(complete)
+    if complete:
+        c.base_median = statistics.median(c.base_values)
+        c.now_median = statistics.median(c.now_values)
+        c.change_pct = (c.now_median - c.base_median) / abs(c.base_median) * 100
+    logs = [math.log(b / a) for a, b in complete]
+    c.spread_base_pct = statistics.stdev(logs) * 100 if len(logs) >= 2 else None  # the ratio's spread
+    c.spread_now_pct = c.spread_base_pct
+    if any(r.get("error_prone") is True for r in b_rows):
+        c.verdict, c.reason = "outputs-changed", "this run's outputs differ from the reference: the change altered what the model answers"
+        return c
+    if len(complete) < min_runs:
+        c.verdict, c.reason = "undecided", f"{len(complete)} complete A/B pairs (needs {min_runs}): add repetitions"
+        return c
+    worse, better = ("greater", "less") if c.better == "lower" else ("less", "greater")
+    c.p_worse, c.p_better = _paired_p(logs, worse), _paired_p(logs, better)
+    sign = 1 if c.better == "lower" else -1
+    pct = c.threshold_pct() or 0.0
+    shifted = [d - sign * _pct_to_log(pct, "lower") for d in logs]
+    c.p_within = _paired_p(shifted, better)
+    c.paired_logs = logs
+    return c
+
+
+def compare_interleaved(rows: Iterable[Mapping], thresholds: Sequence[Threshold], *,
+                        overrides: Mapping[tuple[str, str], Sequence[Threshold]] | None = None,
+                        metrics: Mapping[str, Metric] | None = None, alpha: float = DEFAULT_ALPHA,
+                        min_runs: int = MIN_RUNS, family_size: int | None = None) -> GateResult:
+    """The gate of an interleaved A/B session (``--greenserve-ab``): for every (model, B's
+    configuration), A's samples are the baseline and B's this run, paired by repetition;
+    Holm across every comparison, the same verdicts and resolution as :func:`compare`."""
+    registry = metrics_or_builtin(metrics)
+    result = GateResult(test="paired-logt", alpha=alpha)
+    for key, pairs in ab_pairs(rows).items():
+        for t in (overrides or {}).get(key) or thresholds:
+            result.comparisons.append(_compare_pair(*key, t, pairs, registry, min_runs))
+    result.family_size = max(len(result.comparisons), family_size or 0)
+    alpha_m = result.alpha_adjusted
+    tested = [c for c in result.comparisons if c.p_worse is not None]
+    pad = [1.0] * (result.family_size - len(tested))
+    for c, pw, pb in zip(tested, holm([c.p_worse for c in tested] + pad), holm([c.p_better for c in tested] + pad)):
+        c.p_value, c.p_better_adj = pw, pb
+        _settle(c, alpha, alpha_m, "paired-logt")
     return result
 
 
@@ -678,7 +783,8 @@ def summary_line(result: GateResult, baseline: str, undecided: str = "fail") -> 
     status = result.exit_status(undecided)
     head = {0: "passed", EXIT_REGRESSION: "FAILED", EXIT_OUTPUTS_CHANGED: "FAILED (outputs changed)",
             EXIT_UNDECIDED: "FAILED (could not judge)"}[status]
-    test = {"mwu": "Mann-Whitney U", "welch": "Welch's t", "logt": "Welch's t on log values"}[result.test]
+    test = {"mwu": "Mann-Whitney U", "welch": "Welch's t", "logt": "Welch's t on log values",
+            "paired-logt": "paired t on the log ratios of interleaved A/B pairs"}[result.test]
     n = len(result.comparisons)
     return (f"greenserve gate {head}: {len(items)} (model, configuration) item{'s' * (len(items) != 1)}, "
             f"{n} comparison{'s' * (n != 1)} against baseline {baseline}: {counts} "

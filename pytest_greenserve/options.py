@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .configs import ConfigError, ServingConfig, parse_config_list
+from .configs import ConfigError, ServingConfig, parse_config, parse_config_list
 from .meters import MeterSettings, parse_cpu_watts
 from .gate import DEFAULT_FAIL
 from .metrics import DEFAULT_MIN_SAMPLE_S
@@ -122,6 +122,14 @@ def _baseline_name(text: str) -> str | None:
     text = text.strip()
     if text and ("/" in text or text in (".", "..", "latest")):
         raise ValueError("a baseline name is a plain file name other than 'latest' (saved under <report-dir>/baselines/)")
+    return text or None
+
+
+def _ab_spec(text: str) -> str | None:
+    """``ENGINE-PROVIDER`` or ``python:PATH`` (read_settings checks the configuration and the path)."""
+    text = text.strip()
+    if text.startswith("python:") and not text[len("python:"):].strip():
+        raise ValueError("python: needs the path of the other environment's interpreter, e.g. python:../main/.venv/bin/python")
     return text or None
 
 
@@ -264,6 +272,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("fail", "METRIC:THRESHOLD,...", DEFAULT_FAIL,
            "the gate's thresholds: a gateable metric (or energy: gross energy_total_j; time: time_s) with a change in % or in units, "
            "e.g. energy:5%,time:10% or ms_per_token:0.5ms", lambda text: text.strip()),
+    Option("ab", "CONFIG|python:PATH", "",
+           "interleaved A/B in one session, decided with a paired test (the design that cancels drift): "
+           "A is the configuration CONFIG (in this process), or the same configuration served by another Python "
+           "environment's interpreter PATH (needs --greenserve-transport=http); B is each selected configuration; "
+           "every repetition measures A and B back to back in a balanced, seeded ABBA order",
+           _ab_spec, readme_default="unset"),
     Option("undecided", "fail|pass", "fail",
            "what the gate does when it could not judge an item (too few or too noisy repetitions, nothing "
            "compared): fail (exit status 7, with the reason) or pass (exit 0, the reason printed)",
@@ -321,6 +335,7 @@ class Settings:
     save: str | None = _default("save")  # baseline name to save this session under
     compare: str | None = _default("compare")  # baseline NAME|PATH|latest to gate against
     fail: str = _default("fail")  # the gate's thresholds, parsed by plugin.py against the metric registry
+    ab: str | None = _default("ab")  # interleaved A/B: the A side, a configuration or python:PATH
     undecided: str = _default("undecided")  # fail | pass: the gate's answer when it could not judge
     compare_any_machine: bool = _default("compare-any-machine")
 
@@ -351,6 +366,8 @@ def read_settings(raw: Callable[[str], str | None], *, engines: dict, models: di
     except (ModelError, ConfigError) as exc:
         raise OptionError(str(exc)) from None
 
+    if values["ab"] is not None:
+        _check_ab(values, engines)
     if values["concurrency"] > 1 and values["transport"] != "http":
         raise OptionError("--greenserve-concurrency above 1 needs --greenserve-transport=http "
                           "(in-process engines serve one request at a time)")
@@ -364,6 +381,26 @@ def read_settings(raw: Callable[[str], str | None], *, engines: dict, models: di
     if not report_dir.is_absolute():
         report_dir = Path(rootpath) / report_dir
     return Settings(models=tuple(names), local_paths=paths, configs=tuple(configs), report_dir=report_dir, **values)
+
+
+def _check_ab(values: dict, engines: dict) -> None:
+    """--greenserve-ab: a known configuration, or an interpreter that exists with http; not with
+    --greenserve-compare or --greenserve-save (the A side is measured in the session itself)."""
+    spec = values["ab"]
+    for other in ("compare", "save"):
+        if values[other] is not None:
+            raise OptionError(f"--greenserve-ab and --greenserve-{other} are two ways to gate: choose one")
+    if spec.startswith("python:"):
+        path = Path(spec[len("python:"):].strip()).expanduser()
+        if not path.is_file():
+            raise OptionError(f"--greenserve-ab={spec!r}: {path} is not a file (give the other environment's python)")
+        if values["transport"] != "http":
+            raise OptionError(f"--greenserve-ab={spec!r} serves both sides over HTTP: add --greenserve-transport=http")
+        return
+    try:
+        parse_config(spec, engines)
+    except ConfigError as exc:
+        raise OptionError(f"--greenserve-ab: {exc}") from None
 
 
 def meter_settings(settings: Settings) -> MeterSettings:

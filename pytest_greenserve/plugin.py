@@ -182,6 +182,11 @@ def greenserve(request, greenserve_case) -> Greenserve:
         reason = str(exc)
     if reason:
         pytest.skip(reason)
+    side_a = session.ab_config(greenserve_case.config) if session.settings.ab is not None else None
+    if side_a is not None and side_a != greenserve_case.config:
+        reason = session.unavailable_reason(side_a)
+        if reason:
+            pytest.skip(f"{greenserve_case.config}: its A side {side_a} (--greenserve-ab): {reason}")
     return Greenserve(session, greenserve_case)
 
 
@@ -338,6 +343,9 @@ def pytest_collection_finish(session):
                 state.overrides[key] = gate.parse_thresholds(fail, metrics, flag=f"{item.nodeid}: greenserve(fail=...)")
             except gate.GateError as exc:
                 raise pytest.UsageError(str(exc)) from None
+    if session.config.stash[SESSION_KEY].settings.ab is not None:  # interleaved: every item is its own pair
+        state.family_size = sum(len(state.overrides.get(k) or state.thresholds) for k in keys)
+        return
     if state.baseline is None or not keys:
         return
     try:
@@ -405,20 +413,26 @@ def _gate_and_save(session, gs, end, exitstatus) -> None:
 
 
 def _gate(session, gs, end, state) -> int:
-    """Compare with the baseline; returns the gate's exit status (0 without a baseline)."""
-    if state.baseline is None:
+    """Compare with the baseline, or A with B in an interleaved session (--greenserve-ab);
+    returns the gate's exit status (0 when there is nothing to gate against)."""
+    settings = gs.settings
+    if state.baseline is None and settings.ab is None:
         return 0
     from . import gate
     from .results import mark_error_prone
 
-    settings = gs.settings
-    name = state.baseline.get("path") or settings.compare
     rows = end.rows or list(gs.samples)
     try:
-        base = mark_error_prone([dict(r) for r in state.baseline["samples"]])
         now = mark_error_prone([dict(r) for r in rows])
-        result = state.result = gate.compare(base, now, state.thresholds, overrides=state.overrides,
-                                             metrics=gs.metrics, family_size=state.family_size)
+        if settings.ab is not None:
+            name = f"A = {settings.ab} (interleaved in this session)"
+            result = state.result = gate.compare_interleaved(now, state.thresholds, overrides=state.overrides,
+                                                             metrics=gs.metrics, family_size=state.family_size)
+        else:
+            name = state.baseline.get("path") or settings.compare
+            base = mark_error_prone([dict(r) for r in state.baseline["samples"]])
+            result = state.result = gate.compare(base, now, state.thresholds, overrides=state.overrides,
+                                                 metrics=gs.metrics, family_size=state.family_size)
     except Exception as exc:  # never a traceback: say so, and fail the gate
         first = (str(exc).splitlines() or [""])[0]
         state.lines.append((f"greenserve gate not run ({type(exc).__name__}: {first})", {"red": True}))

@@ -45,7 +45,11 @@ class Runner:
         self.settle_s = settle_s
         self.progress = progress
         self._sleep = sleep
-        self.loaded: Loaded | None = None
+        self.loaded: Loaded | None = None  # the target of the latest ensure()
+        #: targets kept loaded at once: 1, or 2 for an interleaved A/B session (both sides stay
+        #: loaded, so that alternating between them never reloads)
+        self.capacity = 1
+        self._held: dict[Hashable, Loaded] = {}  # oldest first
         self._failed: dict[Hashable, str] = {}
         self._ever_loaded = False
 
@@ -56,11 +60,14 @@ class Runner:
         Raises :class:`EngineError` with a one-line reason when the target cannot be loaded
         or warmed up, now or at an earlier attempt.
         """
-        if self.loaded is not None and self.loaded.key == key:
+        if key in self._held:
+            self.loaded = self._held[key]
             return self.loaded
         if key in self._failed:
             raise EngineError(self._failed[key])
-        self.close()
+        while len(self._held) >= self.capacity:
+            _close_quietly(self._held.pop(next(iter(self._held))).target)
+        self.loaded = None
         if self._ever_loaded and self.cooldown_s > 0:
             self.progress(f"greenserve: cooling down {self.cooldown_s:g} s between configurations")
             self._sleep(self.cooldown_s)
@@ -77,7 +84,7 @@ class Runner:
             _close_quietly(target)
             self._failed[key] = one_line_failure(f"{label} could not be served", exc)
             raise EngineError(self._failed[key]) from exc
-        self.loaded = Loaded(key, target, load_s)
+        self.loaded = self._held[key] = Loaded(key, target, load_s)
         return self.loaded
 
     def idle_baseline(self, label: str, meters):
@@ -105,14 +112,17 @@ class Runner:
         return meters.measure_idle(self.idle_s, progress=self.progress)
 
     def discard(self) -> None:
-        """Close the loaded target after it failed mid-sample: its state (device memory, a
+        """Close the latest target after it failed mid-sample: its state (device memory, a
         half-finished generation) cannot be trusted, so the next sample loads it afresh."""
-        self.close()
-
-    def close(self) -> None:
         if self.loaded is not None:
             loaded, self.loaded = self.loaded, None
+            self._held.pop(loaded.key, None)
             _close_quietly(loaded.target)
+
+    def close(self) -> None:
+        self.loaded = None
+        while self._held:
+            _close_quietly(self._held.pop(next(iter(self._held))).target)
 
 
 def warmup_requests(prompts: Sequence[Sequence[int]], warmup: int) -> list[Sequence[int]]:

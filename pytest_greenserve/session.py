@@ -64,6 +64,16 @@ def plan(settings: Settings) -> list[Case]:
     return cases
 
 
+def ab_order(seed: int, model: str, config: str, repetition: int) -> str:
+    """The order of an A/B pair: repetitions come in blocks of two, ``AB`` then ``BA`` (ABBA),
+    and each block's orientation is drawn from the seed, so over the session every side goes
+    first as often as second and a drift inside a block cancels in the pair's ratio."""
+    block = (repetition - 1) // 2
+    first = random.Random(f"{seed}:{model}:{config}:ab{block}").random() < 0.5
+    orders = ("AB", "BA") if first else ("BA", "AB")
+    return orders[(repetition - 1) % 2]
+
+
 class GreenserveSession:
     """The caches of one session (model handles, prompts, what cannot run) and its samples.
 
@@ -216,7 +226,7 @@ class GreenserveSession:
                              compile_mode=self.settings.compile_mode,
                              progress=self.progress)
 
-    def _make_target(self, case: Case, handle: ModelHandle):
+    def _make_target(self, case: Case, handle: ModelHandle, python: str | None = None):
         """What ``case``'s requests go to: the engine itself (``--greenserve-transport=inproc``), or
         an HTTP client of the same engine class served by ``greenserve serve`` in a child process
         (``http``), which the meters' process tree covers as a child of this process."""
@@ -226,7 +236,7 @@ class GreenserveSession:
 
             return HttpTarget(handle, case.config.provider, cls, self._engine_options(), config_name=case.config.name,
                               new_tokens_max=max(self.settings.new_tokens, 512),
-                              concurrency=self.settings.concurrency)
+                              concurrency=self.settings.concurrency, python=python)
         return cls(handle, case.config.provider, self._engine_options())
 
     def reference(self, model: str, provider: str) -> list[list[int]] | None:
@@ -248,17 +258,51 @@ class GreenserveSession:
     def measure(self, case: Case) -> dict:
         """Run every prompt once against ``case``'s model and configuration: one sample, saved
         at once. Raises EngineError (one line) when the configuration cannot be loaded or a
-        request fails; the meters are stopped either way and later cases measure normally."""
+        request fails; the meters are stopped either way and later cases measure normally.
+
+        With ``--greenserve-ab``, the case is a pair: its A side (the A configuration, or this
+        configuration in the other environment) and its B side (this configuration) are
+        measured back to back, in the order :func:`ab_order` gives; the B sample is returned."""
+        if self.settings.ab is None:
+            return self._measure_side(case, case.config, role=None)
+        self.runner.capacity = 2  # both sides stay loaded: alternating never reloads
+        samples = {}
+        order = ab_order(self.settings.seed, case.model, case.config.name, case.repetition)
+        for position, role in enumerate(order):
+            config = self.ab_config(case.config) if role == "A" else case.config
+            sample = samples[role] = self._measure_side(case, config, role=role, position=position,
+                                                        candidate=case.config)
+        return samples["B"]
+
+    def ab_config(self, config: ServingConfig) -> ServingConfig:
+        """The A side's configuration for B's ``config``: the --greenserve-ab configuration, or
+        ``config`` itself when the A side is another environment (python:PATH)."""
+        spec = self.settings.ab
+        if spec is None or spec.startswith("python:"):
+            return config
+        from .configs import parse_config
+
+        return parse_config(spec, self.engines)
+
+    def _ab_python(self) -> str | None:
+        spec = self.settings.ab
+        return spec[len("python:"):].strip() if spec and spec.startswith("python:") else None
+
+    def _measure_side(self, case: Case, config: ServingConfig, role: str | None, position: int = 0,
+                      candidate: ServingConfig | None = None) -> dict:
         meters = self.ensure_meters()
         store = self.store  # creates the run directory and records the machine (and meter notes) first
-        reference = self.reference(case.model, case.config.provider)
+        python = self._ab_python() if role == "A" else None
+        side = Case(case.model, config, case.repetition)
+        reference = self.reference(case.model, config.provider)
         handle = self.handle(case.model)
         texts, prompt_ids = self.prompts_for(case.model)
-        label = f"{case.model} on {case.config}"
+        label = f"{case.model} on {config}" + (" (A, other environment)" if python else "")
         loaded = self.runner.ensure(
-            (case.model, case.config), label,
-            lambda: self._make_target(case, handle),
+            (case.model, config, role if python else None), label,
+            lambda: self._make_target(side, handle, python=python),
             prompt_ids)
+        case = side
         roof = self._roofline(case, handle, loaded.target, prompt_ids, label)  # outside the window
         idle = self.runner.idle_baseline(label, meters)
         try:
@@ -277,6 +321,11 @@ class GreenserveSession:
             min_sample_s=self.settings.min_sample_s, tie_tolerance=self.settings.tie_tolerance,
             transport=self.settings.transport, concurrency=self.settings.concurrency, dtype=self.settings.dtype,
             roofline=roof, load_s=loaded.load_s, load_info=_optional_call(loaded.target, "load_info"))
+        if role is not None:  # an interleaved A/B pair: which side, which pair, which came first
+            sample.update(ab_role=role, ab_pair=case.repetition, ab_position=position,
+                          ab_candidate=self.label(candidate or case.config), ab_environment=python)
+            if python and sample["config"] == self.label(case.config):
+                sample["config"] = f"{sample['config']}[A]"  # the other environment: its own label
         store.append(sample)
         self.samples.append(sample)
         return sample

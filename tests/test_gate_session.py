@@ -45,9 +45,19 @@ class Sleepy(TorchEngine):
     def unavailable_reason(cls, provider):
         return os.environ.get("GS_UNAVAILABLE") or super().unavailable_reason(provider)
 
+class Planted(Paced):
+    """paced, GS_PLANT slower (an interleaved A/B's candidate)."""
+    name = "planted"
+    def generate(self, input_ids, new_tokens):
+        t0 = time.perf_counter()
+        out = super().generate(input_ids, new_tokens)
+        time.sleep((time.perf_counter() - t0) * float(os.environ.get("GS_PLANT", "0")))
+        return out
+
 def pytest_greenserve_register_engines(registry):
     registry["paced"] = Paced
     registry["sleepy"] = Sleepy
+    registry["planted"] = Planted
 '''
 
 TEST = '''
@@ -272,3 +282,34 @@ def test_ctrl_c_during_a_save_leaves_the_old_baseline_byte_identical(suite, monk
     assert proc.returncode == 2, out  # pytest's "interrupted"
     assert "greenserve baseline not saved: the session was interrupted" in out, out
     assert path.read_bytes() == before
+
+
+def test_interleaved_ab_passes_a_a_and_fails_a_planted_slowdown(suite, monkeypatch):
+    args = ["--greenserve-runs=4", "--greenserve-fail=time:10%", "--greenserve-ab=paced-cpu"]
+    r = run(suite, *args, "--greenserve-configs=planted-cpu")
+    assert r.ret == 0, r.stdout.str()  # GS_PLANT unset: the same work on both sides
+    r.stdout.fnmatch_lines(["mini-gpt2 planted-cpu*time_s (fail 10%)*same*",
+                            "*greenserve gate passed*against baseline A = paced-cpu (interleaved in this session)*"
+                            "paired t on the log ratios*"])
+    rows = [json.loads(line) for p in {p.resolve() for p in (suite.path / "reports").glob("*/samples.jsonl")}
+            for line in p.read_text().splitlines()]
+    assert sorted(r["ab_role"] for r in rows) == ["A"] * 4 + ["B"] * 4
+    firsts = [r["ab_role"] for r in rows if r["ab_position"] == 0]
+    assert firsts.count("A") == firsts.count("B") == 2  # balanced: each side first in half the pairs
+    monkeypatch.setenv("GS_PLANT", "0.3")
+    r = run(suite, *args, "--greenserve-configs=planted-cpu")
+    assert r.ret == 6, r.stdout.str()
+    r.stdout.fnmatch_lines(["mini-gpt2 planted-cpu*time_s (fail 10%)*+*%*regression*"])
+
+
+def test_interleaved_ab_against_another_environment_over_http(suite):
+    import sys
+
+    pytest.importorskip("fastapi")
+    r = run(suite, "--greenserve-runs=3", "--greenserve-fail=time:25%", f"--greenserve-ab=python:{sys.executable}",
+            "--greenserve-transport=http")
+    assert r.ret == 0, r.stdout.str()
+    r.stdout.fnmatch_lines(["mini-gpt2 paced-cpu@http*time_s (fail 25%)*same*"])
+    r = run(suite, "--greenserve-ab=python:/no/such/python", "--greenserve-transport=http")
+    assert r.ret == 4
+    r.stderr.fnmatch_lines(["ERROR: --greenserve-ab='python:/no/such/python': /no/such/python is not a file*"])

@@ -27,7 +27,8 @@ class HttpTarget:
 
     def __init__(self, handle, provider: str, engine_cls, options: EngineOptions | None = None, *,
                  config_name: str | None = None, new_tokens_max: int | None = None, host: str = "127.0.0.1",
-                 health_timeout_s: float = 600.0, request_timeout_s: float = 600.0, concurrency: int = 1):
+                 health_timeout_s: float = 600.0, request_timeout_s: float = 600.0, concurrency: int = 1,
+                 python: str | None = None):
         self.handle = handle
         self.provider = provider
         self.engine_cls = engine_cls
@@ -38,6 +39,7 @@ class HttpTarget:
         self.health_timeout_s = health_timeout_s
         self.request_timeout_s = request_timeout_s
         self.concurrency = concurrency
+        self.python = python  # another environment's interpreter (an interleaved A/B's A side), or ours
         self.server: ServerProcess | None = None
         self._client = None
         self._local = threading.local()
@@ -59,7 +61,7 @@ class HttpTarget:
         if self.new_tokens_max:
             args += ["--new-tokens-max", str(self.new_tokens_max)]
         self.server = ServerProcess(args, host=self.host, health_timeout_s=self.health_timeout_s,
-                                    python_path=[root] if root else [],
+                                    python_path=[root] if root else [], python=self.python,
                                     label=f"greenserve serve ({self.handle.name} on {self.config_name})")
         self.server.start()
         self._client = self._new_client(httpx)

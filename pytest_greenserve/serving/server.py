@@ -279,8 +279,11 @@ class ServerProcess:
     """
 
     def __init__(self, serve_args: list[str], *, host: str = "127.0.0.1", health_timeout_s: float = 600.0,
-                 python_path: list[str] | None = None, label: str = "greenserve serve"):
+                 python_path: list[str] | None = None, label: str = "greenserve serve", python: str | None = None):
         self.serve_args = list(serve_args)
+        #: the interpreter to serve with: ours, or another environment's (an interleaved A/B's A
+        #: side), which then imports its own pytest-greenserve, not what our PYTHONPATH names
+        self.python = python
         self.host = host
         self.health_timeout_s = health_timeout_s
         self.python_path = [p for p in (python_path or []) if p]
@@ -310,11 +313,13 @@ class ServerProcess:
             self.log_path = Path(log)
             self._log = os.fdopen(fd, "wb")
             env = dict(os.environ)
-            paths = [*self.python_path, *(env.get("PYTHONPATH", "").split(os.pathsep) if env.get("PYTHONPATH") else [])]
+            inherited = env.get("PYTHONPATH", "").split(os.pathsep) if env.get("PYTHONPATH") and not self.python else []
+            env.pop("PYTHONPATH", None)
+            paths = [*self.python_path, *inherited]
             if paths:
                 env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
             env["PYTHONUNBUFFERED"] = "1"
-            cmd = [sys.executable, "-m", "pytest_greenserve", "serve", *self.serve_args, "--fd", str(sock.fileno())]
+            cmd = [self.python or sys.executable, "-m", "pytest_greenserve", "serve", *self.serve_args, "--fd", str(sock.fileno())]
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                                          pass_fds=(sock.fileno(),), start_new_session=True, env=env)
             _LIVE.add(self)
