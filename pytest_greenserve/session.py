@@ -85,6 +85,10 @@ class GreenserveSession:
         self.progress = progress
         self.run_id = new_run_id()
         self.samples: list[dict] = []
+        # pytest-xdist (distributed.py): marks a worker puts on each sample before it is saved,
+        # and what the controller adds to run.json (its workers, their meter notes)
+        self.annotate: Callable[[dict], None] | None = None
+        self.meta_extra: dict = {}
         self.runner = Runner(warmup=settings.warmup, new_tokens=settings.new_tokens, idle_s=settings.idle_s,
                              cooldown_s=settings.cooldown_s, settle_s=settings.settle_s, progress=progress)
         self.references = ReferenceStore(settings.cache_dir, settings.new_tokens, progress, dtype=settings.dtype)
@@ -177,6 +181,7 @@ class GreenserveSession:
                         "transport": s.transport, "concurrency": s.concurrency, "dtype": s.dtype},
             "meter_notes": self.meters.notes() if self.meters is not None else [],
             "metrics": metrics_to_json(self.metrics),
+            **self.meta_extra,
         }
 
     def saved_samples(self) -> list[dict]:
@@ -269,6 +274,8 @@ class GreenserveSession:
             min_sample_s=self.settings.min_sample_s, tie_tolerance=self.settings.tie_tolerance,
             transport=self.settings.transport, concurrency=self.settings.concurrency, dtype=self.settings.dtype,
             roofline=roof, load_s=loaded.load_s, load_info=_optional_call(loaded.target, "load_info"))
+        if self.annotate is not None:
+            self.annotate(sample)
         store.append(sample)
         self.samples.append(sample)
         return sample
