@@ -558,12 +558,14 @@ def _xdist_group(config, item, case) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """A worker's item holds the cross-process lock from setup to teardown: alone for a CPU
-    configuration, beside other GPU items otherwise (distributed.WorkerCoordinator)."""
+    configuration, beside other items otherwise (GPU configurations, tests that are no
+    greenserve item), so nothing of another worker runs beside a CPU configuration's item
+    (distributed.WorkerCoordinator)."""
     coord = item.config.stash.get(COORD_KEY, None)
-    case = getattr(item, "callspec", None) and item.callspec.params.get(CASE_FIXTURE)
-    if coord is None or case is None:
+    if coord is None:
         return (yield)
-    with coord.item(case.config.provider):
+    case = getattr(item, "callspec", None) and item.callspec.params.get(CASE_FIXTURE)
+    with coord.item(case.config.provider if case is not None else "other"):
         return (yield)
 
 
