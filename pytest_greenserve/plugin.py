@@ -321,7 +321,7 @@ def pytest_collection_finish(session):
                 state.overrides[key] = gate.parse_thresholds(fail, metrics, flag=f"{item.nodeid}: greenserve(fail=...)")
             except gate.GateError as exc:
                 raise pytest.UsageError(str(exc)) from None
-    if state.baseline is not None and keys:
+    if state.baseline is not None and keys and not _is_worker(session.config):  # xdist: the controller checks
         try:
             baselines.check_matching(state.baseline, keys)
         except baselines.BaselineError as exc:
@@ -507,6 +507,7 @@ class _XdistController:
     def __init__(self, config, gs, assigner, coord_dir):
         self.config, self.gs, self.assigner, self.coord_dir = config, gs, assigner, coord_dir
         self.outputs: list[dict] = []
+        self.checked = False  # the baseline's items, against the first worker's collection
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node):
@@ -528,6 +529,24 @@ class _XdistController:
             self.outputs.append(out)
 
     @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids):
+        """A baseline without any item of this session is refused here, once, as without xdist (the
+        controller collects nothing itself; a worker's usage error would be an xdist internal error)."""
+        state = self.config.stash.get(GATE_KEY, None)
+        if state is None or state.baseline is None or self.checked:
+            return
+        self.checked = True
+        from . import baselines
+
+        by_id = {c.id: (c.model, c.config.name) for c in plan(self.gs.settings)}
+        keys = {by_id[i] for i in (_case_id(n, by_id) for n in ids) if i is not None}
+        if keys:
+            try:
+                baselines.check_matching(state.baseline, keys)
+            except baselines.BaselineError as exc:
+                raise pytest.UsageError(str(exc)) from None
+
+    @pytest.hookimpl(optionalhook=True)
     def pytest_handlecrashitem(self, crashitem, report, sched):
         """The crashed item fails with xdist's reason, plus where its worker's finished samples are."""
         path = self.gs.settings.report_dir / self.gs.run_id / "samples.jsonl"
@@ -542,6 +561,14 @@ class _XdistController:
                 kept = 0
         report.longrepr = (f"{report.longrepr}\ngreenserve: worker {worker} died mid-item (killed, or out of memory); "
                            f"the {kept} sample(s) it finished are kept in {path}")
+
+
+def _case_id(nodeid: str, by_id: dict):
+    """The greenserve case id inside a collected node id (``...[mini-gpt2-torch-cpu-r1]@group``), or None."""
+    inside = nodeid[nodeid.find("[") + 1: nodeid.rfind("]")] if "[" in nodeid else ""
+    found = [i for i in by_id if i == inside or inside.startswith(i + "-") or inside.endswith("-" + i)
+             or f"-{i}-" in inside]
+    return max(found, key=len) if found else None
 
 
 #: the --dist modes under which every (model, configuration) stays on one worker

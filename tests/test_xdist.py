@@ -164,3 +164,16 @@ def test_cpu_overlap_yes_runs_cpu_items_together_and_flags_them(suite, cache, mo
         flagged = [row for row in csv.DictReader(fh) if row["test"] == "concurrent"]
     assert flagged and "measured while other pytest-xdist workers ran" in flagged[0]["reason"]
     assert "concurrent" in (run_dir / "summary.md").read_text()
+
+
+def test_a_baseline_without_any_item_of_the_session_is_a_one_line_usage_error(suite, cache):
+    base = suite.path / "reports" / "baselines"
+    base.mkdir(parents=True)
+    (base / "main.json").write_text(json.dumps({"kind": "greenserve-baseline", "schema_version": 1, "name": "main",
+                                                "samples": [{"model": "mini-gpt2", "config": "onnx-cpu"}]}))
+    r = run(suite, cache, "--greenserve-configs=paced-cpu", "--greenserve-compare=main",
+            "--greenserve-compare-any-machine")
+    assert r.ret == 4, r.stdout.str() + r.stderr.str()
+    r.stderr.fnmatch_lines(["ERROR: greenserve baseline *main.json has no item of this session (it has: mini-gpt2 "
+                            "onnx-cpu)*"])
+    assert "INTERNALERROR" not in r.stdout.str() + r.stderr.str()
