@@ -7,7 +7,11 @@
      "versions": {...}, "options": {...}, "samples": [...]}
 
 The *fingerprint* is what makes two machines the same hardware for the gate: architecture,
-CPU model, CPU count and GPU name (never the hostname: CI runners get a new one every job).
+CPU model, CPU count and GPU name (never the hostname: CI runners get a new one every job),
+and ``gpus``, the name of every GPU of the host. Each sample is measured on one GPU of its own,
+so two hosts with the same GPU models are alike whatever their number of GPUs: the gate compares
+the set of GPU models, and only where both sides list them (baselines saved before ``gpus``
+existed compare ``gpu`` alone, as they did).
 Every refusal is a :class:`BaselineError` whose message is one line. Pure: no pytest.
 """
 
@@ -47,8 +51,16 @@ def cpu_model() -> str | None:
 
 def fingerprint(machine_info: Mapping[str, Any]) -> dict:
     """The hardware identity of ``machine_info`` (results.machine_info) plus this CPU's model."""
+    gpus = machine_info.get("gpus")
     return {"arch": platform.machine(), "cpu_model": machine_info.get("cpu_model") or cpu_model(),
-            "cpu_count": machine_info.get("cpu_count"), "gpu": machine_info.get("gpu")}
+            "cpu_count": machine_info.get("cpu_count"), "gpu": machine_info.get("gpu"),
+            "gpus": [g.get("name") for g in gpus] if gpus else None}
+
+
+def gpu_models(fp: Mapping[str, Any]) -> list[str] | None:
+    """The distinct GPU models a fingerprint lists (None: it lists none, e.g. an older baseline)."""
+    gpus = fp.get("gpus")
+    return sorted({str(g) for g in gpus}) if gpus else None
 
 
 def baseline_dir(report_dir: Path) -> Path:
@@ -133,6 +145,9 @@ def check_machine(doc: Mapping[str, Any], current: Mapping[str, Any], any_machin
     theirs = doc.get("fingerprint") or {}
     diff = [f"{k}: {theirs.get(k)!r} there, {current.get(k)!r} here" for k in FINGERPRINT_KEYS
             if theirs.get(k) != current.get(k)]
+    there, here = gpu_models(theirs), gpu_models(current)
+    if there is not None and here is not None and there != here:
+        diff.append(f"GPU models: {', '.join(there)} there, {', '.join(here)} here")
     if diff:
         raise BaselineError(f"greenserve baseline {doc.get('path', doc.get('name'))} was measured on other hardware "
                             f"({'; '.join(diff)}); compare anyway with --greenserve-compare-any-machine")

@@ -183,7 +183,7 @@ def _low_resolution(sample):
 
 
 #: The sample checks: a sample whose flag is True is named in stats.csv, summary.md and report.html.
-SAMPLE_FLAGS = ("unsteady", "low_resolution")
+SAMPLE_FLAGS = ("unsteady", "low_resolution", "concurrent")
 
 
 def _ttft_mean(sample):
@@ -262,6 +262,10 @@ def _builtin() -> list[Metric]:
           f"drift > {UNSTEADY_DRIFT_PCT:g}%)", better=None, kind="quality", derive=_unsteady),
         M("low_resolution", "", "window shorter than --greenserve-min-sample-s (energy counter resolution)",
           better=None, kind="quality", derive=_low_resolution),
+        # set by the pytest-xdist worker (distributed.py): a CPU configuration measured while another
+        # worker was busy (--greenserve-cpu-overlap=yes); None in a one-process session
+        M("concurrent", "", "CPU configuration measured while other pytest-xdist workers ran",
+          better=None, kind="quality"),
         M("energy_idle_j", "J", "idle energy", better=None, kind="energy", energy_source="total"),
         # measured next to each sample: its spread across samples shows how steady idle was
         M("idle_power_w", "W", "idle power", better=None, kind="energy", energy_source="total",

@@ -142,6 +142,12 @@ def _yes_no(text: str) -> bool:
     raise ValueError("expected yes or no")
 
 
+def _gpu_list(text: str) -> tuple[str, ...] | None:
+    from .distributed import parse_gpu_list
+
+    return parse_gpu_list(text)
+
+
 def _url(text: str) -> str:
     if not text.startswith(("http://", "https://")):
         raise ValueError("expected an http:// or https:// URL")
@@ -284,6 +290,14 @@ OPTIONS: tuple[Option, ...] = (
            choice("fail", "pass")),
     Option("compare-any-machine", "[yes|no]", "no", "compare with a baseline measured on other hardware",
            _yes_no, const="yes"),
+    Option("gpus", "INDICES|UUIDS", "",
+           "with pytest-xdist (-n N): the GPUs the workers share out, one each, e.g. 0,1 (nvidia-smi's "
+           "indices) or GPU- UUIDs; unset: CUDA_VISIBLE_DEVICES, else every GPU", _gpu_list,
+           readme_default="the visible GPUs"),
+    Option("cpu-overlap", "[yes|no]", "no",
+           "with pytest-xdist: let CPU configurations run beside other workers' items (their samples are "
+           "flagged concurrent); no: every other worker waits while a CPU configuration's item runs",
+           _yes_no, const="yes"),
 )
 
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -338,6 +352,8 @@ class Settings:
     ab: str | None = _default("ab")  # interleaved A/B: the A side, a configuration or python:PATH
     undecided: str = _default("undecided")  # fail | pass: the gate's answer when it could not judge
     compare_any_machine: bool = _default("compare-any-machine")
+    gpus: tuple[str, ...] | None = _default("gpus")  # pytest-xdist: the GPUs shared out, one per worker
+    cpu_overlap: bool = _default("cpu-overlap")  # pytest-xdist: CPU items beside other workers' items
 
 
 def read_settings(raw: Callable[[str], str | None], *, engines: dict, models: dict, rootpath: Path) -> Settings:

@@ -115,6 +115,7 @@ def pytest_configure(config):
     config.stash[SESSION_KEY] = GreenserveSession(
         settings, engines, models, progress=_progress_writer(config), metrics=metrics,
         meters_factory=lambda: _meter_set(config, meter_settings))
+    _xdist_configure(config, config.stash[SESSION_KEY])
     config.stash[GATE_KEY] = _gate_setup(settings, metrics)
     config.stash[GATE_KEY].runs_auto = bool(settings.compare) and str(_raw(config, "runs")).strip().lower() == "auto"
     if config.pluginmanager.has_plugin("benchmark") or config.pluginmanager.has_plugin("pytest_benchmark"):
@@ -144,6 +145,7 @@ def pytest_collection_modifyitems(config, items):
             keep.append(item)
             continue
         item.add_marker(pytest.mark.greenserve)
+        _xdist_group(config, item, case)
         if explicit or case.model in DEFAULT_MODELS or _named_by_keyword(config, case.model):
             keep.append(item)
         else:
@@ -218,6 +220,9 @@ def pytest_sessionfinish(session, exitstatus):
     if gs is None:
         return
     gs.close()
+    if _xdist_worker_end(session, gs):
+        return  # the controller writes the run's reports, gate and baseline
+    _xdist_gather(session.config, gs)
     end = session.config.stash[END_KEY] = SessionEnd()
     if not gs.samples:  # nothing measured: no reports, but a gate asked for must still answer
         _gate_and_save(session, gs, end, exitstatus)
@@ -351,6 +356,8 @@ def pytest_collection_finish(session):
     try:
         common = baselines.check_matching(state.baseline, keys)
     except baselines.BaselineError as exc:
+        if _is_worker(session.config):  # xdist: the controller refuses it
+            return
         raise pytest.UsageError(str(exc)) from None
     state.family_size = sum(len(state.overrides.get(k) or state.thresholds) for k in common)
     if state.runs_auto:
@@ -563,3 +570,257 @@ class _BenchmarkBridge:
             except Exception as exc:  # interop must never cost the measurements
                 print(f"greenserve: not added to pytest-benchmark ({type(exc).__name__}: {exc})", file=sys.stderr)
         yield
+
+
+# ---------------------------------------------------------------- pytest-xdist (distributed.py)
+# One GPU per worker, one (model, configuration) per worker, CPU items alone, and one run: the
+# workers write into the controller's run directory and the controller's session end reports,
+# gates and saves the baseline over every sample.
+
+COORD_KEY = pytest.StashKey[object]()  # a worker's distributed.WorkerCoordinator
+CONTROLLER_KEY = pytest.StashKey[object]()  # the controller's _XdistController
+GROUP_KEY = "greenserve_group"  # workerinput: group the items by (model, configuration)
+
+
+def _is_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _is_controller(config) -> bool:
+    return (not _is_worker(config) and config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None))
+            and not config.getoption("collectonly", False))
+
+
+def _uses_cuda(settings: Settings) -> bool:
+    return any(c.provider == "cuda" for c in settings.configs)
+
+
+def _xdist_configure(config, gs: GreenserveSession) -> None:
+    """Worker: its GPU (before anything starts CUDA), the controller's run id, the lock. Controller:
+    the GPUs to share out, refused when there are fewer than workers. One process: --greenserve-gpus'
+    first GPU."""
+    import os
+
+    from . import distributed as dist
+    from .meters.nvml import host_gpus
+
+    settings = gs.settings
+    if _is_worker(config):
+        wi = config.workerinput
+        if wi.get(dist.RUN_ID_KEY):
+            gs.run_id = wi[dist.RUN_ID_KEY]  # one run directory for every worker
+        os.environ.update(dist.worker_environment(wi.get(dist.GPU_KEY), dict(os.environ)))
+        if wi.get(GROUP_KEY):
+            config.option.loadgroup = True  # xdist then suffixes node ids with the xdist_group
+        if wi.get(dist.COORD_KEY):
+            coord = dist.WorkerCoordinator(Path(wi[dist.COORD_KEY]), wi["workerid"], settings.cpu_overlap)
+            config.stash[COORD_KEY] = coord
+            gs.annotate = coord.annotate
+        return
+    if not _is_controller(config):
+        if settings.gpus:
+            os.environ.update(dist.worker_environment(settings.gpus[0], dict(os.environ)))
+        return
+    pool = dist.gpu_pool(settings.gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), len(host_gpus()))
+    workers = len(config.getoption("tx"))
+    why = dist.too_many_workers(workers, pool, _uses_cuda(settings))
+    if why:
+        raise pytest.UsageError(why)
+    controller = _XdistController(config, gs, dist.GpuAssigner(pool), dist.make_coord_dir())
+    config.stash[CONTROLLER_KEY] = controller
+    config.add_cleanup(lambda: dist.remove_coord_dir(controller.coord_dir))
+    config.pluginmanager.register(controller, "greenserve-xdist-controller")
+
+
+class _XdistController:
+    """The controller's xdist hooks: what each worker is given, and what it hands back."""
+
+    def __init__(self, config, gs, assigner, coord_dir):
+        self.config, self.gs, self.assigner, self.coord_dir = config, gs, assigner, coord_dir
+        self.outputs: list[dict] = []
+        self.checked = False  # the baseline's items, against the first worker's collection
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node):
+        from . import distributed as dist
+
+        worker = node.workerinput["workerid"]
+        node.workerinput[dist.RUN_ID_KEY] = self.gs.run_id
+        node.workerinput[dist.GPU_KEY] = self.assigner.take(worker)
+        node.workerinput[dist.COORD_KEY] = str(self.coord_dir)
+        node.workerinput[GROUP_KEY] = self.config.getoption("dist") in GROUPED_DIST
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error):
+        from . import distributed as dist
+
+        self.assigner.release(node.workerinput["workerid"])
+        out = (getattr(node, "workeroutput", None) or {}).get(dist.OUTPUT_KEY)
+        if out:
+            self.outputs.append(out)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids):
+        """A baseline without any item of this session is refused here, once, as without xdist (the
+        controller collects nothing itself; a worker's usage error would be an xdist internal error)."""
+        state = self.config.stash.get(GATE_KEY, None)
+        if state is None or state.baseline is None or self.checked:
+            return
+        self.checked = True
+        from . import baselines
+
+        by_id = {c.id: (c.model, c.config.name) for c in plan(self.gs.settings)}
+        keys = {by_id[i] for i in (_case_id(n, by_id) for n in ids) if i is not None}
+        if keys:
+            try:
+                baselines.check_matching(state.baseline, keys)
+            except baselines.BaselineError as exc:
+                raise pytest.UsageError(str(exc)) from None
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem, report, sched):
+        """The crashed item fails with xdist's reason, plus where its worker's finished samples are."""
+        path = self.gs.settings.report_dir / self.gs.run_id / "samples.jsonl"
+        worker = getattr(getattr(getattr(report, "node", None), "gateway", None), "id", None)
+        kept = 0
+        if path.is_file():
+            from .results import read_sample_file
+
+            try:
+                kept = sum(1 for s in read_sample_file(path, note=lambda _: None) if s.get("worker") == worker)
+            except Exception:
+                kept = 0
+        report.longrepr = (f"{report.longrepr}\ngreenserve: worker {worker} died mid-item (killed, or out of memory); "
+                           f"the {kept} sample(s) it finished are kept in {path}")
+
+
+def _case_id(nodeid: str, by_id: dict):
+    """The greenserve case id inside a collected node id (``...[mini-gpt2-torch-cpu-r1]@group``), or None."""
+    inside = nodeid[nodeid.find("[") + 1: nodeid.rfind("]")] if "[" in nodeid else ""
+    found = [i for i in by_id if i == inside or inside.startswith(i + "-") or inside.endswith("-" + i)
+             or f"-{i}-" in inside]
+    return max(found, key=len) if found else None
+
+
+#: the --dist modes under which every (model, configuration) stays on one worker
+GROUPED_DIST = ("load", "loadgroup")
+
+
+def _xdist_group(config, item, case) -> None:
+    if _is_worker(config):
+        from .distributed import group_name
+
+        item.add_marker(pytest.mark.xdist_group(name=group_name(case.model, case.config.name)))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A worker's item holds the cross-process lock from setup to teardown: alone for a CPU
+    configuration, beside other items otherwise (GPU configurations, tests that are no
+    greenserve item), so nothing of another worker runs beside a CPU configuration's item
+    (distributed.WorkerCoordinator)."""
+    coord = item.config.stash.get(COORD_KEY, None)
+    if coord is None:
+        return (yield)
+    case = getattr(item, "callspec", None) and item.callspec.params.get(CASE_FIXTURE)
+    with coord.item(case.config.provider if case is not None else "other"):
+        return (yield)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """-n auto: one worker per GPU when CUDA configurations are selected, else one."""
+    import os
+
+    from . import distributed as dist
+    from .meters.nvml import host_gpus
+
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist's own reading of it
+    try:
+        gpus = dist.parse_gpu_list(_raw(config, "gpus") or "")
+    except ValueError:
+        return None  # the usage error comes at configure time
+    configs = (_raw(config, "configs") or "all").lower()
+    uses_cuda = configs.strip() == "all" or "cuda" in configs
+    return dist.auto_workers(dist.gpu_pool(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), len(host_gpus())), uses_cuda)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist load (what -n N gives) and loadgroup: every (model, configuration) on one worker."""
+    if config.getoption("dist") not in GROUPED_DIST:
+        return None
+    return _grouped_scheduling(config, log)
+
+
+def _grouped_scheduling(config, log):
+    from xdist.scheduler import LoadGroupScheduling
+
+    class GreenserveScheduling(LoadGroupScheduling):
+        """loadgroup whose ungrouped items are balanced one by one (as --dist load), and whose
+        crashed item is not run again on another worker (xdist's loadscope puts it back)."""
+
+        def _split_scope(self, nodeid):
+            if nodeid.rfind("@") > nodeid.rfind("]"):
+                return nodeid.split("@")[-1]
+            return nodeid
+
+        def remove_node(self, node):
+            workload = self.assigned_work.get(node) or {}
+            crashed = next((nid for unit in workload.values() for nid, done in unit.items() if not done), None)
+            if crashed is not None:
+                for unit in workload.values():
+                    if crashed in unit:
+                        unit[crashed] = True  # reported failed by xdist; never measured twice
+            for scope in [k for k, unit in workload.items() if all(unit.values())]:
+                if crashed is not None and crashed in workload[scope]:
+                    workload.pop(scope)  # nothing of it is left to run elsewhere
+            super().remove_node(node)
+            return crashed
+
+    return GreenserveScheduling(config, log)
+
+
+def _xdist_worker_end(session, gs) -> bool:
+    """A worker hands the controller its meter notes and its items' greenserve(fail=...) markers
+    (the controller collects no items); it writes no report itself."""
+    config = session.config
+    if not _is_worker(config):
+        return False
+    from .distributed import OUTPUT_KEY, worker_output
+
+    fails = {}
+    for item in session.items:
+        key = _case_key(item)
+        fail = next((m.kwargs["fail"] for m in item.iter_markers("greenserve") if m.kwargs.get("fail")), None)
+        if key is not None and fail:
+            fails.setdefault(key, fail)
+    config.workeroutput[OUTPUT_KEY] = worker_output(gs.samples, gs.meters.notes() if gs.meters else [], fails)
+    return True
+
+
+def _xdist_gather(config, gs) -> None:
+    """The controller: every worker's samples (on disk, in the one run directory) become this
+    session's, with the workers in run.json and the workers' greenserve(fail=...) markers in the gate."""
+    controller = config.stash.get(CONTROLLER_KEY, None)
+    if controller is None:
+        return
+    from . import distributed as dist
+    from .results import read_samples
+
+    path = gs.settings.report_dir / gs.run_id / "samples.jsonl"
+    if not path.is_file():
+        return
+    gs.samples = read_samples([path])
+    gs.meta_extra = {"meter_notes": dist.merged_meter_notes(controller.outputs, gs.samples),
+                     "workers": dist.workers_summary(gs.samples)}
+    state = config.stash.get(GATE_KEY, None)
+    if state is not None:
+        from . import gate
+
+        for key, fail in dist.worker_overrides(controller.outputs).items():
+            try:
+                state.overrides.setdefault(key, gate.parse_thresholds(fail, gs.metrics))
+            except gate.GateError:
+                pass  # each worker refused it at collection already

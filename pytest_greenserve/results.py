@@ -41,6 +41,10 @@ VERDICT_COLUMNS = ["bound_by"]
 # How the target was built, outside every sample: its load (exports, traces, compilation) in
 # seconds, and for engines that compile (Engine.load_info) the mode and the compile/capture seconds.
 SETUP_COLUMNS = ["load_s", "compile_mode", "compile_s", "capture_s"]
+# Where the sample ran: the pytest-xdist worker (None in a one-process session), the other
+# workers busy meanwhile (comma-separated; '' when none), and the GPU(s) it measured (NVML index,
+# UUID, name; None without a GPU meter).
+DEVICE_COLUMNS = ["worker", "concurrent_with", "gpu_index", "gpu_uuid", "gpu_name"]
 PROVENANCE_COLUMNS = [
     "energy_cpu_source", "energy_gpu_source", "energy_total_source", "energy_idle_source", "energy_wall_source",
     "started_at", "finished_at",
@@ -50,7 +54,8 @@ PROVENANCE_COLUMNS = [
 def sample_columns(metrics: dict[str, Metric] | None = None) -> list[str]:
     """The columns of samples.csv for this metric registry (None: the built-in metrics)."""
     names = metrics_or_builtin(metrics)
-    return list(dict.fromkeys([*CONTEXT_COLUMNS, *names, *VERDICT_COLUMNS, *SETUP_COLUMNS, *PROVENANCE_COLUMNS]))
+    return list(dict.fromkeys([*CONTEXT_COLUMNS, *names, *VERDICT_COLUMNS, *SETUP_COLUMNS, *DEVICE_COLUMNS,
+                                *PROVENANCE_COLUMNS]))
 
 
 
@@ -59,7 +64,9 @@ def new_run_id(now: float | None = None) -> str:
     return f"{stamp}-{socket.gethostname().split('.')[0]}-{os.getpid()}"
 
 
-def machine_info() -> dict:
+def machine_info(nvml=None) -> dict:
+    """This machine: host, platform, CPUs, RAM, Python, ``gpu`` (the first GPU this process may
+    use) and ``gpus`` (every GPU of the host; ``nvml``: an injected pynvml-like module, tests)."""
     import psutil
 
     info = {
@@ -74,9 +81,14 @@ def machine_info() -> dict:
         import torch
 
         if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
+            info["gpu"] = torch.cuda.get_device_name(0)  # the first GPU this process may use
     except ImportError:
         pass
+    from .meters.nvml import host_gpus
+
+    gpus = host_gpus(nvml)
+    if gpus:  # every GPU of the host, whatever CUDA_VISIBLE_DEVICES says: index, UUID, name
+        info["gpus"] = gpus
     return info
 
 
@@ -109,20 +121,61 @@ class ResultsStore:
             (self.report_dir / "LATEST").write_text(self.run_id + "\n")
 
     def append(self, sample: dict) -> None:
-        """Append one sample (stamped with ``schema_version`` unless it has one), flushed and fsynced."""
+        """Append one sample (stamped with ``schema_version`` unless it has one), flushed and fsynced.
+
+        Several processes (pytest-xdist workers) may append to one run: each line is written under
+        an exclusive file lock, and a line left torn by a writer killed mid-write (found at the
+        end of the file, under the lock, so its writer is gone) is cut off first, so that it never
+        ends up in the middle of the file."""
         if "schema_version" not in sample:
             sample = {"schema_version": SCHEMA_VERSION, **sample}
-        line = json.dumps(sample, default=_json_default, allow_nan=False)
-        with open(self.samples_path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        data = (json.dumps(sample, default=_json_default, allow_nan=False) + "\n").encode("utf-8")
+        fd = os.open(self.samples_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            _lock(fd)
+            _cut_torn_tail(fd)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def write_meta(self, meta: dict) -> None:
         if "schema_version" not in meta:
             meta = {"schema_version": SCHEMA_VERSION, **meta}
         # atomically: an interrupted write leaves the old run.json or the new one, never a torn one
         write_text_atomically(self.run_dir / "run.json", json.dumps(meta, indent=2, default=_json_default))
+
+
+def _lock(fd: int) -> None:
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except (ImportError, OSError):  # no flock here (not POSIX, some network file systems): one writer
+        pass
+
+
+def _cut_torn_tail(fd: int) -> None:
+    """Truncate the file after its last newline (a torn last line of a writer that died)."""
+    size = before = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    tail = 1 << 16
+    pos = size
+    while pos > 0:
+        start = max(0, pos - tail)
+        chunk = os.pread(fd, pos - start, start)
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            os.ftruncate(fd, start + cut + 1)
+            break
+        pos = start
+    else:
+        os.ftruncate(fd, 0)
+    _stderr_note(f"samples.jsonl: cut a torn last line of {before - os.fstat(fd).st_size} bytes (its writer was "
+                 f"killed mid-write; its item failed)")
 
 
 def _json_default(obj):

@@ -95,6 +95,10 @@ class GreenserveSession:
         self.progress = progress
         self.run_id = new_run_id()
         self.samples: list[dict] = []
+        # pytest-xdist (distributed.py): marks a worker puts on each sample before it is saved,
+        # and what the controller adds to run.json (its workers, their meter notes)
+        self.annotate: Callable[[dict], None] | None = None
+        self.meta_extra: dict = {}
         self.runner = Runner(warmup=settings.warmup, new_tokens=settings.new_tokens, idle_s=settings.idle_s,
                              cooldown_s=settings.cooldown_s, settle_s=settings.settle_s, progress=progress)
         self.references = ReferenceStore(settings.cache_dir, settings.new_tokens, progress, dtype=settings.dtype)
@@ -195,6 +199,7 @@ class GreenserveSession:
                         "ort_spinning": s.ort_spinning, "compile_mode": s.compile_mode},
             "meter_notes": self.meters.notes() if self.meters is not None else [],
             "metrics": metrics_to_json(self.metrics),
+            **self.meta_extra,
         }
 
     def saved_samples(self) -> list[dict]:
@@ -326,6 +331,8 @@ class GreenserveSession:
                           ab_candidate=self.label(candidate or case.config), ab_environment=python)
             if python and sample["config"] == self.label(case.config):
                 sample["config"] = f"{sample['config']}[A]"  # the other environment: its own label
+        if self.annotate is not None:
+            self.annotate(sample)
         store.append(sample)
         self.samples.append(sample)
         return sample

@@ -352,3 +352,25 @@ def test_benchmark_entries_carry_rounds_and_energy():
     assert e["name"] == "test_greenserve[mini-gpt2-torch-cpu]" and e["rounds"] == [1.0, 1.2, 1.1]
     assert e["extra_info"]["energy_net_j"] == 11 and e["extra_info"]["tokens_generated"] == 64
     assert e["extra_info"]["energy_net_j_per_repetition"] == [10, 12, 11]
+
+
+# ------------------------------------------------------------------ the fingerprint lists every GPU (issue 18)
+
+def _fp(gpu, gpus):
+    from pytest_greenserve import baselines
+
+    info = {"cpu_model": "X", "cpu_count": 16, "gpu": gpu}
+    if gpus is not None:
+        info["gpus"] = [{"index": i, "uuid": f"GPU-{i}", "name": n} for i, n in enumerate(gpus)]
+    return baselines.fingerprint(info)
+
+
+def test_fingerprint_gpu_models_decide_and_older_baselines_still_compare():
+    from pytest_greenserve import baselines
+
+    one_h200, two_h200 = _fp("H200", ["H200"]), _fp("H200", ["H200", "H200"])
+    baselines.check_machine({"fingerprint": one_h200}, two_h200)  # each sample ran on one H200: alike
+    old = {k: v for k, v in one_h200.items() if k != "gpus"}  # saved before the list existed
+    baselines.check_machine({"fingerprint": old}, two_h200)
+    with pytest.raises(baselines.BaselineError, match="GPU models: H200 there, A100, H200 here"):
+        baselines.check_machine({"fingerprint": one_h200}, _fp("H200", ["H200", "A100"]))

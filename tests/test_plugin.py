@@ -108,6 +108,7 @@ NEW_SAMPLE_FIELDS = {
     "memory_floor_ms_per_token", "kernels_per_token", "launches_per_token", "launch_floor_ms_per_token",
     "gpu_busy_ms_per_token", "gpu_busy_pct_profiled", "x_memory_floor", "x_launch_floor", "bound_by",
     "load_s", "load_info", "compile_mode", "compile_s", "capture_s",  # issue 10: builds outside samples
+    "worker", "concurrent_with", "concurrent", "gpu_index", "gpu_uuid", "gpu_name",  # issue 18: xdist, devices
 }
 RUN_TIMEOUT = 240  # seconds for one measured subprocess run; a hang fails instead of blocking CI
 

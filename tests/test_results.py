@@ -135,3 +135,37 @@ def test_a_missing_run_is_refused(tmp_path):
 def test_an_empty_file_has_no_samples(tmp_path):
     f = write_lines(tmp_path / "samples.jsonl", "", "")
     assert read_samples([f]) == []
+
+
+def test_a_writer_killed_mid_line_never_leaves_a_torn_line_inside_the_run(tmp_path, capsys):
+    """pytest-xdist workers append to one samples.jsonl: a line torn by a writer killed mid-write
+    is cut off by the next append (under the file lock), so the run stays readable."""
+    store = ResultsStore(tmp_path, "run")
+    store.append({"model": "m", "config": "torch-cpu", "worker": "gw0"})
+    torn = b'{"model": "m", "config": "onnx-cpu", "wor'  # gw1, killed mid-write
+    with open(store.samples_path, "ab") as fh:
+        fh.write(torn)
+    store.append({"model": "m", "config": "torch-cpu", "worker": "gw0"})
+    rows = read_run(store.run_dir, note=pytest.fail)[0]
+    assert [r["config"] for r in rows] == ["torch-cpu", "torch-cpu"]
+    assert f"cut a torn last line of {len(torn)} bytes" in capsys.readouterr().err
+
+
+def test_appends_from_several_processes_stay_whole_lines(tmp_path):
+    import multiprocessing
+
+    store = ResultsStore(tmp_path, "run")
+    big = "x" * 300_000  # a sample larger than a pipe buffer or a page: written in several pieces
+
+    def write(worker):
+        for i in range(20):
+            store.append({"model": "m", "config": "torch-cpu", "worker": worker, "i": i, "pad": big})
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=write, args=(f"gw{k}",)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    rows = read_run(store.run_dir, note=pytest.fail)[0]
+    assert sorted((r["worker"], r["i"]) for r in rows) == [(f"gw{k}", i) for k in range(3) for i in range(20)]

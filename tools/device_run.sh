@@ -13,12 +13,16 @@
 #   bash tools/device_run.sh issue8-ortprof  # ONNX Runtime's operator profile; profiler after-effects
 #   bash tools/device_run.sh issue10 codeparrot-small torch-cuda,jit-cuda,onnx-cuda,compile-cuda  # 64 prompts x 5
 #   bash tools/device_run.sh issue9-calibrate 164 5 2 calib-gpu4 compile-cuda  # the gate's trials; again until all sessions ran
+#   bash tools/device_run.sh issue18-xdist 1   # on nvidia-h200-x2, carry .whl and .whl-xdist (pytest-xdist, execnet):
+#   bash tools/device_run.sh issue18-xdist 2   #   the same items with -n 1, then -n 2 (a call each: 10-minute limit)
+#   bash tools/device_run.sh issue18-compare   #   per item medians and GPU energy, -n 1 against -n 2, and the speed-up
+#   bash tools/device_run.sh issue18-study 2   # the whole 12-replica study with -n 2, capped (a projection if cut)
 # DRY=1 runs a tiny CPU-only version of the same sessions locally to check the script.
 # Each session is capped with SIGINT (pytest then finishes cleanly); finished samples are
 # never lost. Results: one tarball of the report directories under $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/greenserve-out}; mkdir -p "$OUT"
-SITE=/tmp/site; CACHE=${GREENSERVE_CACHE:-/tmp/gscache}; REPORTS=/tmp/greports
+SITE=/tmp/site; CACHE=${GREENSERVE_CACHE:-/tmp/gscache}; REPORTS=${GREENSERVE_REPORTS:-/tmp/greports}
 PY=${PY:-python3}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
@@ -50,9 +54,33 @@ pack() {
   (cd $REPORTS && tar czf "$OUT/reports-$1.tgz" --exclude=latest .) && ls -la "$OUT"
 }
 
+# issue 18: a fixed replica set, every model x CUDA configuration, 164 prompts, 3 runs (override with
+# XD_MODELS, XD_CONFIGS, XD_PROMPTS, XD_RUNS); the shell times each session for the speed-up
+XD_MODELS=${XD_MODELS:-tiny-starcoder,codeparrot-small,pythia-410m,bloom-560m}
+XD_CONFIGS=${XD_CONFIGS:-torch-cuda,jit-cuda,compile-cuda}
+XD_PROMPTS=${XD_PROMPTS:-164}; XD_RUNS=${XD_RUNS:-3}
+xdist_session() {  # xdist_session N CAP_S [more pytest args]: -n N over the fixed set, wall time to $REPORTS/xdist-nN.wall
+  local n=$1 cap=$2; shift 2
+  local t0; t0=$(date +%s)
+  session "xdist-n$n" "$cap" -n "$n" --greenserve-models="$XD_MODELS" --greenserve-configs="$XD_CONFIGS" \
+    --greenserve-prompts="$XD_PROMPTS" --greenserve-runs="$XD_RUNS" --greenserve-idle=2 --greenserve-settle=1 \
+    --greenserve-roofline=off "$@"
+  echo $(( $(date +%s) - t0 )) > "$REPORTS/xdist-n$n.wall"
+  nvidia-smi --query-gpu=index,name,uuid,power.draw --format=csv 2>/dev/null
+}
+xdist_compare() {
+  local one two
+  one=$(ls -d $REPORTS/xdist-n1/*/ 2>/dev/null | grep -v latest | head -1)
+  two=$(ls -d $REPORTS/xdist-n2/*/ 2>/dev/null | grep -v latest | head -1)
+  $PY tools/compare_xdist_runs.py "$one" "$two" --wall-s "$(cat $REPORTS/xdist-n1.wall)" "$(cat $REPORTS/xdist-n2.wall)"
+}
+
 if [ "${DRY:-0}" = 1 ]; then
   small="--greenserve-prompts=4 --greenserve-runs=3 --greenserve-idle=1"
   case "$1" in
+    issue18-xdist) XD_MODELS=mini-gpt2,mini-pythia XD_CONFIGS=torch-cpu,onnx-cpu XD_PROMPTS=4 XD_RUNS=3 \
+                   xdist_session "$2" 300; pack "issue18-xdist-n$2-dry" ;;
+    issue18-compare) xdist_compare ;;
     issue3) session issue3-dry 200 --greenserve-models=mini-gpt2,mini-starcoder --greenserve-configs=torch-cpu,torch-cuda $small; pack issue3-dry ;;
     issue4) session issue4-dry 300 --greenserve-models=mini-gpt2,mini-pythia --greenserve-configs=torch-cpu,torch-cuda,onnx-cpu,openvino-cpu $small; pack issue4-dry ;;
   esac
@@ -143,6 +171,21 @@ case "$1" in
     session cuda-engines 200 --greenserve-models=mini-gpt2,mini-starcoder,mini-pythia \
       --greenserve-configs=torch-cuda,jit-cuda,onnx-cuda --greenserve-prompts=16 --greenserve-runs=3 --greenserve-idle=2
     pack cuda-engines ;;
+  issue18-xdist)  # -n 1 or -n 2 over the fixed replica set (ARGS: workers [cap_s])
+    [ -d $SITE/transformers ] || install .whl
+    [ -d $SITE/xdist ] || install .whl-xdist
+    probe
+    xdist_session "$2" "${3:-570}"
+    pack "issue18-xdist-n$2" ;;
+  issue18-compare)  # after both issue18-xdist calls, on the same machine (still warm)
+    xdist_compare | tee "$OUT/issue18-compare.txt" ;;
+  issue18-study)  # the whole study: every paper model's replica, every configuration, -n N (ARGS: workers [cap_s])
+    [ -d $SITE/transformers ] || install .whl
+    [ -d $SITE/xdist ] || install .whl-xdist
+    t0=$(date +%s)
+    session "study-n$2" "${3:-570}" -n "$2" --greenserve-models=paper
+    echo "study -n $2: $(( $(date +%s) - t0 )) s wall" | tee "$OUT/issue18-study.txt"
+    pack "issue18-study-n$2" ;;
   issue4)
     [ -d $SITE/transformers ] || install .whl
     session issue4 520 --greenserve-models=codeparrot-small,tiny-starcoder \

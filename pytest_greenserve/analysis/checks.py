@@ -1,4 +1,4 @@
-"""The sample checks: samples flagged unsteady or low-resolution (``metrics.SAMPLE_FLAGS``), in words.
+"""The sample checks: samples flagged unsteady, low-resolution or concurrent (``metrics.SAMPLE_FLAGS``), in words.
 
 A flagged sample stays in the statistics, but never silently: each (machine, model,
 configuration) with a flagged sample gets a stats.csv row (``test`` = the flag), a note on the
@@ -21,7 +21,7 @@ class SampleFlag:
     machine: str
     model: str
     config: str
-    flag: str  # unsteady | low_resolution
+    flag: str  # unsteady | low_resolution | concurrent
     n_flagged: int
     n: int
     text: str  # "unsteady in 2 of 3 samples (r1: slowest request 35.2x the median, drift +3%; ...)"
@@ -46,12 +46,15 @@ def _detail(flag: str, r: dict) -> str:
         t = as_float(r.get("time_s"))
         floor = as_float(r.get("min_sample_s"))
         return f"{who}: {t:.2f} s" + (f" < {floor:g} s" if floor is not None else "") if t is not None else who
+    if flag == "concurrent":
+        return f"{who}: beside {r.get('concurrent_with') or 'another worker'}"
     return who
 
 
 WHAT = {
     "unsteady": "unsteady (compilation, a warm-up left over or a drift inside the measured window)",
     "low_resolution": "shorter than the energy counter's resolution allows (--greenserve-min-sample-s)",
+    "concurrent": "measured while other pytest-xdist workers ran (--greenserve-cpu-overlap=yes)",
 }
 
 

@@ -176,6 +176,10 @@ class MeterSet:
                 notes.append(f"{m.name}: failed to stop ({type(exc).__name__}: {exc})")
                 continue
             notes += m.sample_notes()
+            try:
+                fields.update(m.sample_info())
+            except Exception as exc:  # a user's meter must not cost the sample
+                notes.append(f"{m.name}: no sample info ({type(exc).__name__}: {exc})")
             for r in readings:
                 if fields.get(r.field) is not None:
                     if r.value is not None:

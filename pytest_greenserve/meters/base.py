@@ -87,6 +87,10 @@ class Meter(ABC):
         """Lines about the whole session, shown once (how a figure is obtained instead); optional."""
         return []
 
+    def sample_info(self) -> dict:
+        """Words, not readings, every sample of this meter records (which GPU it read); optional."""
+        return {}
+
     def close(self) -> None:
         """Release resources (threads, NVML handles)."""
 

@@ -17,10 +17,15 @@ share of time the memory was being read or written), ``gpu_mem_used_pct`` (used 
 memory over all GPUs used) and ``gpu_mem_used_mb`` (whose peak is ``gpu_mem_peak_mb``).
 NVML's memory figures are per device, not per process.
 
-Which GPUs: the ones this process uses, from ``CUDA_VISIBLE_DEVICES`` (indices, or ``GPU-``/
-``MIG-`` UUIDs or prefixes; as CUDA does, the list stops at the first invalid entry), else all.
-Integer entries are NVML indices, which are in PCI bus order; CUDA agrees only with
-``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (a note says so when it matters).
+Which GPUs: only the ones this process was given, never the whole host: the entries of
+``CUDA_VISIBLE_DEVICES`` (indices, or ``GPU-``/``MIG-`` UUIDs or prefixes; as CUDA does, the list
+stops at the first invalid entry), or, when it is unset, GPU 0 alone (the device CUDA uses by
+default; other tenants' work on the other GPUs is not this process's energy). Under pytest-xdist
+each worker is given one GPU (``distributed.py``). Integer entries are NVML indices, which are
+in PCI bus order; CUDA agrees only with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (a note says so when it
+matters). Every sample records the NVML index, UUID and name of the GPU(s) it measured
+(``gpu_index``, ``gpu_uuid``, ``gpu_name``; comma-separated when several); :func:`host_gpus`
+lists every GPU of the host for the machine's fingerprint.
 """
 
 from __future__ import annotations
@@ -106,6 +111,7 @@ class NvmlGpus:
         self.labels: list[str] = []
         self.reason: str | None = None
         self.notes: list[str] = []
+        self.devices: list[dict] = []  # {"index", "uuid", "name"} of each handle (device_info)
         self._inited = False
         try:
             self._open(nvml, indices, cuda_visible_devices, cuda_device_order)
@@ -129,9 +135,10 @@ class NvmlGpus:
             wanted = parse_cuda_visible_devices(cvd)
             origin = "CUDA_VISIBLE_DEVICES"
         if wanted is None:
-            wanted = [str(i) for i in range(count)]
+            wanted = ["0"]
             if count > 1:
-                self.notes.append(f"gpu: measuring all {count} GPUs (CUDA_VISIBLE_DEVICES unset)")
+                self.notes.append(f"gpu: measuring GPU 0 only, the device CUDA uses by default (CUDA_VISIBLE_DEVICES "
+                                  f"unset; the host has {count}); set CUDA_VISIBLE_DEVICES to choose")
         elif not wanted:
             raise MeterUnavailable(f"no GPU visible to this process ({origin}={cvd!r})")
         uuids = None
@@ -162,6 +169,7 @@ class NvmlGpus:
                 self.labels.append(entry)
         if not self.handles:
             raise MeterUnavailable(f"no GPU matches {origin}={','.join(wanted)!r} ({count} present)")
+        self.devices = [device_info(nv, h) for h in self.handles]
         if (indices is None and cvd and count > 1 and any(e.isdigit() for e in wanted)
                 and (order or "").upper() != "PCI_BUS_ID"):
             self.notes.append(
@@ -179,6 +187,38 @@ class NvmlGpus:
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def device_info(nv, handle) -> dict:
+    """NVML's index (PCI bus order, as nvidia-smi), UUID and name of one GPU; None where NVML
+    cannot say (a MIG instance has no index of its own)."""
+    out = {}
+    for key, call in (("index", "nvmlDeviceGetIndex"), ("uuid", "nvmlDeviceGetUUID"), ("name", "nvmlDeviceGetName")):
+        try:
+            value = getattr(nv, call)(handle)
+        except Exception:  # NVMLError, or an NVML binding without the call
+            value = None
+        out[key] = value if value is None or key == "index" else _text(value)
+    return out
+
+
+def host_gpus(nvml=None) -> list[dict]:
+    """Every GPU of this host (whatever CUDA_VISIBLE_DEVICES says), as :func:`device_info`; []
+    without NVML or a GPU."""
+    try:
+        nv = load_nvml(nvml)
+        nv.nvmlInit()
+    except Exception:
+        return []
+    try:
+        return [device_info(nv, nv.nvmlDeviceGetHandleByIndex(i)) for i in range(nv.nvmlDeviceGetCount())]
+    except Exception:
+        return []
+    finally:
+        try:
+            nv.nvmlShutdown()
+        except Exception:
+            pass
 
 
 def unavailable_reason(nvml=None) -> str | None:
@@ -308,6 +348,14 @@ class GpuEnergyMeter(Meter):
 
     def sample_notes(self) -> list[str]:
         return list(self._notes)
+
+    def sample_info(self) -> dict:
+        """Which GPU(s) the sample measured: NVML index, UUID and name (comma-separated when several)."""
+        def joined(key):
+            values = [d.get(key) for d in self.gpus.devices]
+            return None if not values or any(v is None for v in values) else ",".join(str(v) for v in values)
+
+        return {"gpu_index": joined("index"), "gpu_uuid": joined("uuid"), "gpu_name": joined("name")}
 
     def close(self) -> None:
         self.gpus.close()

@@ -39,6 +39,7 @@ class NVMLError(Exception):
 @dataclass
 class FakeGpu:
     uuid: str = "GPU-00000000-aaaa"
+    name: str = "Fake GPU 80GB"
     energy_mj: int | None = 1_000_000   # None: the counter is NOT_SUPPORTED (pre-Volta)
     power_mw: int = 50_000
     util_gpu: int = 40
@@ -94,6 +95,13 @@ class FakeNvml:
 
     def nvmlDeviceGetUUID(self, h):
         return h.uuid
+
+    def nvmlDeviceGetName(self, h):
+        return h.name
+
+    def nvmlDeviceGetIndex(self, h):
+        self._check()
+        return next(i for i, g in enumerate(self.gpus) if g is h)
 
     def nvmlDeviceGetTotalEnergyConsumption(self, h):
         self._check()

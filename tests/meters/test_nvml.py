@@ -185,3 +185,57 @@ def test_counter_is_cross_checked_by_integrated_power(clock):
     assert readings["energy_gpu_j"].source == "nvml-counter"
     assert readings["energy_gpu_power_j"].value == pytest.approx(200.0)
     assert readings["energy_gpu_power_j"].source == "nvml-power"
+
+
+# ------------------------------------------------------------------ energy per device (issue 18)
+
+def test_only_the_given_device_of_two_is_read_and_the_fingerprint_lists_both(tmp_path, monkeypatch):
+    """Two GPUs, CUDA_VISIBLE_DEVICES of one (as a pytest-xdist worker gets): the sample's energy
+    is that device's alone, the sample names the device, and the machine lists both GPUs."""
+    from pytest_greenserve.baselines import fingerprint
+    from pytest_greenserve.results import machine_info
+
+    gpus = [FakeGpu(uuid="GPU-0000-aa", name="Fake A", energy_mj=1000),
+            FakeGpu(uuid="GPU-1111-bb", name="Fake B", energy_mj=1000)]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    ms = MeterSet(settings(FakeNvml(gpus), tmp_path))
+    try:
+        ms.start()
+        gpus[0].energy_mj += 7_000_000  # another worker (or tenant) busy on GPU 0
+        gpus[1].energy_mj += 3_000
+        fields = ms.stop()
+    finally:
+        ms.close()
+    assert fields["energy_gpu_j"] == pytest.approx(3.0)
+    assert (fields["gpu_index"], fields["gpu_uuid"], fields["gpu_name"]) == ("1", "GPU-1111-bb", "Fake B")
+
+    info = machine_info(nvml=FakeNvml(gpus))
+    assert info["gpus"] == [{"index": 0, "uuid": "GPU-0000-aa", "name": "Fake A"},
+                            {"index": 1, "uuid": "GPU-1111-bb", "name": "Fake B"}]
+    assert fingerprint(info)["gpus"] == ["Fake A", "Fake B"]
+
+
+def test_without_cuda_visible_devices_only_gpu_0_is_read_never_the_host(tmp_path, no_cuda_env):
+    gpus = [FakeGpu(uuid="GPU-0000", energy_mj=1000), FakeGpu(uuid="GPU-1111", energy_mj=1000)]
+    ms = MeterSet(settings(FakeNvml(gpus), tmp_path))
+    try:
+        assert any("measuring GPU 0 only" in n and "the host has 2" in n for n in ms.notes())
+        ms.start()
+        gpus[0].energy_mj += 4_000
+        gpus[1].energy_mj += 9_000_000  # another tenant's work is not this process's energy
+        fields = ms.stop()
+    finally:
+        ms.close()
+    assert fields["energy_gpu_j"] == pytest.approx(4.0)
+    assert fields["gpu_index"] == "0" and fields["gpu_uuid"] == "GPU-0000"
+
+
+def test_a_sample_without_a_gpu_meter_names_no_device(tmp_path, no_cuda_env):
+    ms = MeterSet(settings(FakeNvml(init_error=NVML_ERROR_LIBRARY_NOT_FOUND), tmp_path))
+    try:
+        ms.start()
+        fields = ms.stop()
+    finally:
+        ms.close()
+    assert "gpu_index" not in fields and fields.get("energy_gpu_j") is None
