@@ -13,6 +13,7 @@
 #   bash tools/device_run.sh issue8-ortprof  # ONNX Runtime's operator profile; profiler after-effects
 #   bash tools/device_run.sh issue10 codeparrot-small torch-cuda,jit-cuda,onnx-cuda,compile-cuda  # 64 prompts x 5
 #   bash tools/device_run.sh issue9-calibrate 164 5 2 calib-gpu4 compile-cuda  # the gate's trials; again until all sessions ran
+#   bash tools/device_run.sh issue16-calibrate torch-cuda 6 55 330  # sequential against interleaved A/B (tools/calibrate_ab.py)
 #   bash tools/device_run.sh issue18-xdist 1   # on nvidia-h200-x2, carry .whl and .whl-xdist (pytest-xdist, execnet):
 #   bash tools/device_run.sh issue18-xdist 2   #   the same items with -n 1, then -n 2 (a call each: 10-minute limit)
 #   bash tools/device_run.sh issue18-compare   #   per item medians and GPU energy, -n 1 against -n 2, and the speed-up
@@ -128,6 +129,15 @@ case "$1" in
       --prompts "$prompts" --runs "$runs" --slowdown 0.05 --plant "${PLANT:-repeat}" --idle "$idle" --settle 0 --out "$out" --resume \
       --pytest-args="--greenserve-weights=replica --greenserve-cache-dir=$CACHE" 2>&1 | tail -40
     cp "$out"/calibration.json "$out"/sessions.json "$OUT"/ 2>/dev/null; ls -la "$OUT" ;;
+  issue16-calibrate)  # the gate's sequential and interleaved designs, A/A and planted 5% (ARGS: config prompts runs cap_s)
+    [ -d $SITE/transformers ] || install .whl
+    config=${2:-torch-cuda} prompts=${3:-6} runs=${4:-55} cap=${5:-330}
+    $PY tools/calibrate_ab.py --model codeparrot-small --config "$config" --runs "$runs" --cap-s "$cap" \
+      --block 5 --prompts "$prompts" --out "/tmp/ab-$config" \
+      --pytest-args="--greenserve-weights=replica --greenserve-cache-dir=$CACHE" 2>&1 | grep -vE "Warning|warnings.warn"
+    tail -5 /tmp/ab-$config/session.log
+    cp /tmp/ab-$config/samples.json "$OUT/ab-$config-samples.json" 2>/dev/null
+    cp /tmp/ab-$config/calibration_ab.json "$OUT/ab-$config.json" 2>/dev/null; ls -la "$OUT" ;;
   issue10-probe)  # compile modes on one replica against torch, outside the meters (ARGS: provider model modes...)
     [ -d $SITE/transformers ] || install .whl
     $PY -c "import importlib.util as u, shutil; print('triton', u.find_spec('triton') is not None, 'cc', shutil.which('gcc'), shutil.which('g++'))"
