@@ -15,7 +15,8 @@ several apps in one process.
 * ``GET /info``: model, engine, provider, library versions, device.
 
 Bad requests (no prompt, ``max_tokens`` <= 0 or above the ceiling, a body that is not JSON,
-a prompt over the size limit, a sampling temperature) get a 4xx whose body is
+a prompt over the size limit, prompt plus ``max_tokens`` over the model's context window, a
+body over the byte limit however it is sent, a sampling temperature) get a 4xx whose body is
 ``{"error": {"message": ..., "type": "invalid_request_error"}}`` as OpenAI's API answers; the
 server goes on serving. Requests reach the engine one at a time (a lock): engines are written
 for a batch of one, and under concurrent clients the queueing shows in the latencies.
@@ -104,27 +105,59 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
 
 class _BodyLimit:
     """A plain ASGI middleware (not ``@app.middleware``, whose BaseHTTPMiddleware costs a
-    fraction of a millisecond per request): a body announced larger than ``limit`` gets a 413."""
+    fraction of a millisecond per request) that holds a request body to ``limit`` bytes: a body
+    announced larger gets a 413 at once, and every body is read here, counting the bytes that
+    actually arrive, so a chunked body (no Content-Length) over the limit gets a 413 too,
+    before the app parses anything. The body read is then handed to the app as one message."""
 
     def __init__(self, app, limit: int):
         self.app = app
         self.limit = limit
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            for name, value in scope.get("headers", ()):
-                if name == b"content-length":
-                    if value.isdigit() and int(value) > self.limit:
-                        await _error(413, f"the body is larger than {self.limit} bytes")(scope, receive, send)
-                        return
-                    break
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = _error(413, f"the body is larger than {self.limit} bytes")
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                if value.isdigit() and int(value) > self.limit:
+                    await too_large(scope, receive, send)
+                    return
+                break
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away mid-body
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        first = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replay():
+            nonlocal first
+            if first is not None:
+                message, first = first, None
+                return message
+            return await receive()  # after the body: http.disconnect, for streamed responses
+
+        await self.app(scope, replay, send)
 
 
 def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
                new_tokens_max: int = DEFAULT_NEW_TOKENS_MAX, prompt_tokens_max: int = DEFAULT_PROMPT_TOKENS_MAX,
-               body_bytes_max: int = DEFAULT_BODY_BYTES_MAX, info: dict | None = None) -> FastAPI:
+               body_bytes_max: int = DEFAULT_BODY_BYTES_MAX, context_tokens: int | None = None,
+               info: dict | None = None) -> FastAPI:
     """The app serving ``engine`` (loaded) as ``model`` in configuration ``config``.
+
+    ``context_tokens``: the model's context window (``context_window.context_window_of``); a
+    request whose prompt plus ``max_tokens`` exceeds it gets a 400 naming the limit, before any
+    engine sees a position past what the model was built for. None: no limit known.
 
     ``tokenizer`` (a transformers tokenizer, or None) turns string prompts into ids and
     generated ids into text; without one, string prompts are refused and ``text`` is null.
@@ -140,10 +173,11 @@ def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
     state.new_tokens_max = new_tokens_max
     state.prompt_tokens_max = prompt_tokens_max
     state.body_bytes_max = body_bytes_max
+    state.context_tokens = context_tokens
     state.vocab_size = len(tokenizer) if tokenizer is not None else None
     state.lock = threading.Lock()
     state.info = {"model": model, "config": config, "engine": getattr(engine, "name", type(engine).__name__),
-                  "provider": getattr(engine, "provider", None), **(info or {})}
+                  "provider": getattr(engine, "provider", None), "context_tokens": context_tokens, **(info or {})}
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -192,6 +226,9 @@ def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
             raise BadRequest(f"the prompt has {len(ids)} tokens, over the size limit of {st.prompt_tokens_max}")
         if st.vocab_size is not None and not all(0 <= i < st.vocab_size for i in ids):
             raise BadRequest(f"'prompt' holds token ids outside the vocabulary (0..{st.vocab_size - 1})")
+        if st.context_tokens is not None and len(ids) + body.max_tokens > st.context_tokens:
+            raise BadRequest(f"the prompt's {len(ids)} tokens plus 'max_tokens' {body.max_tokens} exceed the "
+                             f"model's context window of {st.context_tokens} tokens")
         with st.lock:
             t = time.perf_counter()
             try:

@@ -12,7 +12,9 @@ port 0 (the kernel picks a free port; none is hard-coded) and hands it to the ch
 between. The child is started in its own session (process group) but stays a child of the
 pytest process, so the meters' process tree (``meters/proctree.py``) covers it. Stopping it
 sends SIGTERM (uvicorn's graceful shutdown), then SIGKILL to the whole process group, and
-reaps it: no orphans. ``--handle-json`` and ``--engine-class`` let the plugin hand over the
+reaps it: no orphans. It also dies with its parent (``--parent-pid``: Linux's parent-death
+signal, and a watchdog on the parent's pid), so a pytest killed by SIGTERM or SIGKILL, which
+runs no atexit hook, leaves no server holding the model. ``--handle-json`` and ``--engine-class`` let the plugin hand over the
 exact model handle and engine class of its session (a conftest's engine included).
 """
 
@@ -28,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from dataclasses import asdict
@@ -73,10 +76,79 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--handle-json", default=None, help=argparse.SUPPRESS)
     p.add_argument("--engine-class", default=None, help=argparse.SUPPRESS)
     p.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)
+    # the server dies with this process (ServerProcess passes its own pid); see _die_with_parent
+    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--no-parent-death-signal", action="store_true", help=argparse.SUPPRESS)
 
 
 def _say(message: str) -> None:
     print(f"greenserve serve: {message}", file=sys.stderr, flush=True)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``): only this machine can connect."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+#: seconds a server whose parent died is given to shut down gracefully before it exits hard
+PARENT_GONE_GRACE_S = 3.0
+#: how often the watchdog looks at the parent
+PARENT_POLL_S = 0.5
+
+
+def _parent_death_signal(sig: int) -> bool:
+    """Linux's PR_SET_PDEATHSIG through ctypes: the kernel sends ``sig`` to this process when the
+    thread that started it exits. False where it is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _die_with_parent(parent_pid: int, use_signal: bool = True) -> None:
+    """This server ends when process ``parent_pid`` does, however it ends.
+
+    A pytest session killed by SIGTERM (a CI cancel, ``timeout``) or SIGKILL runs no atexit
+    hook, and the server runs in its own session, so nothing else would stop it: it would keep
+    the model, and a GPU's memory, until someone noticed. On Linux the kernel sends SIGTERM the
+    moment the parent goes (uvicorn's graceful shutdown); ``use_signal`` False where the parent
+    started this process from a thread that may end before it (the signal follows the thread).
+    Everywhere a watchdog thread polls the parent pid every :data:`PARENT_POLL_S` s, sends SIGTERM
+    itself, and exits hard :data:`PARENT_GONE_GRACE_S` s later if a request still holds the process.
+    """
+    import threading
+
+    if use_signal:
+        _parent_death_signal(signal.SIGTERM)
+    if os.getppid() != parent_pid:  # it died before the signal was armed
+        _say(f"the parent process {parent_pid} is gone; not serving")
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        _say(f"the parent process {parent_pid} is gone; shutting down")
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except OSError:
+            pass
+        time.sleep(PARENT_GONE_GRACE_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="greenserve-parent-watchdog", daemon=True).start()
 
 
 def _engines(engine_class: str | None) -> dict:
@@ -203,6 +275,11 @@ def serve(args) -> int:
         raise ServeError("--new-tokens-max and --prompt-tokens-max must be at least 1")
     if args.fd is None and not 0 <= args.port <= 65535:
         raise ServeError(f"--port {args.port}: expected 0..65535")
+    if args.parent_pid is not None:
+        _die_with_parent(args.parent_pid, use_signal=not args.no_parent_death_signal)
+    if args.fd is None and not is_loopback(args.host):
+        _say(f"warning: --host {args.host} is not a loopback address: anyone who can reach this machine "
+             "can send requests (there is no authentication)")
     engines = _engines(args.engine_class)
     try:
         config = parse_config(args.config, engines)
@@ -233,11 +310,12 @@ def serve(args) -> int:
 
     import uvicorn
 
+    from ..context_window import context_window_of
     from .app import create_app, server_info
 
     app = create_app(engine, model=handle.name, config=config.name, handle=handle, tokenizer=tokenizer,
                      new_tokens_max=args.new_tokens_max, prompt_tokens_max=args.prompt_tokens_max,
-                     info=server_info(engine, handle))
+                     context_tokens=context_window_of(handle.ref), info=server_info(engine, handle))
     if args.fd is not None:
         sock = tcp_socket(fileno=args.fd)
     else:
@@ -334,7 +412,12 @@ class ServerProcess:
             if paths:
                 env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
             env["PYTHONUNBUFFERED"] = "1"
-            cmd = [sys.executable, "-m", "pytest_greenserve", "serve", *self.serve_args, "--fd", str(sock.fileno())]
+            cmd = [sys.executable, "-m", "pytest_greenserve", "serve", *self.serve_args, "--fd", str(sock.fileno()),
+                   "--parent-pid", str(os.getpid())]
+            if threading.current_thread() is not threading.main_thread():
+                # Linux's parent-death signal follows the thread that forks: one that ends before
+                # this process would take the server with it; the watchdog alone then
+                cmd.append("--no-parent-death-signal")
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                                          pass_fds=(sock.fileno(),), start_new_session=True, env=env)
             _LIVE.add(self)
