@@ -152,7 +152,7 @@ class _BodyLimit:
 def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
                new_tokens_max: int = DEFAULT_NEW_TOKENS_MAX, prompt_tokens_max: int = DEFAULT_PROMPT_TOKENS_MAX,
                body_bytes_max: int = DEFAULT_BODY_BYTES_MAX, context_tokens: int | None = None,
-               info: dict | None = None) -> FastAPI:
+               info: dict | None = None, engine_thread=None) -> FastAPI:
     """The app serving ``engine`` (loaded) as ``model`` in configuration ``config``.
 
     ``context_tokens``: the model's context window (``context_window.context_window_of``); a
@@ -161,6 +161,9 @@ def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
 
     ``tokenizer`` (a transformers tokenizer, or None) turns string prompts into ids and
     generated ids into text; without one, string prompts are refused and ``text`` is null.
+    ``engine_thread``: the :class:`~.engine_thread.EngineThread` that runs every engine call on
+    the thread that loaded the engine (``greenserve serve`` passes one); None: anyio's worker
+    threads, one call at a time.
     """
     app = FastAPI(title="greenserve serve", version="1",
                   description="One model in one serving configuration (pytest-greenserve).")
@@ -176,6 +179,7 @@ def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
     state.context_tokens = context_tokens
     state.vocab_size = len(tokenizer) if tokenizer is not None else None
     state.lock = threading.Lock()
+    state.engine_thread = engine_thread
     state.info = {"model": model, "config": config, "engine": getattr(engine, "name", type(engine).__name__),
                   "provider": getattr(engine, "provider", None), "context_tokens": context_tokens, **(info or {})}
 
@@ -202,7 +206,7 @@ def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
               responses={400: {"description": "a bad request; the body says why"},
                          500: {"description": "the engine failed; the body says why"},
                          413: {"description": "the body is too large"}})
-    def completions(body: CompletionRequest, request: Request) -> Any:
+    async def completions(body: CompletionRequest, request: Request) -> Any:
         st = request.app.state
         if body.temperature not in (None, 0):
             raise BadRequest("only greedy decoding is served: 'temperature' must be 0 or absent")
@@ -229,14 +233,11 @@ def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
         if st.context_tokens is not None and len(ids) + body.max_tokens > st.context_tokens:
             raise BadRequest(f"the prompt's {len(ids)} tokens plus 'max_tokens' {body.max_tokens} exceed the "
                              f"model's context window of {st.context_tokens} tokens")
-        with st.lock:
-            t = time.perf_counter()
-            try:
-                gen = st.engine.generate(ids, body.max_tokens)
-            except Exception as exc:  # answered, so the connection and the server go on
-                return JSONResponse({"error": {"message": failure_line("the engine failed", exc),
-                                               "type": "server_error"}}, status_code=500)
-            generation_s = time.perf_counter() - t
+        try:
+            gen, generation_s = await _on_engine_thread(st, _timed_generate, st.engine, ids, body.max_tokens)
+        except Exception as exc:  # answered, so the connection and the server go on
+            return JSONResponse({"error": {"message": failure_line("the engine failed", exc),
+                                           "type": "server_error"}}, status_code=500)
         new = [int(i) for i in gen.token_ids]
         text = st.tokenizer.decode(new) if st.tokenizer is not None else None
         # a JSONResponse as is: FastAPI validates and re-serialises a returned dict through the
@@ -253,6 +254,26 @@ def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
         })
 
     return app
+
+
+def _timed_generate(engine, ids, max_tokens):
+    t = time.perf_counter()
+    gen = engine.generate(ids, max_tokens)
+    return gen, time.perf_counter() - t
+
+
+async def _on_engine_thread(st, fn, *args):
+    """``fn(*args)`` where the engine runs: the server's engine thread, else a worker thread
+    under the app's lock (engines are written for one request at a time)."""
+    if st.engine_thread is not None:
+        return await st.engine_thread.submit(fn, *args)
+    from starlette.concurrency import run_in_threadpool
+
+    def locked():
+        with st.lock:
+            return fn(*args)
+
+    return await run_in_threadpool(locked)
 
 
 def server_info(engine, handle=None) -> dict:

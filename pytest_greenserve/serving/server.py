@@ -97,6 +97,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+#: seconds an idle keep-alive connection is kept open (uvicorn's default, 5 s, closed the plugin's
+#: and the benchmarks' connections during idle windows and other configurations' turns, so the
+#: next request paid a reconnect or, with a client that does not retry, failed)
+KEEP_ALIVE_S = 300
 #: seconds a server whose parent died is given to shut down gracefully before it exits hard
 PARENT_GONE_GRACE_S = 3.0
 #: how often the watchdog looks at the parent
@@ -312,10 +316,13 @@ def serve(args) -> int:
 
     from ..context_window import context_window_of
     from .app import create_app, server_info
+    from .engine_thread import EngineThread
 
+    engine_thread = EngineThread()
     app = create_app(engine, model=handle.name, config=config.name, handle=handle, tokenizer=tokenizer,
                      new_tokens_max=args.new_tokens_max, prompt_tokens_max=args.prompt_tokens_max,
-                     context_tokens=context_window_of(handle.ref), info=server_info(engine, handle))
+                     context_tokens=context_window_of(handle.ref), info=server_info(engine, handle),
+                     engine_thread=engine_thread)
     if args.fd is not None:
         sock = tcp_socket(fileno=args.fd)
     else:
@@ -328,12 +335,35 @@ def serve(args) -> int:
         sock.listen(2048)
     host, port = sock.getsockname()[:2]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                           timeout_graceful_shutdown=2))
+                                           timeout_graceful_shutdown=2, timeout_keep_alive=KEEP_ALIVE_S))
     _say(f"serving {handle.name} on {config} at http://{host}:{port} (pid {os.getpid()})")
+    # uvicorn's event loop on a thread of its own, the engine on this one (engine_thread.py says
+    # why); uvicorn listens to signals only on the main thread, so they are handled here
+    failed: list[BaseException] = []
+
+    def run_uvicorn() -> None:
+        try:
+            server.run(sockets=[sock])
+        except BaseException as exc:  # said below, after the engine thread stops
+            failed.append(exc)
+        finally:
+            engine_thread.stop()
+
+    def shut_down(signum, frame) -> None:
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, shut_down)
+    loop_thread = threading.Thread(target=run_uvicorn, name="greenserve-http", daemon=True)
+    loop_thread.start()
     try:
-        server.run(sockets=[sock])
+        engine_thread.run_forever()
     finally:
+        server.should_exit = True
+        loop_thread.join(timeout=10)
         engine.close()
+    if failed:
+        raise ServeError(f"the HTTP server failed: {type(failed[0]).__name__}: {failed[0]}")
     return 0
 
 
