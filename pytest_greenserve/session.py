@@ -174,7 +174,8 @@ class GreenserveSession:
             "options": {"models": list(s.models), "configs": [c.name for c in s.configs], "runs": s.runs,
                         "prompts": s.prompts, "new_tokens": s.new_tokens, "seed": s.seed, "weights": s.weights,
                         "warmup": s.warmup, "idle_s": s.idle_s, "settle_s": s.settle_s, "cooldown_s": s.cooldown_s,
-                        "transport": s.transport, "concurrency": s.concurrency, "dtype": s.dtype},
+                        "transport": s.transport, "concurrency": s.concurrency, "dtype": s.dtype, "stream": s.stream,
+                        "slo": s.slo},
             "meter_notes": self.meters.notes() if self.meters is not None else [],
             "metrics": metrics_to_json(self.metrics),
         }
@@ -218,7 +219,7 @@ class GreenserveSession:
 
             return HttpTarget(handle, case.config.provider, cls, self._engine_options(), config_name=case.config.name,
                               new_tokens_max=max(self.settings.new_tokens, 512),
-                              concurrency=self.settings.concurrency)
+                              concurrency=self.settings.concurrency, stream=self.settings.stream == "on")
         return cls(handle, case.config.provider, self._engine_options())
 
     def reference(self, model: str, provider: str) -> list[list[int]] | None:
@@ -268,7 +269,8 @@ class GreenserveSession:
             threads=_optional_call(loaded.target, "thread_settings"), placement=_optional_call(loaded.target, "placement"),
             min_sample_s=self.settings.min_sample_s, tie_tolerance=self.settings.tie_tolerance,
             transport=self.settings.transport, concurrency=self.settings.concurrency, dtype=self.settings.dtype,
-            roofline=roof, load_s=loaded.load_s, load_info=_optional_call(loaded.target, "load_info"))
+            roofline=roof, load_s=loaded.load_s, load_info=_optional_call(loaded.target, "load_info"),
+            stream=self.settings.stream == "on", slo=self.settings.slo)
         store.append(sample)
         self.samples.append(sample)
         return sample

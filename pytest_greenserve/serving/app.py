@@ -5,7 +5,7 @@ it before uvicorn starts, so ``/health`` answers only once the model can serve) 
 with everything else a request needs, on ``app.state``: no module globals, so tests can build
 several apps in one process.
 
-* ``POST /v1/completions``: the OpenAI-compatible subset. ``prompt`` is a string (tokenized
+* ``POST /v1/completions``: the OpenAI-compatible subset (``stream: true``: server-sent events). ``prompt`` is a string (tokenized
   with the model's tokenizer) or a list of token ids (what the plugin sends, so that HTTP and
   in-process generate from identical inputs); ``max_tokens`` tokens are generated greedily,
   EOS ignored, as every engine does; ``temperature`` must be 0 or absent. The answer holds the
@@ -24,6 +24,8 @@ for a batch of one, and under concurrent clients the queueing shows in the laten
 
 from __future__ import annotations
 
+import asyncio
+import json
 import platform
 import threading
 import time
@@ -46,7 +48,7 @@ class CompletionRequest(BaseModel):
     prompt: Union[str, list[int]] = Field(..., description="text, or the prompt's token ids")
     max_tokens: int = Field(16, description="tokens to generate (greedy, EOS ignored)")
     temperature: Optional[float] = Field(None, description="0 or absent: greedy decoding is the only mode")
-    stream: Optional[bool] = Field(None, description="false or absent: streaming is not offered")
+    stream: Optional[bool] = Field(None, description="true: server-sent events, one per token, as OpenAI streams")
 
 
 class Choice(BaseModel):
@@ -210,8 +212,6 @@ def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
         st = request.app.state
         if body.temperature not in (None, 0):
             raise BadRequest("only greedy decoding is served: 'temperature' must be 0 or absent")
-        if body.stream:
-            raise BadRequest("streaming is not offered: 'stream' must be false or absent")
         if body.max_tokens <= 0:
             raise BadRequest("'max_tokens' must be at least 1")
         if body.max_tokens > st.new_tokens_max:
@@ -233,6 +233,8 @@ def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
         if st.context_tokens is not None and len(ids) + body.max_tokens > st.context_tokens:
             raise BadRequest(f"the prompt's {len(ids)} tokens plus 'max_tokens' {body.max_tokens} exceed the "
                              f"model's context window of {st.context_tokens} tokens")
+        if body.stream:
+            return _stream(st, ids, body.max_tokens)
         try:
             gen, generation_s = await _on_engine_thread(st, _timed_generate, st.engine, ids, body.max_tokens)
         except Exception as exc:  # answered, so the connection and the server go on
@@ -254,6 +256,98 @@ def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
         })
 
     return app
+
+
+def _sse(data) -> bytes:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+
+
+def _stream(st, ids, max_tokens):
+    """``stream: true``: one server-sent event per token, the moment the engine makes it, in
+    OpenAI's ``text_completion`` chunk shape (``token_ids`` on the choice, as unstreamed), then a
+    last chunk with ``finish_reason``, ``usage`` and the server's ``generation_s``/``ttft_s``,
+    then ``data: [DONE]``. Engines that stamp each token (transformers ``generate``: torch,
+    onnx, openvino) stream as they go; the others (jit, compile) send every token when the
+    generation ends, so their time to first token at the client is the whole request, which
+    is what such a server gives a client. An engine failure mid-stream is an ``error`` event."""
+    from starlette.responses import StreamingResponse
+
+    from ..engines.base import token_listener
+
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+
+    def put(*item) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, item)
+
+    def job():
+        try:
+            with token_listener(lambda token: put("token", token)):
+                gen, generation_s = _timed_generate(st.engine, ids, max_tokens)
+            put("done", gen, generation_s)
+        except Exception as exc:
+            put("error", exc)
+
+    if st.engine_thread is not None:
+        st.engine_thread.call_soon(job)
+    else:
+        threading.Thread(target=lambda: _locked(st, job), daemon=True).start()
+    head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+            "model": st.model}
+    text = _TextDeltas(st.tokenizer)
+
+    def chunk(tokens, finish=None, **extra) -> bytes:
+        choice = {"index": 0, "text": text.add(tokens), "token_ids": tokens, "finish_reason": finish,
+                  "logprobs": None}
+        return _sse({**head, "choices": [choice], **extra})
+
+    async def body():
+        sent: list[int] = []
+        while True:
+            kind, *rest = await events.get()
+            if kind == "token":
+                sent.append(rest[0])
+                yield chunk([rest[0]])
+            elif kind == "done":
+                gen, generation_s = rest
+                new = [int(i) for i in gen.token_ids]
+                for token in new[len(sent):]:  # an engine that does not stream: every token now
+                    yield chunk([token])
+                usage = {"prompt_tokens": len(ids), "completion_tokens": len(new), "total_tokens": len(ids) + len(new)}
+                yield chunk([], "length", usage=usage, generation_s=generation_s, ttft_s=gen.ttft_s)
+                yield _sse("[DONE]")
+                return
+            else:
+                message = failure_line("the engine failed", rest[0])
+                yield _sse({"error": {"message": message, "type": "server_error"}})
+                return
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+class _TextDeltas:
+    """The text each streamed token adds: the decoded whole minus what was sent before, so a
+    character split across tokens (byte-level BPE) is sent once whole, never as U+FFFD."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.sent = ""
+
+    def add(self, tokens: list[int]) -> str | None:
+        if self.tokenizer is None:
+            return None
+        self.ids += tokens
+        whole = self.tokenizer.decode(self.ids)
+        if whole.endswith("\ufffd") and tokens:  # an unfinished character: wait for the rest
+            return ""
+        delta, self.sent = whole[len(self.sent):], whole
+        return delta
+
+
+def _locked(st, fn):
+    with st.lock:
+        return fn()
 
 
 def _timed_generate(engine, ids, max_tokens):
