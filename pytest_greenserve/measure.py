@@ -31,6 +31,9 @@ class Measurement:
     meter_fields: dict = field(default_factory=dict)  # what the meters measured, plus meter_notes
     started_at: float = 0.0  # Unix time
     finished_at: float = 0.0
+    #: per request, seconds from its start until each token existed (engines that stamp every
+    #: token, and streamed HTTP, where the client stamps each token's arrival); else None
+    token_times_s: list[list[float] | None] = field(default_factory=list)
 
 
 def measure_prompts(target: Target, prompt_ids: Sequence[Sequence[int]], new_tokens: int,
@@ -43,6 +46,7 @@ def measure_prompts(target: Target, prompt_ids: Sequence[Sequence[int]], new_tok
         return _measure_concurrently(target, prompt_ids, new_tokens, meters, idle, concurrency)
     latencies: list[float] = []
     ttfts: list[float | None] = []
+    token_times: list[list[float] | None] = []
     outputs: list[list[int]] = []
     started_at = time.time()
     window = meters.track(idle) if meters is not None else nullcontext(None)
@@ -56,10 +60,11 @@ def measure_prompts(target: Target, prompt_ids: Sequence[Sequence[int]], new_tok
                 raise RequestFailed(failure_line(f"request {i} of {len(prompt_ids)} failed", exc)) from exc
             latencies.append(time.perf_counter() - t)
             ttfts.append(gen.ttft_s)
+            token_times.append(getattr(gen, "token_times_s", None))
             outputs.append(list(gen.token_ids))
         time_s = time.perf_counter() - t0
     return Measurement(outputs, latencies, ttfts, time_s, tracked.fields if tracked is not None else {},
-                       started_at, time.time())
+                       started_at, time.time(), token_times)
 
 
 def _measure_concurrently(target: Target, prompt_ids, new_tokens: int, meters, idle, concurrency: int) -> Measurement:
@@ -88,4 +93,4 @@ def _measure_concurrently(target: Target, prompt_ids, new_tokens: int, meters, i
         time_s = time.perf_counter() - t0
     return Measurement([list(g.token_ids) for _, g in results], [lat for lat, _ in results],
                        [g.ttft_s for _, g in results], time_s, tracked.fields if tracked is not None else {},
-                       started_at, time.time())
+                       started_at, time.time(), [getattr(g, "token_times_s", None) for _, g in results])

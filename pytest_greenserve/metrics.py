@@ -191,6 +191,72 @@ def _ttft_mean(sample):
     return statistics.fmean(known) if known else None
 
 
+# ---------------------------------------------------------------- the field's serving metrics
+# (vLLM's benchmark_serving, GuideLLM, AIPerf): per request, then percentiles over the sample
+
+def _quantile(values: list[float], q: int) -> float:
+    """The q-th percentile, interpolated as latency_p95_s is (for one value: that value)."""
+    return values[0] if len(values) == 1 else statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def _all_known(sample, field_name: str) -> list[float] | None:
+    """The per-request values, or None when any request's is unknown ("cannot tell": a
+    percentile over some requests only would describe other requests than the sample's)."""
+    values = sample.get(field_name)
+    if not values or any(v is None for v in values):
+        return None
+    return list(values)
+
+
+def _ttft_quantile(q: int):
+    def derive(sample):
+        known = _all_known(sample, "ttfts_s")
+        return _quantile(known, q) if known else None
+
+    return derive
+
+
+def _tpots(sample) -> list[float] | None:
+    """Per request: (end-to-end - TTFT) / (tokens - 1), the field's TPOT (the first token excluded)."""
+    from .slo import tpot_s
+
+    ttfts, lat, n = _all_known(sample, "ttfts_s"), _latencies(sample), sample.get("new_tokens")
+    if not ttfts or not lat or not n or n < 2:
+        return None
+    return [tpot_s(e2e, ttft, n) for e2e, ttft in zip(lat, ttfts)]
+
+
+def _tpot_mean(sample):
+    tpots = _tpots(sample)
+    return statistics.fmean(tpots) if tpots else None
+
+
+def _tpot_quantile(q: int):
+    def derive(sample):
+        tpots = _tpots(sample)
+        return _quantile(tpots, q) if tpots else None
+
+    return derive
+
+
+def _goodput(sample):
+    """Requests per second of the window that met every objective of the sample's ``slo``;
+    None without objectives or when a request cannot be judged."""
+    from .slo import requests_meeting
+
+    slo, lat, time_s = sample.get("slo"), _latencies(sample), sample.get("time_s")
+    if not slo or not lat or not time_s:
+        return None
+    ttfts = sample.get("ttfts_s") or [None] * len(lat)
+    met = requests_meeting(slo, lat, ttfts, [sample.get("new_tokens") or 0] * len(lat))
+    return None if met is None else met / time_s
+
+
+def _slo_met_pct(sample):
+    goodput, rate = _goodput(sample), _requests_per_s(sample)
+    return 100 * goodput / rate if (goodput is not None and rate) else None
+
+
 def _ms_per_token(sample):
     time_s, tokens = sample.get("time_s"), sample.get("tokens_generated")
     return 1000 * time_s / tokens if (time_s is not None and tokens) else None
@@ -247,6 +313,28 @@ def _builtin() -> list[Metric]:
         M("latency_p99_s", "s", "99th-percentile request latency", kind="time", gateable=True, derive=_latency_p99),
         M("requests_per_s", "requests/s", "request throughput", better="higher", kind="time", gateable=True,
           derive=_requests_per_s),
+        # the field's serving metrics: time to first token (at the client when streamed over HTTP,
+        # the engine's own in-process), time per output token after the first, inter-token latency
+        # (engines and streams that stamp every token), goodput under --greenserve-slo
+        M("ttft_p50_s", "s", "median time to first token", kind="time", analysed=True, gateable=True,
+          derive=_ttft_quantile(50)),
+        M("ttft_p95_s", "s", "95th-percentile time to first token", kind="time", gateable=True,
+          derive=_ttft_quantile(95)),
+        M("ttft_p99_s", "s", "99th-percentile time to first token", kind="time", gateable=True,
+          derive=_ttft_quantile(99)),
+        M("tpot_mean_s", "s", "mean time per output token after the first", kind="time", analysed=True,
+          gateable=True, derive=_tpot_mean),
+        M("tpot_p50_s", "s", "median time per output token after the first", kind="time", gateable=True,
+          derive=_tpot_quantile(50)),
+        M("tpot_p99_s", "s", "99th-percentile time per output token after the first", kind="time", gateable=True,
+          derive=_tpot_quantile(99)),
+        M("itl_p50_s", "s", "median inter-token latency", kind="time", analysed=True, gateable=True),
+        M("itl_p95_s", "s", "95th-percentile inter-token latency", kind="time", gateable=True),
+        M("itl_p99_s", "s", "99th-percentile inter-token latency", kind="time", gateable=True),
+        M("goodput_rps", "requests/s", "goodput (requests/s meeting every --greenserve-slo objective)",
+          better="higher", kind="time", analysed=True, gateable=True, derive=_goodput),
+        M("slo_met_pct", "%", "requests meeting every --greenserve-slo objective", better="higher", kind="time",
+          derive=_slo_met_pct),
         # not "tokens_per_s": the README's and the tests' example of a user-registered metric
         M("gen_tokens_per_s", "tokens/s", "generated-token throughput", better="higher", kind="time",
           gateable=True, derive=_tokens_per_s),

@@ -148,6 +148,12 @@ def _gpu_list(text: str) -> tuple[str, ...] | None:
     return parse_gpu_list(text)
 
 
+def _slo(text: str) -> dict:
+    from .slo import parse_slo
+
+    return parse_slo(text)
+
+
 def _url(text: str) -> str:
     if not text.startswith(("http://", "https://")):
         raise ValueError("expected an http:// or https:// URL")
@@ -267,6 +273,13 @@ OPTIONS: tuple[Option, ...] = (
            "(greenserve serve in a child process, FastAPI + uvicorn on loopback; the serve extra)",
            choice("inproc", "http")),
     Option("concurrency", "N", "1", "client threads sending the prompts at once (the paper: 1)", whole(1, 256)),
+    Option("stream", "on|off", "off",
+           "HTTP requests as server-sent events, each token's arrival stamped at the client: time to "
+           "first token and inter-token latency measured as the field's load generators do (needs http)",
+           choice("on", "off")),
+    Option("slo", "OBJECTIVE:VALUE,...", "",
+           "latency objectives for goodput (requests/s meeting all of them): ttft, tpot, e2e in ms or s, "
+           "e.g. ttft:200ms,tpot:50ms", _slo, readme_default="unset"),
     Option("roofline", "on|off", "on",
            "GPU samples: measure the card's copy bandwidth and launch latency once, profile one generation "
            "per configuration, and report ms/token against the memory and launch floors", choice("on", "off")),
@@ -345,6 +358,8 @@ class Settings:
     wattmeter: str | None = _default("wattmeter")  # URL
     transport: str = _default("transport")  # inproc | http
     concurrency: int = _default("concurrency")  # client threads sending the prompts
+    stream: str = _default("stream")  # on | off: HTTP requests streamed (SSE), TTFT/ITL at the client
+    slo: dict = field(default_factory=lambda: _default("slo"))  # {"ttft_s": 0.2, ...}; {}: no goodput
     roofline: str = _default("roofline")  # on | off: the per-token roofline of GPU samples (roofline.py)
     save: str | None = _default("save")  # baseline name to save this session under
     compare: str | None = _default("compare")  # baseline NAME|PATH|latest to gate against
@@ -387,6 +402,9 @@ def read_settings(raw: Callable[[str], str | None], *, engines: dict, models: di
     if values["concurrency"] > 1 and values["transport"] != "http":
         raise OptionError("--greenserve-concurrency above 1 needs --greenserve-transport=http "
                           "(in-process engines serve one request at a time)")
+    if values["stream"] == "on" and values["transport"] != "http":
+        raise OptionError("--greenserve-stream=on needs --greenserve-transport=http "
+                          "(in-process engines stamp their tokens themselves)")
     if values["runs"] == "auto":  # gate.py: a cap with a baseline to decide against, else the default
         from .gate import AUTO_RUNS_MAX, AUTO_RUNS_WITHOUT_BASELINE
 

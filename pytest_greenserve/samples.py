@@ -74,13 +74,31 @@ def not_fully_on_cuda(provider: str, placement: Mapping | None) -> bool | None:
     return bool(placement.get("compute_on_cpu"))
 
 
-def config_label(config: ServingConfig, transport: str = "inproc", concurrency: int = 1, dtype: str = "fp32") -> str:
+def inter_token_latencies(token_times_s: Sequence[Sequence[float] | None]) -> dict:
+    """ITL percentiles over every gap between consecutive tokens of every request, where each
+    request's tokens were stamped; all None when any request's were not (a partial set would
+    describe some requests only)."""
+    none = {"itl_p50_s": None, "itl_p95_s": None, "itl_p99_s": None}
+    if not token_times_s or any(t is None for t in token_times_s):
+        return none
+    gaps = [b - a for times in token_times_s for a, b in zip(times, times[1:])]
+    if not gaps:
+        return none
+    if len(gaps) == 1:
+        return dict.fromkeys(none, gaps[0])
+    cuts = statistics.quantiles(gaps, n=100, method="inclusive")
+    return {"itl_p50_s": cuts[49], "itl_p95_s": cuts[94], "itl_p99_s": cuts[98]}
+
+
+def config_label(config: ServingConfig, transport: str = "inproc", concurrency: int = 1, dtype: str = "fp32",
+                 stream: bool = False) -> str:
     """The ``config`` reports group by: ``torch-cpu``; in bf16 ``torch-cpu:bf16`` (so reports,
     statistics and the gate never mix dtypes; fp32 labels carry none, as before the option);
     over HTTP ``torch-cpu@http``; with concurrent clients ``torch-cpu:bf16@http/c4`` (their
-    latencies include queueing, so they are not comparable with one client's)."""
+    latencies include queueing, so they are not comparable with one client's); streamed
+    (server-sent events) ``torch-cpu@http+stream``: an event per token is more work than one answer."""
     name = config.name if dtype == "fp32" else f"{config.name}:{dtype}"
-    label = name if transport == "inproc" else f"{name}@{transport}"
+    label = name if transport == "inproc" else f"{name}@{transport}" + ("+stream" if stream else "")
     return label if concurrency <= 1 else f"{label}/c{concurrency}"
 
 
@@ -92,7 +110,7 @@ def build_sample(*, run_id: str, machine: str, model: str, category: int | None,
                  tie_tolerance: float = DEFAULT_TIE_TOLERANCE, threads: Mapping | None = None,
                  min_sample_s: float | None = None, transport: str = "inproc", concurrency: int = 1,
                  dtype: str = "fp32", roofline: Mapping | None = None, load_s: float | None = None,
-                 load_info: Mapping | None = None) -> dict:
+                 load_info: Mapping | None = None, stream: bool = False, slo: Mapping | None = None) -> dict:
     """One sample. ``reference``: the torch ids per prompt, with ``.margins`` when recorded
     (references.Reference); only a divergence that is not a near-tie makes the sample
     error-prone. ``placement``: the engine's placement audit (``Engine.placement()``).
@@ -107,7 +125,9 @@ def build_sample(*, run_id: str, machine: str, model: str, category: int | None,
     ratios to the floors and ``bound_by`` are derived here. ``load_s``: the seconds the target's
     load took (the runner's clock); ``load_info``: what an engine that compiles says about its
     build (``Engine.load_info()``: ``compile_mode``, ``compile_s``, ``capture_s``...), kept whole
-    in samples.jsonl; both happened before any sample, never inside one."""
+    in samples.jsonl; both happened before any sample, never inside one. ``stream``: the HTTP
+    requests were server-sent events (TTFT and ITL stamped at the client). ``slo``: the latency
+    objectives goodput is judged by (``slo.parse_slo``), kept in the sample."""
     m = measurement
     rate = match_rate(m.outputs, reference)
     rate_ties = match_rate_tie_aware(m.outputs, reference, tie_tolerance)
@@ -121,8 +141,10 @@ def build_sample(*, run_id: str, machine: str, model: str, category: int | None,
         "weights": weights,
         "engine": config.engine,
         "provider": config.provider,
-        "config": config_label(config, transport, concurrency, dtype),
+        "config": config_label(config, transport, concurrency, dtype, stream),
         "transport": transport,
+        "stream": stream,
+        "slo": dict(slo) if slo else None,  # JSON only
         "concurrency": concurrency,
         "dtype": dtype,
         "repetition": repetition,
@@ -138,6 +160,7 @@ def build_sample(*, run_id: str, machine: str, model: str, category: int | None,
         **{k: v for k, v in m.meter_fields.items() if k != "meter_notes"},
         "latencies_s": list(m.latencies_s),
         "ttfts_s": list(m.ttfts_s),
+        **inter_token_latencies(m.token_times_s),
         "token_ids_digest": hashlib.sha256(json.dumps(m.outputs).encode()).hexdigest()[:16],
         "versions": dict(versions),
         "threads": dict(threads) if threads is not None else None,

@@ -145,7 +145,7 @@ class GreenserveSession:
         """The ``config`` this session's samples of ``config`` carry (``torch-cpu:bf16``,
         ``torch-cpu@http``): what reports, statistics and the gate key items by."""
         s = self.settings
-        return config_label(config, s.transport, s.concurrency, s.dtype)
+        return config_label(config, s.transport, s.concurrency, s.dtype, s.stream == "on")
 
     def handle(self, model: str) -> ModelHandle:
         """Resolve (building a replica if needed) the model's weights; raises WeightsUnavailable."""
@@ -194,8 +194,8 @@ class GreenserveSession:
             "options": {"models": list(s.models), "configs": [c.name for c in s.configs], "runs": s.runs,
                         "prompts": s.prompts, "new_tokens": s.new_tokens, "seed": s.seed, "weights": s.weights,
                         "warmup": s.warmup, "idle_s": s.idle_s, "settle_s": s.settle_s, "cooldown_s": s.cooldown_s,
-                        "transport": s.transport, "concurrency": s.concurrency, "dtype": s.dtype,
-                        "threads": s.threads, "openvino_precision": s.openvino_precision,
+                        "transport": s.transport, "concurrency": s.concurrency, "dtype": s.dtype, "stream": s.stream,
+                        "slo": s.slo, "threads": s.threads, "openvino_precision": s.openvino_precision,
                         "ort_spinning": s.ort_spinning, "compile_mode": s.compile_mode},
             "meter_notes": self.meters.notes() if self.meters is not None else [],
             "metrics": metrics_to_json(self.metrics),
@@ -241,7 +241,8 @@ class GreenserveSession:
 
             return HttpTarget(handle, case.config.provider, cls, self._engine_options(), config_name=case.config.name,
                               new_tokens_max=max(self.settings.new_tokens, 512),
-                              concurrency=self.settings.concurrency, python=python)
+                              concurrency=self.settings.concurrency, stream=self.settings.stream == "on",
+                              python=python)
         return cls(handle, case.config.provider, self._engine_options())
 
     def reference(self, model: str, provider: str) -> list[list[int]] | None:
@@ -325,7 +326,8 @@ class GreenserveSession:
             threads=_optional_call(loaded.target, "thread_settings"), placement=_optional_call(loaded.target, "placement"),
             min_sample_s=self.settings.min_sample_s, tie_tolerance=self.settings.tie_tolerance,
             transport=self.settings.transport, concurrency=self.settings.concurrency, dtype=self.settings.dtype,
-            roofline=roof, load_s=loaded.load_s, load_info=_optional_call(loaded.target, "load_info"))
+            roofline=roof, load_s=loaded.load_s, load_info=_optional_call(loaded.target, "load_info"),
+            stream=self.settings.stream == "on", slo=self.settings.slo)
         if role is not None:  # an interleaved A/B pair: which side, which pair, which came first
             sample.update(ab_role=role, ab_pair=case.repetition, ab_position=position,
                           ab_candidate=self.label(candidate or case.config), ab_environment=python)

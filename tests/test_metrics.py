@@ -138,8 +138,8 @@ def test_builtin_flags_match_what_the_reports_analysed_and_plotted():
     metrics = builtin_metrics()
     assert [m.name for m in metrics.values() if m.analysed] == [
         "energy_net_j", "energy_total_j", "energy_cpu_j", "energy_gpu_j", "time_s", "j_per_token", "ms_per_token",
-        "ttft_mean_s", "ram_pct", "cpu_pct", "gpu_pct", "gpu_mem_util_pct", "gpu_mem_used_pct", "proc_cpu_pct",
-        "proc_ram_pct"]
+        "ttft_mean_s", "ram_pct", "cpu_pct", "gpu_pct", "gpu_mem_util_pct", "gpu_mem_used_pct",
+        "ttft_p50_s", "tpot_mean_s", "itl_p50_s", "goodput_rps", "proc_cpu_pct", "proc_ram_pct"]
     assert {m.name for m in metrics.values() if m.plotted} == {
         "energy_net_j", "energy_cpu_j", "energy_gpu_j", "time_s", "cpu_pct", "ram_pct", "gpu_pct",
         "gpu_mem_util_pct", "gpu_mem_used_pct"}
@@ -210,3 +210,44 @@ def test_a_sample_shorter_than_min_sample_s_is_low_resolution_only_where_a_coars
     assert _derived(time_s=0.4, energy_cpu_source="rapl")["low_resolution"] is False
     assert _derived(time_s=0.4, energy_wall_source="wattmeter")["low_resolution"] is True
     assert _derived()["unsteady"] is None  # no latencies: not known, not steady
+
+
+def _serving_sample(**kw):
+    base = {"latencies_s": [0.30, 0.50, 0.40, 1.00], "ttfts_s": [0.10, 0.30, 0.15, 0.20], "new_tokens": 5,
+            "time_s": 2.0, "requests": 4, "slo": {"ttft_s": 0.2, "tpot_s": 0.1}}
+    return {**base, **kw}
+
+
+def test_the_fields_serving_metrics_follow_their_definitions():
+    from pytest_greenserve.metrics import derive_fields
+
+    sample = _serving_sample()
+    derive_fields(sample, builtin_metrics())
+    # TPOT excludes the first token: (e2e - ttft) / (tokens - 1)
+    tpots = [(0.30 - 0.10) / 4, (0.50 - 0.30) / 4, (0.40 - 0.15) / 4, (1.00 - 0.20) / 4]
+    assert sample["tpot_mean_s"] == pytest.approx(sum(tpots) / 4)
+    assert sample["ttft_p50_s"] == pytest.approx(0.175)
+    # met: request 1 (0.10, 0.05) and 3 (0.15, 0.0625); 2's TTFT and 4's TPOT (0.2) miss
+    assert sample["goodput_rps"] == pytest.approx(2 / 2.0)
+    assert sample["slo_met_pct"] == pytest.approx(50.0)
+
+
+def test_serving_metrics_say_cannot_tell_rather_than_guess():
+    from pytest_greenserve.metrics import derive_fields
+
+    one_unknown = _serving_sample(ttfts_s=[0.10, None, 0.15, 0.20])  # a request whose first token was not timed
+    derive_fields(one_unknown, builtin_metrics())
+    assert one_unknown["ttft_p50_s"] is None and one_unknown["tpot_mean_s"] is None
+    assert one_unknown["goodput_rps"] is None
+    no_slo = _serving_sample(slo=None)
+    derive_fields(no_slo, builtin_metrics())
+    assert no_slo["goodput_rps"] is None and no_slo["slo_met_pct"] is None and no_slo["ttft_p50_s"] is not None
+
+
+def test_the_slo_option_parses_to_seconds_and_refuses_in_one_line():
+    from pytest_greenserve.slo import parse_slo
+
+    assert parse_slo("ttft:200ms,tpot:50ms") == {"ttft_s": 0.2, "tpot_s": 0.05}
+    assert parse_slo("e2e:1.5s") == {"e2e_s": 1.5} and parse_slo("") == {}
+    with pytest.raises(ValueError, match="expected OBJECTIVE:VALUE"):
+        parse_slo("ttft:fast")

@@ -109,6 +109,8 @@ NEW_SAMPLE_FIELDS = {
     "gpu_busy_ms_per_token", "gpu_busy_pct_profiled", "x_memory_floor", "x_launch_floor", "bound_by",
     "load_s", "load_info", "compile_mode", "compile_s", "capture_s",  # issue 10: builds outside samples
     "worker", "concurrent_with", "concurrent", "gpu_index", "gpu_uuid", "gpu_name",  # issue 18: xdist, devices
+    "stream", "slo", "ttft_p50_s", "ttft_p95_s", "ttft_p99_s", "tpot_mean_s", "tpot_p50_s",  # issue 17: the
+    "tpot_p99_s", "itl_p50_s", "itl_p95_s", "itl_p99_s", "goodput_rps", "slo_met_pct",  # field's serving metrics
 }
 RUN_TIMEOUT = 240  # seconds for one measured subprocess run; a hang fails instead of blocking CI
 

@@ -8,6 +8,7 @@
 #   bash tools/device_run.sh issue8-onnx  # onnx-cuda beside torch-cuda on codeparrot-small
 #   bash tools/device_run.sh issue8-cv codeparrot-small   # torch-cuda and jit-cuda, 64 prompts x 5
 #   bash tools/device_run.sh issue11-http # torch-cuda in-process vs over HTTP; the null engine's HTTP overhead
+#   bash tools/device_run.sh issue17-http # keep-alive overhead table (cpu, torch-cuda, compile-cuda); compile's graphs under 1,000 lengths
 #   bash tools/device_run.sh issue10-probe cuda codeparrot-small graph inductor+graph  # compile modes vs torch
 #   bash tools/device_run.sh issue8-threads  # onnx-cpu vs torch-cpu thread settings, fresh process each
 #   bash tools/device_run.sh issue8-ortprof  # ONNX Runtime's operator profile; profiler after-effects
@@ -118,6 +119,31 @@ case "$1" in
     $PY -m pytest benchmarks/test_http_overhead.py -p pytest_greenserve.plugin -q -s -p no:cacheprovider 2>&1 \
       | grep -iE "ms|passed|failed|error" | tail -15
     pack issue11 ;;
+  issue17-http)  # issue 17: the keep-alive overhead table (3 clients x null / real model x in-process / HTTP),
+    # then the compile engine's prefill graphs under 1,000 random prompt lengths (GPU memory must stay flat)
+    [ -d $SITE/transformers ] || install .whl
+    [ -d $SITE/opentelemetry ] || install .whl-serve
+    for real in mini-gpt2:torch-cpu codeparrot-small:torch-cuda codeparrot-small:compile-cuda; do
+      GREENSERVE_OVERHEAD_REAL=$real timeout -s INT 280 $PY -m pytest benchmarks/test_http_overhead.py \
+        -p pytest_greenserve.plugin -q -s -p no:cacheprovider 2>&1 | grep -E "^\||requests per path|passed|failed|rror" \
+        | tee -a "$OUT/issue17-http.txt"
+    done
+    timeout -s INT 200 $PY - <<'PYEOF' 2>&1 | tee -a "$OUT/issue17-compile-graphs.txt"
+import random, torch
+from pathlib import Path
+from pytest_greenserve.engines.base import EngineOptions
+from pytest_greenserve.engines.compile import CompileEngine
+from pytest_greenserve.models import resolve, spec_for
+h = resolve(spec_for("codeparrot-small"), "replica", None, Path("/tmp/gscache"), 0)
+e = CompileEngine(h, "cuda", EngineOptions(compile_mode="graph")); e.load()
+rng = random.Random(0); mem = []
+for i in range(1000):
+    e.generate([rng.randrange(1, 30000) for _ in range(rng.randint(1, 900))], 8)
+    if i % 100 == 99:
+        torch.cuda.synchronize(); mem.append(torch.cuda.memory_reserved() // 2**20)
+print("reserved MiB every 100 requests:", mem, "load_info:", e.load_info())
+PYEOF
+    ;;
   issue9-calibrate)  # the gate's A/A and planted-5% trials (a call cut at its limit: run it again, it resumes)
     [ -d $SITE/transformers ] || install .whl
     # PROMPTS RUNS IDLE NAME [CONFIG] [MODEL] [TRIALS]: 16 6 1 calib-gpu and 48 5 2 calib-gpu2 were

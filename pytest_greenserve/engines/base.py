@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 import time
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Sequence
 
@@ -42,6 +44,9 @@ class Generation:
     token_ids: list[int]
     ttft_s: float | None = None
     margins: list[float] | None = None
+    #: seconds from the request's start until each generated token existed, where the engine
+    #: stamps every token (transformers-generate engines: torch, onnx, openvino); None elsewhere
+    token_times_s: list[float] | None = None
 
 
 @dataclass
@@ -217,30 +222,55 @@ def load_torch_model(engine: "Engine"):
     return model.to("cuda" if engine.provider == "cuda" else "cpu").eval()
 
 
+_LISTENER = threading.local()
+
+
+@contextmanager
+def token_listener(on_token: Callable[[int], None]):
+    """Within the block, engines that stamp each token (:class:`FirstTokenTimer`) also call
+    ``on_token(token_id)`` the moment each token exists, on the generating thread: how the
+    server streams tokens as they are made. Per thread, so nothing else sees it."""
+    previous = getattr(_LISTENER, "fn", None)
+    _LISTENER.fn = on_token
+    try:
+        yield
+    finally:
+        _LISTENER.fn = previous
+
+
 class FirstTokenTimer:
-    """A transformers StoppingCriteria that notes when the first new token exists.
+    """A transformers StoppingCriteria that stamps each new token as it exists.
 
     ``generate`` calls stopping criteria once after each generated token, so the first call
-    marks the time to first token. It never asks generation to stop.
+    marks the time to first token, and every call one token's time (``times``). Each stamp
+    waits for a CUDA device to finish the token (``generate`` synchronises at every step
+    anyway, to check its stopping criteria). It never asks generation to stop. Inside
+    :func:`token_listener` it also hands each token's id to the listener.
     """
 
     def __init__(self):
         self.start = time.perf_counter()
-        self.first: float | None = None
+        self.times: list[float] = []
+        self.listener = getattr(_LISTENER, "fn", None)
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        if self.first is None:
-            # CUDA runs asynchronously: the token exists once the device has finished
-            if getattr(input_ids, "is_cuda", False):
-                torch.cuda.synchronize(input_ids.device)
-            self.first = time.perf_counter()
+        # CUDA runs asynchronously: the token exists once the device has finished
+        if getattr(input_ids, "is_cuda", False):
+            torch.cuda.synchronize(input_ids.device)
+        self.times.append(time.perf_counter() - self.start)
+        if self.listener is not None:
+            self.listener(int(input_ids[0, -1]))
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     @property
+    def first(self) -> float | None:
+        return self.start + self.times[0] if self.times else None
+
+    @property
     def ttft_s(self) -> float | None:
-        return None if self.first is None else self.first - self.start
+        return self.times[0] if self.times else None
 
 
 def hf_generate(model, input_ids: Sequence[int], new_tokens: int, handle: ModelHandle, device="cpu",
@@ -278,4 +308,5 @@ def hf_generate(model, input_ids: Sequence[int], new_tokens: int, handle: ModelH
         gaps = (top2[:, 0] - top2[:, 1]).tolist()
         out = out.sequences
     new = out[0, ids.shape[1]:].tolist()  # .tolist() synchronises a CUDA device
-    return Generation(token_ids=new, ttft_s=timer.ttft_s, margins=gaps)
+    return Generation(token_ids=new, ttft_s=timer.ttft_s, margins=gaps,
+                      token_times_s=list(timer.times) if len(timer.times) == len(new) else None)

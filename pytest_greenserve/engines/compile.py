@@ -21,11 +21,16 @@ greedy choice included, as one unit:
 
 Prefill runs the same decoder over the prompt. On CUDA it is captured once per prompt length
 (the runner's warm-up sends one prompt of every length, so capture never happens inside a
-measured request); on CPU it runs uncompiled, so 10-15-token prompts never recompile.
+measured request); on CPU it runs uncompiled, so 10-15-token prompts never recompile. The
+prefill graphs kept are bounded (:data:`PREFILL_GRAPHS_MAX`, least recently used dropped), so
+a server's clients cannot grow device memory by sending prompts of ever new lengths.
 
 Everything built at load (the decoder, compilation, captures) is timed and reported by
 :meth:`CompileEngine.load_info` (``compile_s``), apart from the measured samples. A request
-longer than the cache grows it (and captures again) and says so in ``load_info``.
+longer than the cache grows it (and captures again) and says so in ``load_info``; the cache
+never grows past the model's context window, and a request over the window is refused with
+:class:`EngineError` naming it (a position past it could trip a device-side assert on CUDA that
+breaks every later request).
 
 Tokens: greedy argmax with EOS forbidden at every step, as the other engines; they equal the
 ``torch`` engine's up to fp32 kernel differences (the tie-aware consistency rule).
@@ -39,6 +44,9 @@ import shutil
 import time
 from typing import Sequence
 
+from collections import OrderedDict
+
+from ..context_window import context_window
 from .base import Engine, EngineError, Generation, failure_line, load_torch_model, torch_unavailable_reason
 
 MODES = ("auto", "eager", "graph", "inductor", "inductor+graph")
@@ -48,6 +56,9 @@ INITIAL_CAPACITY = 64
 LOAD_PROMPT_LEN = 8
 #: eager warm-up runs before a CUDA graph capture (cuBLAS/cuDNN initialise their workspaces)
 CAPTURE_WARMUP = 3
+#: prefill graphs kept, one per prompt length, least recently used dropped past this: the
+#: benchmark's prompts have 6 lengths (10-15 tokens), a server's clients any number
+PREFILL_GRAPHS_MAX = 32
 
 
 def resolve_mode(mode: str, provider: str) -> str:
@@ -96,7 +107,10 @@ class CompileEngine(Engine):
         self.capture_s = 0.0  # CUDA graph captures after load (new prompt lengths, a grown cache)
         self._loading = True
         self.torch_model = load_torch_model(self)
-        vocab = self.torch_model.config.get_text_config().vocab_size
+        text_config = self.torch_model.config.get_text_config()
+        vocab = text_config.vocab_size
+        self.context_tokens = context_window(text_config)  # None: no fixed window known
+        self.prefill_graphs_dropped = 0
         # EOS may never win (generate's min_new_tokens processor): -inf added before the argmax
         self.eos_bias = torch.zeros(vocab, device=self.device)
         eos = [i for i in self.model.eos_token_ids if 0 <= i < vocab]
@@ -162,7 +176,8 @@ class CompileEngine(Engine):
         self._decode_forward = forward
         self._decode_step = step
         self._decode_graph = None
-        self._prefill_graphs: dict[int, tuple] = {}
+        # prompt length -> (graph, its input tensors), most recently used last (PREFILL_GRAPHS_MAX)
+        self._prefill_graphs: OrderedDict[int, tuple] = OrderedDict()
 
     def _advance(self, logits, last_position) -> None:
         """Greedy choice (EOS forbidden), written to the device state: the token at
@@ -206,7 +221,12 @@ class CompileEngine(Engine):
             positions = torch.arange(n, device=self.device)
             self._advance(self.decoder(ids, positions), positions[-1:])
             return
-        if n not in self._prefill_graphs:
+        if n in self._prefill_graphs:
+            self._prefill_graphs.move_to_end(n)
+        else:
+            while len(self._prefill_graphs) >= PREFILL_GRAPHS_MAX:
+                self._prefill_graphs.popitem(last=False)  # its memory pool is freed with it
+                self.prefill_graphs_dropped += 1
             ids = torch.zeros(1, n, dtype=torch.long, device=self.device)
             positions = torch.arange(n, device=self.device)
             # prefill runs the eager decoder (inductor would compile once per prompt length)
@@ -240,8 +260,13 @@ class CompileEngine(Engine):
         if new_tokens <= 0:
             return Generation(token_ids=[], ttft_s=None)
         n = len(input_ids)
+        if self.context_tokens is not None and n + new_tokens > self.context_tokens:
+            raise EngineError(f"compile: a {n}-token prompt plus {new_tokens} new tokens exceed "
+                              f"{self.model.name}'s context window of {self.context_tokens} tokens")
         if n + new_tokens > self.capacity:
             capacity = 1 << (n + new_tokens - 1).bit_length()
+            if self.context_tokens is not None:
+                capacity = min(capacity, self.context_tokens)
             self._say(f"compile: growing the KV cache of {self.model.name} to {capacity} positions (captures again)")
             started, self._loading = time.perf_counter(), True  # counted whole, below
             self._build(capacity)
@@ -263,19 +288,21 @@ class CompileEngine(Engine):
         """What load built, for the sample: the mode; ``load_s``, the whole load; ``compile_s``,
         its first generation, which compiles (inductor) and captures (CUDA graphs) the decode
         step; ``capture_s``, CUDA graph captures since (one per new prompt length, in the
-        runner's warm-up, never inside a measured request); the cache size; the graphs."""
+        runner's warm-up, never inside a measured request); the cache size; the graphs (captured
+        in all, prefill graphs held now, and dropped as least recently used)."""
         return {"compile_mode": self.mode, "load_s": getattr(self, "load_s", None),
                 "compile_s": getattr(self, "compile_s", None),
                 "capture_s": self.capture_s,
                 "compile_fallback": self.fallback, "kv_capacity": self.capacity,
-                "cuda_graphs_captured": self.captures}
+                "cuda_graphs_captured": self.captures, "prefill_graphs_held": len(self._prefill_graphs),
+                "prefill_graphs_dropped": self.prefill_graphs_dropped, "context_tokens": self.context_tokens}
 
     def close(self):
         import gc
 
         self.decoder = self.torch_model = None
         self._decode_graph = None
-        self._prefill_graphs = {}
+        self._prefill_graphs = OrderedDict()
         self._decode_forward = self._decode_step = None
         gc.collect()
         if self.provider == "cuda":

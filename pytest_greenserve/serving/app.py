@@ -5,7 +5,7 @@ it before uvicorn starts, so ``/health`` answers only once the model can serve) 
 with everything else a request needs, on ``app.state``: no module globals, so tests can build
 several apps in one process.
 
-* ``POST /v1/completions``: the OpenAI-compatible subset. ``prompt`` is a string (tokenized
+* ``POST /v1/completions``: the OpenAI-compatible subset (``stream: true``: server-sent events). ``prompt`` is a string (tokenized
   with the model's tokenizer) or a list of token ids (what the plugin sends, so that HTTP and
   in-process generate from identical inputs); ``max_tokens`` tokens are generated greedily,
   EOS ignored, as every engine does; ``temperature`` must be 0 or absent. The answer holds the
@@ -15,7 +15,8 @@ several apps in one process.
 * ``GET /info``: model, engine, provider, library versions, device.
 
 Bad requests (no prompt, ``max_tokens`` <= 0 or above the ceiling, a body that is not JSON,
-a prompt over the size limit, a sampling temperature) get a 4xx whose body is
+a prompt over the size limit, prompt plus ``max_tokens`` over the model's context window, a
+body over the byte limit however it is sent, a sampling temperature) get a 4xx whose body is
 ``{"error": {"message": ..., "type": "invalid_request_error"}}`` as OpenAI's API answers; the
 server goes on serving. Requests reach the engine one at a time (a lock): engines are written
 for a batch of one, and under concurrent clients the queueing shows in the latencies.
@@ -23,6 +24,8 @@ for a batch of one, and under concurrent clients the queueing shows in the laten
 
 from __future__ import annotations
 
+import asyncio
+import json
 import platform
 import threading
 import time
@@ -45,7 +48,7 @@ class CompletionRequest(BaseModel):
     prompt: Union[str, list[int]] = Field(..., description="text, or the prompt's token ids")
     max_tokens: int = Field(16, description="tokens to generate (greedy, EOS ignored)")
     temperature: Optional[float] = Field(None, description="0 or absent: greedy decoding is the only mode")
-    stream: Optional[bool] = Field(None, description="false or absent: streaming is not offered")
+    stream: Optional[bool] = Field(None, description="true: server-sent events, one per token, as OpenAI streams")
 
 
 class Choice(BaseModel):
@@ -104,30 +107,65 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
 
 class _BodyLimit:
     """A plain ASGI middleware (not ``@app.middleware``, whose BaseHTTPMiddleware costs a
-    fraction of a millisecond per request): a body announced larger than ``limit`` gets a 413."""
+    fraction of a millisecond per request) that holds a request body to ``limit`` bytes: a body
+    announced larger gets a 413 at once, and every body is read here, counting the bytes that
+    actually arrive, so a chunked body (no Content-Length) over the limit gets a 413 too,
+    before the app parses anything. The body read is then handed to the app as one message."""
 
     def __init__(self, app, limit: int):
         self.app = app
         self.limit = limit
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            for name, value in scope.get("headers", ()):
-                if name == b"content-length":
-                    if value.isdigit() and int(value) > self.limit:
-                        await _error(413, f"the body is larger than {self.limit} bytes")(scope, receive, send)
-                        return
-                    break
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = _error(413, f"the body is larger than {self.limit} bytes")
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                if value.isdigit() and int(value) > self.limit:
+                    await too_large(scope, receive, send)
+                    return
+                break
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away mid-body
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        first = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replay():
+            nonlocal first
+            if first is not None:
+                message, first = first, None
+                return message
+            return await receive()  # after the body: http.disconnect, for streamed responses
+
+        await self.app(scope, replay, send)
 
 
 def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
                new_tokens_max: int = DEFAULT_NEW_TOKENS_MAX, prompt_tokens_max: int = DEFAULT_PROMPT_TOKENS_MAX,
-               body_bytes_max: int = DEFAULT_BODY_BYTES_MAX, info: dict | None = None) -> FastAPI:
+               body_bytes_max: int = DEFAULT_BODY_BYTES_MAX, context_tokens: int | None = None,
+               info: dict | None = None, engine_thread=None) -> FastAPI:
     """The app serving ``engine`` (loaded) as ``model`` in configuration ``config``.
+
+    ``context_tokens``: the model's context window (``context_window.context_window_of``); a
+    request whose prompt plus ``max_tokens`` exceeds it gets a 400 naming the limit, before any
+    engine sees a position past what the model was built for. None: no limit known.
 
     ``tokenizer`` (a transformers tokenizer, or None) turns string prompts into ids and
     generated ids into text; without one, string prompts are refused and ``text`` is null.
+    ``engine_thread``: the :class:`~.engine_thread.EngineThread` that runs every engine call on
+    the thread that loaded the engine (``greenserve serve`` passes one); None: anyio's worker
+    threads, one call at a time.
     """
     app = FastAPI(title="greenserve serve", version="1",
                   description="One model in one serving configuration (pytest-greenserve).")
@@ -140,10 +178,12 @@ def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
     state.new_tokens_max = new_tokens_max
     state.prompt_tokens_max = prompt_tokens_max
     state.body_bytes_max = body_bytes_max
+    state.context_tokens = context_tokens
     state.vocab_size = len(tokenizer) if tokenizer is not None else None
     state.lock = threading.Lock()
+    state.engine_thread = engine_thread
     state.info = {"model": model, "config": config, "engine": getattr(engine, "name", type(engine).__name__),
-                  "provider": getattr(engine, "provider", None), **(info or {})}
+                  "provider": getattr(engine, "provider", None), "context_tokens": context_tokens, **(info or {})}
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -168,12 +208,10 @@ def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
               responses={400: {"description": "a bad request; the body says why"},
                          500: {"description": "the engine failed; the body says why"},
                          413: {"description": "the body is too large"}})
-    def completions(body: CompletionRequest, request: Request) -> Any:
+    async def completions(body: CompletionRequest, request: Request) -> Any:
         st = request.app.state
         if body.temperature not in (None, 0):
             raise BadRequest("only greedy decoding is served: 'temperature' must be 0 or absent")
-        if body.stream:
-            raise BadRequest("streaming is not offered: 'stream' must be false or absent")
         if body.max_tokens <= 0:
             raise BadRequest("'max_tokens' must be at least 1")
         if body.max_tokens > st.new_tokens_max:
@@ -192,14 +230,16 @@ def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
             raise BadRequest(f"the prompt has {len(ids)} tokens, over the size limit of {st.prompt_tokens_max}")
         if st.vocab_size is not None and not all(0 <= i < st.vocab_size for i in ids):
             raise BadRequest(f"'prompt' holds token ids outside the vocabulary (0..{st.vocab_size - 1})")
-        with st.lock:
-            t = time.perf_counter()
-            try:
-                gen = st.engine.generate(ids, body.max_tokens)
-            except Exception as exc:  # answered, so the connection and the server go on
-                return JSONResponse({"error": {"message": failure_line("the engine failed", exc),
-                                               "type": "server_error"}}, status_code=500)
-            generation_s = time.perf_counter() - t
+        if st.context_tokens is not None and len(ids) + body.max_tokens > st.context_tokens:
+            raise BadRequest(f"the prompt's {len(ids)} tokens plus 'max_tokens' {body.max_tokens} exceed the "
+                             f"model's context window of {st.context_tokens} tokens")
+        if body.stream:
+            return _stream(st, ids, body.max_tokens)
+        try:
+            gen, generation_s = await _on_engine_thread(st, _timed_generate, st.engine, ids, body.max_tokens)
+        except Exception as exc:  # answered, so the connection and the server go on
+            return JSONResponse({"error": {"message": failure_line("the engine failed", exc),
+                                           "type": "server_error"}}, status_code=500)
         new = [int(i) for i in gen.token_ids]
         text = st.tokenizer.decode(new) if st.tokenizer is not None else None
         # a JSONResponse as is: FastAPI validates and re-serialises a returned dict through the
@@ -216,6 +256,118 @@ def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
         })
 
     return app
+
+
+def _sse(data) -> bytes:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+
+
+def _stream(st, ids, max_tokens):
+    """``stream: true``: one server-sent event per token, the moment the engine makes it, in
+    OpenAI's ``text_completion`` chunk shape (``token_ids`` on the choice, as unstreamed), then a
+    last chunk with ``finish_reason``, ``usage`` and the server's ``generation_s``/``ttft_s``,
+    then ``data: [DONE]``. Engines that stamp each token (transformers ``generate``: torch,
+    onnx, openvino) stream as they go; the others (jit, compile) send every token when the
+    generation ends, so their time to first token at the client is the whole request, which
+    is what such a server gives a client. An engine failure mid-stream is an ``error`` event."""
+    from starlette.responses import StreamingResponse
+
+    from ..engines.base import token_listener
+
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+
+    def put(*item) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, item)
+
+    def job():
+        try:
+            with token_listener(lambda token: put("token", token)):
+                gen, generation_s = _timed_generate(st.engine, ids, max_tokens)
+            put("done", gen, generation_s)
+        except Exception as exc:
+            put("error", exc)
+
+    if st.engine_thread is not None:
+        st.engine_thread.call_soon(job)
+    else:
+        threading.Thread(target=lambda: _locked(st, job), daemon=True).start()
+    head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+            "model": st.model}
+    text = _TextDeltas(st.tokenizer)
+
+    def chunk(tokens, finish=None, **extra) -> bytes:
+        choice = {"index": 0, "text": text.add(tokens), "token_ids": tokens, "finish_reason": finish,
+                  "logprobs": None}
+        return _sse({**head, "choices": [choice], **extra})
+
+    async def body():
+        sent: list[int] = []
+        while True:
+            kind, *rest = await events.get()
+            if kind == "token":
+                sent.append(rest[0])
+                yield chunk([rest[0]])
+            elif kind == "done":
+                gen, generation_s = rest
+                new = [int(i) for i in gen.token_ids]
+                for token in new[len(sent):]:  # an engine that does not stream: every token now
+                    yield chunk([token])
+                usage = {"prompt_tokens": len(ids), "completion_tokens": len(new), "total_tokens": len(ids) + len(new)}
+                yield chunk([], "length", usage=usage, generation_s=generation_s, ttft_s=gen.ttft_s)
+                yield _sse("[DONE]")
+                return
+            else:
+                message = failure_line("the engine failed", rest[0])
+                yield _sse({"error": {"message": message, "type": "server_error"}})
+                return
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+class _TextDeltas:
+    """The text each streamed token adds: the decoded whole minus what was sent before, so a
+    character split across tokens (byte-level BPE) is sent once whole, never as U+FFFD."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.sent = ""
+
+    def add(self, tokens: list[int]) -> str | None:
+        if self.tokenizer is None:
+            return None
+        self.ids += tokens
+        whole = self.tokenizer.decode(self.ids)
+        if whole.endswith("\ufffd") and tokens:  # an unfinished character: wait for the rest
+            return ""
+        delta, self.sent = whole[len(self.sent):], whole
+        return delta
+
+
+def _locked(st, fn):
+    with st.lock:
+        return fn()
+
+
+def _timed_generate(engine, ids, max_tokens):
+    t = time.perf_counter()
+    gen = engine.generate(ids, max_tokens)
+    return gen, time.perf_counter() - t
+
+
+async def _on_engine_thread(st, fn, *args):
+    """``fn(*args)`` where the engine runs: the server's engine thread, else a worker thread
+    under the app's lock (engines are written for one request at a time)."""
+    if st.engine_thread is not None:
+        return await st.engine_thread.submit(fn, *args)
+    from starlette.concurrency import run_in_threadpool
+
+    def locked():
+        with st.lock:
+            return fn(*args)
+
+    return await run_in_threadpool(locked)
 
 
 def server_info(engine, handle=None) -> dict:

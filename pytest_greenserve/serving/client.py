@@ -4,7 +4,8 @@ It is a :class:`~pytest_greenserve.targets.Target` like any engine, so the runne
 measure step handle it the same way: ``load()`` starts the server (a child of this process,
 so the meters' process tree covers it) and waits for ``/health`` (not measured: the runner
 loads and warms up outside the meters' window); ``generate()`` posts one request through one
-kept-alive httpx connection and returns the token ids the server generated; ``close()`` stops
+kept-alive httpx connection and returns the token ids the server generated (``stream=True``:
+as server-sent events, each token's arrival stamped at the client); ``close()`` stops
 the server. A server that dies mid-request makes ``generate()`` raise :class:`EngineError`
 with its exit status and log tail; the runner then discards the target, and the next sample
 starts a fresh server.
@@ -12,8 +13,10 @@ starts a fresh server.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
+import time
 from typing import Sequence
 
 from ..engines.base import EngineError, EngineOptions, Generation, library_versions
@@ -28,7 +31,7 @@ class HttpTarget:
     def __init__(self, handle, provider: str, engine_cls, options: EngineOptions | None = None, *,
                  config_name: str | None = None, new_tokens_max: int | None = None, host: str = "127.0.0.1",
                  health_timeout_s: float = 600.0, request_timeout_s: float = 600.0, concurrency: int = 1,
-                 python: str | None = None):
+                 stream: bool = False, python: str | None = None):
         self.handle = handle
         self.provider = provider
         self.engine_cls = engine_cls
@@ -39,6 +42,7 @@ class HttpTarget:
         self.health_timeout_s = health_timeout_s
         self.request_timeout_s = request_timeout_s
         self.concurrency = concurrency
+        self.stream = stream
         self.python = python  # another environment's interpreter (an interleaved A/B's A side), or ours
         self.server: ServerProcess | None = None
         self._client = None
@@ -101,6 +105,8 @@ class HttpTarget:
         if self.server is None or self._client is None:
             raise EngineError("the HTTP target is not loaded")
         body = {"prompt": list(input_ids), "max_tokens": new_tokens, "temperature": 0}
+        if self.stream:
+            return self._generate_streamed(body)
         try:
             response = self._thread_client().post(f"{self.server.url}/v1/completions", json=body)
         except httpx.HTTPError as exc:
@@ -109,6 +115,34 @@ class HttpTarget:
             raise EngineError(self._why_failed(f"HTTP {response.status_code}: {_error_message(response)}"))
         data = response.json()
         return Generation(token_ids=list(data["choices"][0]["token_ids"]), ttft_s=None)
+
+    def _generate_streamed(self, body: dict) -> Generation:
+        """``stream: true``: every token's arrival stamped here, at the client, as the field's
+        load generators measure (TTFT: the first token's; ITL: the gaps between them)."""
+        import httpx
+
+        tokens: list[int] = []
+        times: list[float] = []
+        start = time.perf_counter()
+        try:
+            with self._thread_client().stream("POST", f"{self.server.url}/v1/completions",
+                                              json={**body, "stream": True}) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise EngineError(self._why_failed(f"HTTP {response.status_code}: {_error_message(response)}"))
+                for event in sse_events(response.iter_lines()):
+                    if event == "[DONE]":
+                        break
+                    data = json.loads(event)
+                    if "error" in data:
+                        raise EngineError(self._why_failed(str(data["error"].get("message"))))
+                    new = data["choices"][0].get("token_ids") or []
+                    now = time.perf_counter() - start
+                    tokens += new
+                    times += [now] * len(new)
+        except httpx.HTTPError as exc:
+            raise EngineError(self._why_failed(f"{type(exc).__name__}: {exc}", wait=True)) from None
+        return Generation(token_ids=tokens, ttft_s=times[0] if times else None, token_times_s=times or None)
 
     def close(self) -> None:
         for client in [self._client, *self._clients]:
@@ -152,6 +186,13 @@ class HttpTarget:
                 how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
                 return f"the server (pid {server.pid}) {how} during the request; log tail: {server.log_tail()}"
         return f"the server failed the request: {what}"
+
+
+def sse_events(lines):
+    """The ``data:`` payloads of a server-sent-event stream, given its lines."""
+    for line in lines:
+        if line.startswith("data:"):
+            yield line[5:].strip()
 
 
 def _error_message(response) -> str:

@@ -12,7 +12,9 @@ port 0 (the kernel picks a free port; none is hard-coded) and hands it to the ch
 between. The child is started in its own session (process group) but stays a child of the
 pytest process, so the meters' process tree (``meters/proctree.py``) covers it. Stopping it
 sends SIGTERM (uvicorn's graceful shutdown), then SIGKILL to the whole process group, and
-reaps it: no orphans. ``--handle-json`` and ``--engine-class`` let the plugin hand over the
+reaps it: no orphans. It also dies with its parent (``--parent-pid``: Linux's parent-death
+signal, and a watchdog on the parent's pid), so a pytest killed by SIGTERM or SIGKILL, which
+runs no atexit hook, leaves no server holding the model. ``--handle-json`` and ``--engine-class`` let the plugin hand over the
 exact model handle and engine class of its session (a conftest's engine included).
 """
 
@@ -28,12 +30,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from dataclasses import asdict
 from pathlib import Path
 
-__all__ = ["ServeError", "ServerProcess", "add_serve_arguments", "serve", "engine_class_ref"]
+__all__ = ["ServeError", "ServerProcess", "add_serve_arguments", "serve", "engine_class_ref", "tcp_socket"]
 
 EXIT_USAGE = 2
 
@@ -73,10 +76,85 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--handle-json", default=None, help=argparse.SUPPRESS)
     p.add_argument("--engine-class", default=None, help=argparse.SUPPRESS)
     p.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)
+    # the server dies with this process (ServerProcess passes its own pid); see _die_with_parent
+    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--no-parent-death-signal", action="store_true", help=argparse.SUPPRESS)
 
 
 def _say(message: str) -> None:
     print(f"greenserve serve: {message}", file=sys.stderr, flush=True)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``): only this machine can connect."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+#: seconds an idle keep-alive connection is kept open (uvicorn's default, 5 s, closed the plugin's
+#: and the benchmarks' connections during idle windows and other configurations' turns, so the
+#: next request paid a reconnect or, with a client that does not retry, failed)
+KEEP_ALIVE_S = 300
+#: the interpreter's thread switch interval in the server (Python's default: 5 ms); see serve()
+SWITCH_INTERVAL_S = 0.0002
+#: seconds a server whose parent died is given to shut down gracefully before it exits hard
+PARENT_GONE_GRACE_S = 3.0
+#: how often the watchdog looks at the parent
+PARENT_POLL_S = 0.5
+
+
+def _parent_death_signal(sig: int) -> bool:
+    """Linux's PR_SET_PDEATHSIG through ctypes: the kernel sends ``sig`` to this process when the
+    thread that started it exits. False where it is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _die_with_parent(parent_pid: int, use_signal: bool = True) -> None:
+    """This server ends when process ``parent_pid`` does, however it ends.
+
+    A pytest session killed by SIGTERM (a CI cancel, ``timeout``) or SIGKILL runs no atexit
+    hook, and the server runs in its own session, so nothing else would stop it: it would keep
+    the model, and a GPU's memory, until someone noticed. On Linux the kernel sends SIGTERM the
+    moment the parent goes (uvicorn's graceful shutdown); ``use_signal`` False where the parent
+    started this process from a thread that may end before it (the signal follows the thread).
+    Everywhere a watchdog thread polls the parent pid every :data:`PARENT_POLL_S` s, sends SIGTERM
+    itself, and exits hard :data:`PARENT_GONE_GRACE_S` s later if a request still holds the process.
+    """
+    import threading
+
+    if use_signal:
+        _parent_death_signal(signal.SIGTERM)
+    if os.getppid() != parent_pid:  # it died before the signal was armed
+        _say(f"the parent process {parent_pid} is gone; not serving")
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        _say(f"the parent process {parent_pid} is gone; shutting down")
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except OSError:
+            pass
+        time.sleep(PARENT_GONE_GRACE_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="greenserve-parent-watchdog", daemon=True).start()
 
 
 def _engines(engine_class: str | None) -> dict:
@@ -203,6 +281,11 @@ def serve(args) -> int:
         raise ServeError("--new-tokens-max and --prompt-tokens-max must be at least 1")
     if args.fd is None and not 0 <= args.port <= 65535:
         raise ServeError(f"--port {args.port}: expected 0..65535")
+    if args.parent_pid is not None:
+        _die_with_parent(args.parent_pid, use_signal=not args.no_parent_death_signal)
+    if args.fd is None and not is_loopback(args.host):
+        _say(f"warning: --host {args.host} is not a loopback address: anyone who can reach this machine "
+             "can send requests (there is no authentication)")
     engines = _engines(args.engine_class)
     try:
         config = parse_config(args.config, engines)
@@ -233,15 +316,19 @@ def serve(args) -> int:
 
     import uvicorn
 
+    from ..context_window import context_window_of
     from .app import create_app, server_info
+    from .engine_thread import EngineThread
 
+    engine_thread = EngineThread()
     app = create_app(engine, model=handle.name, config=config.name, handle=handle, tokenizer=tokenizer,
                      new_tokens_max=args.new_tokens_max, prompt_tokens_max=args.prompt_tokens_max,
-                     info=server_info(engine, handle))
+                     context_tokens=context_window_of(handle.ref), info=server_info(engine, handle),
+                     engine_thread=engine_thread)
     if args.fd is not None:
-        sock = socket.socket(fileno=args.fd)
+        sock = tcp_socket(fileno=args.fd)
     else:
-        sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock = tcp_socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((args.host, args.port))
@@ -250,13 +337,62 @@ def serve(args) -> int:
         sock.listen(2048)
     host, port = sock.getsockname()[:2]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                           timeout_graceful_shutdown=2))
+                                           timeout_graceful_shutdown=2, timeout_keep_alive=KEEP_ALIVE_S))
     _say(f"serving {handle.name} on {config} at http://{host}:{port} (pid {os.getpid()})")
+    # uvicorn's event loop on a thread of its own, the engine on this one (engine_thread.py says
+    # why); uvicorn listens to signals only on the main thread, so they are handled here
+    failed: list[BaseException] = []
+
+    def run_uvicorn() -> None:
+        try:
+            server.run(sockets=[sock])
+        except BaseException as exc:  # said below, after the engine thread stops
+            failed.append(exc)
+        finally:
+            engine_thread.stop()
+
+    def shut_down(signum, frame) -> None:
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, shut_down)
+    # The engine thread holds the GIL between operators; the event loop thread, woken to send a
+    # streamed token, waited up to the 5 ms default switch interval for it, so tokens reached
+    # the client in bursts (16 tokens of a tiny model within 0.3 ms of each other) and the ITL
+    # a client measured was the interpreter's, not the model's. A switch costs microseconds.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    loop_thread = threading.Thread(target=run_uvicorn, name="greenserve-http", daemon=True)
+    loop_thread.start()
     try:
-        server.run(sockets=[sock])
+        engine_thread.run_forever()
     finally:
+        server.should_exit = True
+        loop_thread.join(timeout=10)
         engine.close()
+    if failed:
+        raise ServeError(f"the HTTP server failed: {type(failed[0]).__name__}: {failed[0]}")
     return 0
+
+
+def tcp_socket(family: int = socket.AF_INET, *, fileno: int | None = None) -> socket.socket:
+    """A stream socket whose ``proto`` is IPPROTO_TCP, with TCP_NODELAY set: new, or adopted from ``fileno``.
+
+    asyncio sets TCP_NODELAY on an accepted connection only when the socket object's ``proto``
+    is IPPROTO_TCP, and ``accept()`` copies ``proto`` from the listening socket's object. A
+    socket made as ``socket(AF_INET, SOCK_STREAM)`` has proto 0, so every connection it accepted
+    kept Nagle's algorithm: uvicorn writes a response's headers and body separately, the body
+    waited for the client's delayed ACK, and every keep-alive request paid ~40 ms (44 ms p50
+    with http.client, httpx and a raw socket on the 2-core VM). TCP_NODELAY on the listening
+    socket as well: Linux copies it to the connections it accepts, whatever asyncio does.
+    """
+    if fileno is not None:
+        sock = socket.socket(fileno=fileno)  # family, type and proto read from the descriptor
+        if sock.proto != socket.IPPROTO_TCP:
+            sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+    else:
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 # ------------------------------------------------------------------ the child process
@@ -303,8 +439,7 @@ class ServerProcess:
         return self.proc.pid if self.proc is not None else None
 
     def start(self) -> None:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = tcp_socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
         try:
             sock.bind((self.host, 0))  # the kernel picks a free port
             sock.listen(2048)
@@ -319,7 +454,12 @@ class ServerProcess:
             if paths:
                 env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
             env["PYTHONUNBUFFERED"] = "1"
-            cmd = [self.python or sys.executable, "-m", "pytest_greenserve", "serve", *self.serve_args, "--fd", str(sock.fileno())]
+            cmd = [self.python or sys.executable, "-m", "pytest_greenserve", "serve", *self.serve_args, "--fd", str(sock.fileno()),
+                   "--parent-pid", str(os.getpid())]
+            if threading.current_thread() is not threading.main_thread():
+                # Linux's parent-death signal follows the thread that forks: one that ends before
+                # this process would take the server with it; the watchdog alone then
+                cmd.append("--no-parent-death-signal")
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                                          pass_fds=(sock.fileno(),), start_new_session=True, env=env)
             _LIVE.add(self)

@@ -141,3 +141,61 @@ def test_captured_decode_step_gives_torch_tokens_on_cuda(mode, tiny_handle, prom
         assert engine.load_info()["cuda_graphs_captured"] >= 2  # the decode step and a prefill
     finally:
         engine.close()
+
+
+class _EagerGraph:
+    """What a CUDA graph does, on the CPU: ``replay()`` runs the captured function again."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def replay(self):
+        self.fn()
+
+
+def test_prefill_graphs_stay_bounded_under_200_random_prompt_lengths(tiny_handle, monkeypatch):
+    """A server's clients send prompts of any length: the prefill graphs kept (one per length)
+    stay at most PREFILL_GRAPHS_MAX, the cache never outgrows the context window, and the tokens
+    still equal torch's. CUDA graph capture is replaced by an eager replay of the same function,
+    so the graph bookkeeping runs here on the CPU (tools/device_run.sh runs it on CUDA)."""
+    import random
+
+    from pytest_greenserve.engines import compile as compile_module
+
+    handle = tiny_handle("gpt2")
+    engine = CompileEngine(handle, "cpu", options("eager"))
+    engine.load()
+    window = engine.context_tokens
+    assert window == 512  # the tiny gpt2's n_positions
+    engine.mode = "graph"  # prefill and decode now go through _capture, as on CUDA
+
+    def capture(fn):
+        engine.captures += 1
+        return _EagerGraph(fn)
+
+    monkeypatch.setattr(engine, "_capture", capture)
+    rng = random.Random(17)
+    new_tokens = 4
+    cases = [[rng.randrange(1, 1000) for _ in range(rng.randint(1, window - new_tokens))] for _ in range(200)]
+    held = []
+    outputs = []
+    for ids in cases:
+        outputs.append(engine.generate(ids, new_tokens).token_ids)
+        held.append(len(engine._prefill_graphs))
+    distinct = len({len(ids) for ids in cases})
+    assert distinct > compile_module.PREFILL_GRAPHS_MAX  # the bound is really exercised
+    assert max(held) == compile_module.PREFILL_GRAPHS_MAX
+    info = engine.load_info()
+    assert info["prefill_graphs_held"] == compile_module.PREFILL_GRAPHS_MAX
+    assert info["prefill_graphs_dropped"] >= distinct - compile_module.PREFILL_GRAPHS_MAX
+    assert engine.capacity <= window
+    with pytest.raises(EngineError, match="context window of 512 tokens"):
+        engine.generate([1] * (window - 2), new_tokens)
+    engine.close()
+    reference = TorchEngine(handle, "cpu", options("eager"))
+    reference.load()
+    try:
+        for ids, out in list(zip(cases, outputs))[::20]:  # evicted and re-captured lengths among them
+            assert out == reference.generate(ids, new_tokens).token_ids
+    finally:
+        reference.close()

@@ -66,7 +66,8 @@ def test_ttft_is_stamped_after_cuda_synchronises(monkeypatch):
     timer(_CudaIds(), None)
     assert order[:2] == [("sync", "cuda:0"), "stamp"]  # the device finished the token, then the stamp
     timer(_CudaIds(), None)
-    assert order.count(("sync", "cuda:0")) == 1  # only the first token is waited for
+    # every token is waited for, then stamped (its inter-token latency is the device's, not the launch's)
+    assert order[2:] == ["zeros", ("sync", "cuda:0"), "stamp", "zeros"] and len(timer.times) == 2
 
 
 def test_ttft_on_cpu_does_not_touch_cuda(monkeypatch):
@@ -74,6 +75,26 @@ def test_ttft_on_cpu_does_not_touch_cuda(monkeypatch):
     timer = FirstTokenTimer()
     timer(torch.ones(1, 4, dtype=torch.long), None)
     assert timer.ttft_s is not None and timer.ttft_s >= 0
+
+
+def test_transformers_engines_stamp_every_token_and_stream_them_to_a_listener(tiny_handle):
+    """Per-token times (the in-process ITL) and the server's streaming hook: each token reaches
+    the listener while generate still runs, in order, and the stamps rise."""
+    from pytest_greenserve.engines.base import token_listener
+    from pytest_greenserve.engines.torch_eager import TorchEngine
+
+    engine = TorchEngine(tiny_handle("gpt2"), "cpu", EngineOptions(threads=1))
+    engine.load()
+    heard = []
+    try:
+        with token_listener(heard.append):
+            gen = engine.generate([5, 6, 7, 8], 6)
+        quiet = engine.generate([5, 6, 7, 8], 6)  # outside the block nothing is told
+    finally:
+        engine.close()
+    assert heard == gen.token_ids and len(heard) == 6 and quiet.token_ids == gen.token_ids
+    times = gen.token_times_s
+    assert len(times) == 6 and times[0] == gen.ttft_s and all(b >= a for a, b in zip(times, times[1:]))
 
 
 def test_onnx_with_spinning_off_sleeps_its_pools_and_generates_the_same_tokens(tiny_handle):

@@ -61,14 +61,14 @@ BAD = [
     ({"json": {"prompt": [1] * 101, "max_tokens": 4}}, 400, "over the size limit of 100"),
     ({"json": {"prompt": "x " * 2000, "max_tokens": 4}}, 400, "over the size limit of 100"),
     ({"json": {"prompt": [1, 2], "temperature": 0.7}}, 400, "'temperature' must be 0 or absent"),
-    ({"json": {"prompt": [1, 2], "stream": True}}, 400, "streaming is not offered"),
     ({"json": {"prompt": []}}, 400, "'prompt' is empty"),
     ({"json": {"prompt": [1, "a"]}}, 400, "'prompt' must be a string or a list of token ids"),
     ({"json": {"prompt": [10 ** 9]}}, 400, "outside the vocabulary"),
     ({"json": {"prompt": [1], "max_tokens": "many"}}, 400, "'max_tokens'"),
     ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
     ({"content": b"[1, 2]", "headers": {"content-type": "application/json"}}, 400, "must be a JSON object"),
-    ({"content": b"x" * (1 << 20 + 1), "headers": {"content-type": "application/json"}}, 413, "larger than"),
+    # one byte over the 1 MiB limit (the boundary itself: test_the_body_limit_counts_the_bytes_that_arrive)
+    ({"content": b"x" * ((1 << 20) + 1), "headers": {"content-type": "application/json"}}, 413, "larger than"),
 ]
 
 
@@ -81,6 +81,72 @@ def test_a_bad_request_gets_a_4xx_with_a_clear_message_and_the_server_goes_on(nu
     assert words in error["message"] and error["type"] == "invalid_request_error"
     server, client = null_server
     assert server.exited() is None and client.get(server.url + "/health").status_code == 200
+
+
+def json_body_of(size: int) -> bytes:
+    """A valid completion request of exactly ``size`` bytes (spaces pad it)."""
+    body = b'{"prompt": [1, 2], "max_tokens": 2}'
+    return body[:-1] + b" " * (size - len(body)) + b"}"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_the_body_limit_counts_the_bytes_that_arrive(null_server, chunked):
+    """1 MiB passes, one byte more gets a 413, whether the size is announced or the body is
+    chunked (no Content-Length: the bytes are counted as they arrive)."""
+    from pytest_greenserve.serving import DEFAULT_BODY_BYTES_MAX
+
+    headers = {"content-type": "application/json"}
+    for size, status in ((DEFAULT_BODY_BYTES_MAX, 200), (DEFAULT_BODY_BYTES_MAX + 1, 413)):
+        body = json_body_of(size)
+        assert len(body) == size
+        content = iter([body[:size // 2], body[size // 2:]]) if chunked else body
+        r = post(null_server, content=content, headers=headers)
+        assert r.status_code == status, r.text[:200]
+        if status == 413:
+            assert r.json()["error"]["message"] == f"the body is larger than {DEFAULT_BODY_BYTES_MAX} bytes"
+        else:
+            assert r.json()["choices"][0]["token_ids"] == [1, 2]
+    server, client = null_server
+    assert server.exited() is None and client.get(server.url + "/health").status_code == 200
+
+
+def test_a_chunked_body_over_the_limit_is_refused_before_it_is_parsed(null_server):
+    """The issue's case: a 9 KB chunked body against a small limit got a 200; here 2 MiB of
+    chunks against 1 MiB. No Content-Length is sent, so only the bytes read can tell."""
+    chunks = [b'{"prompt": [1], "max_tokens": 1' + b" " * 1000] + [b" " * 65536] * 32 + [b"}"]
+    r = post(null_server, content=iter(chunks), headers={"content-type": "application/json"})
+    assert r.request.headers.get("transfer-encoding") == "chunked" and "content-length" not in r.request.headers
+    assert r.status_code == 413 and "larger than" in r.json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def wide_null_server(tiny_handle):
+    """The null engine with ceilings above the tiny gpt2's 512-position context window."""
+    from conftest import serve_args
+    import httpx
+    from pytest_greenserve.serving.server import ServerProcess
+
+    server = ServerProcess(serve_args(tiny_handle("gpt2"), "null-cpu", "pytest_greenserve.serving.null:NullEngine",
+                                      "--new-tokens-max", "512", "--prompt-tokens-max", "1000"), health_timeout_s=60)
+    server.start()
+    try:
+        with httpx.Client(trust_env=False, timeout=30) as client:
+            server.wait_healthy(client)
+            yield server, client
+    finally:
+        server.stop()
+        server.remove_log()
+
+
+def test_prompt_plus_max_tokens_over_the_context_window_is_a_400_naming_it(wide_null_server):
+    server, client = wide_null_server
+    assert client.get(server.url + "/info").json()["context_tokens"] == 512
+    ok = client.post(server.url + COMPLETIONS, json={"prompt": [1] * 500, "max_tokens": 12})
+    assert ok.status_code == 200 and len(ok.json()["choices"][0]["token_ids"]) == 12
+    r = client.post(server.url + COMPLETIONS, json={"prompt": [1] * 500, "max_tokens": 13})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == (
+        "the prompt's 500 tokens plus 'max_tokens' 13 exceed the model's context window of 512 tokens")
 
 
 def test_an_engine_error_is_a_500_and_the_server_goes_on(tiny_handle):

@@ -4,8 +4,14 @@ reason, the next item restarts the server and passes, samples record the transpo
 test_http_target.py.)"""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import psutil
+import pytest
 import torch  # noqa: F401  imported before pytester snapshots sys.modules (numpy loads once)
 import transformers  # noqa: F401
 
@@ -76,3 +82,57 @@ def test_http_transport_survives_a_server_crash_and_leaves_no_orphans(pytester, 
     assert sample["latency_p99_s"] is not None and sample["requests_per_s"] > 0
     assert "torch-cpu@http" not in out
     assert servers_of(model) == []  # no `greenserve serve` outlived the session
+
+
+SLOW_ENGINE = '''
+import time
+
+from pytest_greenserve.serving.null import NullEngine
+
+
+class Slow(NullEngine):
+    name = "slow"
+
+    def generate(self, input_ids, new_tokens):
+        time.sleep(0.5)
+        return super().generate(input_ids, new_tokens)
+
+
+def pytest_greenserve_register_engines(registry):
+    registry["slow"] = Slow
+'''
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_killed_session_leaves_no_server_behind(pytester, tiny_model, sig):
+    """A CI cancel or ``timeout`` (SIGTERM) and SIGKILL run no atexit hook: the server must
+    still go, on its own, within 5 s (the parent-death signal, else its watchdog)."""
+    model = str(tiny_model("gpt2"))
+    pytester.makepyfile(test_autocomplete=BENCHMARK)
+    pytester.makeconftest(SLOW_ENGINE)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--greenserve-models=tiny={model}",
+           "--greenserve-configs=slow-cpu", "--greenserve-prompts=60", "--greenserve-new-tokens=4",
+           "--greenserve-idle=0", "--greenserve-warmup=0", "--greenserve-transport=http",
+           f"--greenserve-cache-dir={pytester.path / 'cache'}", f"--greenserve-report-dir={pytester.path / 'r'}"]
+    session = subprocess.Popen(cmd, cwd=pytester.path, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not servers_of(model):  # the server is up and the sample (30 s of requests) under way
+            assert session.poll() is None and time.monotonic() < deadline, "the session never started a server"
+            time.sleep(0.2)
+        servers = servers_of(model)
+        time.sleep(1.0)
+        session.send_signal(sig)
+        session.wait(timeout=30)
+        gone = time.monotonic() + 5.0
+        while time.monotonic() < gone and any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in servers):
+            time.sleep(0.1)
+        left = [p.pid for p in servers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert left == [], f"greenserve serve still running 5 s after the session got {sig.name}: pids {left}"
+    finally:
+        if session.poll() is None:
+            session.kill()
+        for p in servers_of(model):  # never leave one behind, even when the test fails
+            p.kill()
