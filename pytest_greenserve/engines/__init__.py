@@ -10,9 +10,11 @@ from .compile import CompileEngine
 from .jit import JitEngine
 from .onnx import OnnxEngine
 from .openvino import OpenVinoEngine
+from .ortgenai import OrtGenaiEngine
+from .ovgenai import OvGenaiEngine
 from .torch_eager import TorchEngine
 
-BUILTIN = (TorchEngine, OnnxEngine, OpenVinoEngine, JitEngine, CompileEngine)
+BUILTIN = (TorchEngine, OnnxEngine, OpenVinoEngine, JitEngine, CompileEngine, OrtGenaiEngine, OvGenaiEngine)
 
 
 def pytest_greenserve_register_engines(registry: dict) -> None:
