@@ -7,8 +7,9 @@
 #   tools/install_llamacpp.sh                 # CPU build
 #   CMAKE_ARGS=-DGGML_CUDA=on tools/install_llamacpp.sh   # with CUDA offload
 #
-# On the 2-core VM the build took 33 min of wall time under load from other jobs (9.4 min of
-# CPU time); LLAVA_BUILD=OFF skips the multimodal library, which the engine does not use.
+# On the 2-core VM the default build took 33 min of wall time under load from other jobs (9.4 min
+# of CPU time). LLAVA_BUILD=OFF (llama-cpp-python's CMake option) skips the multimodal library,
+# which the engine does not use (that build was not timed).
 set -euo pipefail
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 CACHE="${GREENSERVE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pytest-greenserve}"
