@@ -190,3 +190,25 @@ def test_llamacpp_q8_0_gets_a_quality_figure_not_an_exactness_verdict(tiny_handl
     assert all(len(g.token_ids) == NEW_TOKENS for g, _ in pairs)
     # the same model, quantised: most prompts still start with torch's token
     assert _first_token_rate(pairs) >= 0.6
+
+
+@pytest.mark.slow  # a server process loads the engine
+def test_llamacpp_q8_0_serves_over_http_the_tokens_it_gives_in_process(tiny_handle):
+    from pytest_greenserve.serving import missing_serve_reason
+    from pytest_greenserve.serving.client import HttpTarget
+
+    if missing_serve_reason():
+        pytest.skip(missing_serve_reason())
+    handle = tiny_handle("gpt2")
+    _llamacpp_or_skip(handle)
+    options = EngineOptions(threads=1, variant="q8_0")
+    local = LlamaCppEngine(handle, "cpu", options)
+    local.load()
+    expected = [local.generate(p, 8).token_ids for p in _prompts(3)]
+    local.close()
+    target = HttpTarget(handle, "cpu", LlamaCppEngine, options, config_name="llamacpp-cpu:q8_0", health_timeout_s=120)
+    target.load()
+    try:
+        assert [target.generate(p, 8).token_ids for p in _prompts(3)] == expected
+    finally:
+        target.close()
