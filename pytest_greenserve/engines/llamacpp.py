@@ -64,7 +64,7 @@ class LlamaCppEngine(Engine):
     def unavailable_reason(cls, provider):
         reason = missing_module_reason("llama_cpp", "transformers", extra="llamacpp")
         if reason:
-            return reason + "; llama-cpp-python builds from source: see README 'llama.cpp'"
+            return reason + "; llama-cpp-python builds from source: tools/install_llamacpp.sh"
         if provider == "cuda":
             import llama_cpp
 
