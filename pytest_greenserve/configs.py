@@ -19,19 +19,25 @@ class ConfigError(ValueError):
 class ServingConfig:
     engine: str
     provider: str
+    #: the engine's weight format where it has several (``Engine.variants``: ``q8_0`` in
+    #: ``llamacpp-cpu:q8_0``); "" for engines without
+    variant: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.engine}-{self.provider}"
+        return f"{self.engine}-{self.provider}" + (f":{self.variant}" if self.variant else "")
 
     def __str__(self) -> str:
         return self.name
 
 
 def parse_config(text: str, engines: dict) -> ServingConfig:
-    """Parse ``"onnx-cpu"`` against the registered ``engines`` (name -> engine class)."""
+    """Parse ``"onnx-cpu"`` (or ``"llamacpp-cpu:q8_0"``: ``ENGINE-PROVIDER:VARIANT``) against the
+    registered ``engines`` (name -> engine class). An engine with variants and none given gets
+    its first (``llamacpp-cpu`` is ``llamacpp-cpu:f16``)."""
     text = text.strip()
-    engine, sep, provider = text.rpartition("-")
+    base, colon, variant = text.partition(":")
+    engine, sep, provider = base.rpartition("-")
     if not sep or not engine:
         raise ConfigError(f"bad configuration {text!r}: expected ENGINE-PROVIDER, e.g. onnx-cpu")
     if engine not in engines:
@@ -43,7 +49,11 @@ def parse_config(text: str, engines: dict) -> ServingConfig:
         raise ConfigError(
             f"{text!r} does not exist: engine {engine!r} serves only on {', '.join(supported)}"
         )
-    return ServingConfig(engine, provider)
+    variants = tuple(getattr(engines[engine], "variants", ()))
+    if colon and variant not in variants:
+        raise ConfigError(f"unknown variant {variant!r} in {text!r}; engine {engine!r} has "
+                          + (", ".join(variants) if variants else "none"))
+    return ServingConfig(engine, provider, variant if colon else (variants[0] if variants else ""))
 
 
 def parse_config_list(text: str | Iterable[str], engines: dict) -> list[ServingConfig]:
@@ -62,10 +72,12 @@ def parse_config_list(text: str | Iterable[str], engines: dict) -> list[ServingC
 
 
 def all_configs(engines: dict) -> list[ServingConfig]:
-    """Every configuration that exists (e.g. 7 for the paper's engines: openvino-cuda does not exist)."""
+    """Every configuration that exists (e.g. 7 for the paper's engines: openvino-cuda does not
+    exist), one per variant of an engine that has several (``llamacpp-cpu:f16``, ``llamacpp-cpu:q8_0``)."""
     return [
-        ServingConfig(name, provider)
+        ServingConfig(name, provider, variant)
         for name, cls in engines.items()
         for provider in PROVIDERS
         if provider in getattr(cls, "providers", PROVIDERS)
+        for variant in (tuple(getattr(cls, "variants", ())) or ("",))
     ]

@@ -72,7 +72,11 @@ MINI_MODELS = [
     ModelSpec("mini-pythia", "gpt_neox", params="1M", category=1, mini=True),  # pythia's
 ]
 
-REGISTRY: dict[str, ModelSpec] = {m.name: m for m in MINI_MODELS + PAPER_MODELS}
+# Outside the default suite: for the ortgenai engine, whose model builder refuses the three
+# above (it builds llama, gemma, phi). `-k mini-llama` or --greenserve-models=mini-llama runs it.
+EXTRA_MINI_MODELS = [ModelSpec("mini-llama", "llama", params="1M", mini=True)]  # TinyLlama's
+
+REGISTRY: dict[str, ModelSpec] = {m.name: m for m in MINI_MODELS + EXTRA_MINI_MODELS + PAPER_MODELS}
 DEFAULT_MODELS = [m.name for m in MINI_MODELS]
 
 # Tiny shapes per architecture family: small enough to build and run in well under a second.
@@ -100,7 +104,8 @@ VARIED_INIT = dict(initializer_range=0.3, tie_word_embeddings=False)
 # mini-* are a little wider and deeper than the test models so that compute, not only
 # framework overhead, shows in their numbers.
 MINI_SCALE = {"gpt2": dict(n_embd=128, n_layer=4), "gpt_bigcode": dict(n_embd=128, n_layer=4),
-              "gpt_neox": dict(hidden_size=128, num_hidden_layers=4, intermediate_size=512)}
+              "gpt_neox": dict(hidden_size=128, num_hidden_layers=4, intermediate_size=512),
+              "llama": dict(hidden_size=128, num_hidden_layers=4, intermediate_size=256)}
 
 
 def tokenizer_dir() -> Path:

@@ -46,7 +46,8 @@ class Case:
 
     @property
     def id(self) -> str:
-        return f"{self.model}-{self.config.engine}-{self.config.provider}-r{self.repetition}"
+        variant = f":{self.config.variant}" if self.config.variant else ""  # llamacpp-cpu:q8_0
+        return f"{self.model}-{self.config.engine}-{self.config.provider}{variant}-r{self.repetition}"
 
 
 def plan(settings: Settings) -> list[Case]:
@@ -225,10 +226,10 @@ class GreenserveSession:
                 self.progress(f"greenserve meters: {note}")
         return self.meters
 
-    def _engine_options(self) -> EngineOptions:
+    def _engine_options(self, variant: str = "") -> EngineOptions:
         return EngineOptions(threads=self.settings.threads, openvino_precision=self.settings.openvino_precision,
                              ort_spinning=self.settings.ort_spinning == "on", dtype=self.settings.dtype,
-                             compile_mode=self.settings.compile_mode,
+                             compile_mode=self.settings.compile_mode, variant=variant,
                              progress=self.progress)
 
     def _make_target(self, case: Case, handle: ModelHandle, python: str | None = None):
@@ -239,11 +240,12 @@ class GreenserveSession:
         if self.settings.transport == "http":
             from .serving.client import HttpTarget
 
-            return HttpTarget(handle, case.config.provider, cls, self._engine_options(), config_name=case.config.name,
+            return HttpTarget(handle, case.config.provider, cls, self._engine_options(case.config.variant),
+                              config_name=case.config.name,
                               new_tokens_max=max(self.settings.new_tokens, 512),
                               concurrency=self.settings.concurrency, stream=self.settings.stream == "on",
                               python=python)
-        return cls(handle, case.config.provider, self._engine_options())
+        return cls(handle, case.config.provider, self._engine_options(case.config.variant))
 
     def reference(self, model: str, provider: str) -> list[list[int]] | None:
         """The torch engine's token ids for this model's prompts on ``provider`` (cached on disk).
@@ -382,7 +384,8 @@ class GreenserveSession:
                 self.progress(f"greenserve: profiling one generation of {label} in a child process (roofline)")
                 try:
                     self._launches[key] = profile_in_child(self.engines[case.config.engine], handle,
-                                                           case.config.provider, self._engine_options(),
+                                                           case.config.provider,
+                                                           self._engine_options(case.config.variant),
                                                            prompt_ids[0], new_tokens)
                 except Exception as exc:  # no CUPTI, an engine the profiler cannot see, the child failing
                     self._launches[key] = failure_line("roofline: launches not counted", exc)

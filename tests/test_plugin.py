@@ -33,8 +33,10 @@ def test_autocomplete(greenserve):
 MINI_MODELS = ["mini-gpt2", "mini-starcoder", "mini-pythia"]
 # The paper's seven configurations (openvino-cuda does not exist).
 PAPER_CONFIGS = ["torch-cpu", "torch-cuda", "onnx-cpu", "onnx-cuda", "openvino-cpu", "jit-cpu", "jit-cuda"]
-# What --greenserve-configs=all (the default) selects: the paper's seven and the compile engine's two.
-ALL_CONFIGS = PAPER_CONFIGS + ["compile-cpu", "compile-cuda"]
+# What --greenserve-configs=all (the default) selects: the paper's seven, the compile engine's two,
+# and the generation runtimes' seven (ovgenai-cuda does not exist; llamacpp has two weight formats).
+ALL_CONFIGS = PAPER_CONFIGS + ["compile-cpu", "compile-cuda", "ortgenai-cpu", "ortgenai-cuda", "ovgenai-cpu",
+                               "llamacpp-cpu:f16", "llamacpp-cpu:q8_0", "llamacpp-cuda:f16", "llamacpp-cuda:q8_0"]
 ITEM = re.compile(r"^test_autocomplete\.py::test_autocomplete\[(?P<id>[^\]]+)\]$")
 
 # Tiny settings for runs that measure: a few prompts, a few tokens, no idle baseline. One
@@ -203,10 +205,10 @@ def truthy(text: str) -> bool:
 def test_collect_lists_one_item_per_model_config_repetition_for_the_mini_models(bench):
     result, ids = bench.collect()
     assert result.ret == 0
-    assert len(ids) == len(set(ids)) == 3 * 9 * 3
+    assert len(ids) == len(set(ids)) == 3 * 16 * 3
     assert set(ids) == expected_ids(MINI_MODELS, ALL_CONFIGS, 3)
     # paper models get items too (for -k) but are deselected unless named
-    result.stdout.fnmatch_lines(["81/* tests collected (* deselected)*"])
+    result.stdout.fnmatch_lines(["144/* tests collected (* deselected)*"])
 
 
 def test_item_ids_list_model_engine_provider_repetition(bench):

@@ -19,6 +19,8 @@
 #   bash tools/device_run.sh issue18-xdist 2   #   the same items with -n 1, then -n 2 (a call each: 10-minute limit)
 #   bash tools/device_run.sh issue18-compare   #   per item medians and GPU energy, -n 1 against -n 2, and the speed-up
 #   bash tools/device_run.sh issue18-study 2   # the whole 12-replica study with -n 2, capped (a projection if cut)
+#   bash tools/device_run.sh issue19-engines codeparrot-small   # ovgenai, llamacpp f16/q8_0 vs torch on the 16 cores (not run yet)
+#   bash tools/device_run.sh issue19-engines tinyllama ortgenai-cpu,ortgenai-cuda,torch-cuda  # ortgenai (llama) on CPU and CUDA
 # DRY=1 runs a tiny CPU-only version of the same sessions locally to check the script.
 # Each session is capped with SIGINT (pytest then finishes cleanly); finished samples are
 # never lost. Results: one tarball of the report directories under $OUT.
@@ -188,6 +190,17 @@ PYEOF
     session "$name" "$cap" --greenserve-models="$model" --greenserve-configs="$configs" \
       --greenserve-prompts="$prompts" --greenserve-runs="$runs" --greenserve-idle=2 --greenserve-settle=1
     pack "$name" ;;
+  issue19-engines)  # the engines deployed today (ARGS: model [configs] [runs] [prompts]). Carry .whl-engines:
+    # onnxruntime-genai 0.15 (-cuda for ortgenai-cuda), onnx-ir, openvino-genai 2026.4.1, a llama-cpp-python
+    # wheel built from its sdist (CMAKE_ARGS=-DGGML_CUDA=on for llamacpp-cuda), sentencepiece, diskcache;
+    # and .llama.cpp (the converter: convert_hf_to_gguf.py, conversion/, gguf-py/ from the same sdist)
+    [ -d $SITE/transformers ] || install .whl
+    [ -d $SITE/onnxruntime_genai ] || install .whl-engines
+    export GREENSERVE_LLAMA_CPP=$PWD/.llama.cpp
+    model=$2 configs=${3:-torch-cpu,ovgenai-cpu,llamacpp-cpu:f16,llamacpp-cpu:q8_0} runs=${4:-3} prompts=${5:-64}
+    session "issue19-$model" 560 --greenserve-models="$model" --greenserve-configs="$configs" \
+      --greenserve-prompts="$prompts" --greenserve-runs="$runs" --greenserve-idle=2 --greenserve-settle=1
+    pack "issue19-$model" ;;
   install-ov)
     install .whl-ov; probe ;;
   issue3)

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from .compile import CompileEngine
 from .jit import JitEngine
+from .llamacpp import LlamaCppEngine
 from .onnx import OnnxEngine
 from .openvino import OpenVinoEngine
+from .ortgenai import OrtGenaiEngine
+from .ovgenai import OvGenaiEngine
 from .torch_eager import TorchEngine
 
-BUILTIN = (TorchEngine, OnnxEngine, OpenVinoEngine, JitEngine, CompileEngine)
+BUILTIN = (TorchEngine, OnnxEngine, OpenVinoEngine, JitEngine, CompileEngine, OrtGenaiEngine, OvGenaiEngine,
+           LlamaCppEngine)
 
 
 def pytest_greenserve_register_engines(registry: dict) -> None:

@@ -61,6 +61,8 @@ class EngineOptions:
     dtype: str = "fp32"
     #: how the compile engine captures its decode step (engines/compile.py MODES)
     compile_mode: str = "auto"
+    #: the weight format of an engine with ``Engine.variants`` (``q8_0`` in ``llamacpp-cpu:q8_0``)
+    variant: str = ""
     #: called with one-line messages about long work (exports, traces)
     progress: Callable[[str], None] | None = None
     extra: dict = field(default_factory=dict)
@@ -78,6 +80,9 @@ class Engine(ABC):
     #: the dtypes (``EngineOptions.dtype``) this engine can serve in; the session skips the
     #: others with a reason, so an engine that ignores the option never passes for bf16
     dtypes: ClassVar[tuple[str, ...]] = ("fp32",)
+    #: weight formats this engine serves, each its own configuration (``llamacpp-cpu:f16`` and
+    #: ``llamacpp-cpu:q8_0``); the first is the default; empty: one configuration per provider
+    variants: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: ModelHandle, provider: str, options: EngineOptions | None = None):
         self.model = model

@@ -302,7 +302,8 @@ def serve(args) -> int:
     engine = cls(handle, config.provider, EngineOptions(threads=args.threads,
                                                          openvino_precision=args.openvino_precision,
                                                          ort_spinning=args.ort_spinning == "on", dtype=args.dtype,
-                                                         compile_mode=args.compile_mode, progress=_say))
+                                                         compile_mode=args.compile_mode, variant=config.variant,
+                                                         progress=_say))
     _say(f"loading {handle.name} on {config} (pid {os.getpid()})")
     try:
         engine.load()
