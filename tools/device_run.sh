@@ -222,7 +222,7 @@ PYEOF
     pack cuda-engines ;;
   issue18-xdist)  # -n 1 or -n 2 over the fixed replica set (ARGS: workers [cap_s])
     [ -d $SITE/transformers ] || install .whl
-    [ -d $SITE/xdist ] || install .whl-xdist
+    [ -d .whl-xdist ] && { [ -d $SITE/xdist ] || install .whl-xdist; }  # the image has pytest-xdist; carry it where not
     probe
     xdist_session "$2" "${3:-570}"
     pack "issue18-xdist-n$2" ;;
@@ -230,7 +230,7 @@ PYEOF
     xdist_compare | tee "$OUT/issue18-compare.txt" ;;
   issue18-study)  # the whole study: every paper model's replica, every configuration, -n N (ARGS: workers [cap_s])
     [ -d $SITE/transformers ] || install .whl
-    [ -d $SITE/xdist ] || install .whl-xdist
+    [ -d .whl-xdist ] && { [ -d $SITE/xdist ] || install .whl-xdist; }  # the image has pytest-xdist; carry it where not
     t0=$(date +%s)
     session "study-n$2" "${3:-570}" -n "$2" --greenserve-models=paper
     echo "study -n $2: $(( $(date +%s) - t0 )) s wall" | tee "$OUT/issue18-study.txt"
