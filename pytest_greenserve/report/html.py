@@ -154,7 +154,8 @@ def _model_section(analysis: Analysis, df: pd.DataFrame, machine: str, model: st
     good = g[~g["error_prone"]]
     excluded = sorted(set(g.loc[g["error_prone"], "config"]))
     if excluded:
-        out.append(f'<p class="note">Excluded as error-prone (outputs disagreed with torch): {esc(", ".join(excluded))}</p>')
+        out.append(f'<p class="note">Excluded as error-prone (output quality worse than torch\'s in the same dtype, '
+                   f'against the fp32 reference): {esc(", ".join(excluded))}</p>')
     if good.empty:
         out.append("<p>Every configuration of this model was error-prone: no plots and no comparison.</p>")
         return "\n".join(out)
@@ -172,11 +173,15 @@ def _model_section(analysis: Analysis, df: pd.DataFrame, machine: str, model: st
                    + (f" — <span class='note'>{esc(note)}</span>" if note else "") + "</p>")
     if skipped:
         out.append(f'<p class="muted">Not plotted: {esc("; ".join(skipped))}.</p>')
-    puri, front = plots.pareto_plot(good, summ, analysis.energy_metric, f"{model} — energy vs time", metrics)
+    every = analysis.summary[(analysis.summary["machine"] == machine) & (analysis.summary["model"] == model)]
+    puri, front = plots.pareto_plot(g, every, analysis.energy_metric, f"{model} — energy vs time", metrics,
+                                    unmatched=excluded)
     if puri:
         out.append(f'<figure><img alt="energy vs time for {esc(model)}" src="{puri}">'
                    f"<figcaption>Pareto front (no configuration is both cheaper and faster): "
-                   f"{esc(', '.join(front))}</figcaption></figure>")
+                   f"{esc(', '.join(front))}"
+                   + (f"; grey crosses are not quality-matched (error-prone, off the front): {esc(', '.join(excluded))}"
+                      if excluded else "") + "</figcaption></figure>")
     else:
         out.append('<p class="muted">No energy-vs-time plot: energy or time was not recorded.</p>')
     words = analysis.findings.get((machine, model), [])
