@@ -200,6 +200,29 @@ def _model_section(analysis: Analysis, df: pd.DataFrame, machine: str, model: st
     return "\n".join(out)
 
 
+def _paper_section(df: pd.DataFrame) -> str:
+    """The paper's headline ratios against this run's, with their intervals (analysis/paper.py);
+    empty when the run has none of the paper's pairs of configurations."""
+    from ..analysis.paper import HEADERS, compare, disagreements, paper_facts, table_rows
+
+    facts = paper_facts()
+    rows, notes = compare(df.to_dict("records"), facts)
+    if not rows:
+        return ""
+    out = ["<h2>The paper, side by side</h2>",
+           f"<p>{esc(facts['citation'])}. Its setup: {esc(facts['setup'])}. Each ratio is A/B of medians; the "
+           "paper's are over its 12 models (it publishes per-category figures for TORCH-CUDA only); energy is gross "
+           "CPU + GPU energy; this run's 95% interval comes from resampling each model's samples "
+           "(<code>greenserve paper RUN_DIR</code> prints the same).</p>",
+           html_table(HEADERS, table_rows(rows), "paper")]
+    words = disagreements(rows)
+    out.append("<p><b>Where this run disagrees with the paper:</b></p><ul>" + "".join(f"<li>{esc(w)}</li>" for w in words)
+               + "</ul>" if words else "<p>This run disagrees with none of the paper's ratios it could check.</p>")
+    if notes:
+        out.append("<ul class='muted'>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
+    return "\n".join(out)
+
+
 def render(analysis: Analysis, df: pd.DataFrame, meta: dict, metrics: dict[str, Metric] | None = None) -> str:
     """The whole page; ``metrics`` is the registry the analysis used (None: the built-in metrics)."""
     metrics = metrics_or_builtin(metrics)
@@ -236,6 +259,7 @@ def render(analysis: Analysis, df: pd.DataFrame, meta: dict, metrics: dict[str, 
     if r:
         parts.append(f"<h2>{esc(ROOFLINE_TITLE)}</h2>" + html_table(h, r, "roofline") + "<ul class='muted'>"
                      + "".join(f"<li>{esc(n)}</li>" for n in roofline_notes(df)) + "</ul>")
+    parts.append(_paper_section(df))
     parts.append("<h2>Per model</h2>")
     models = df[["machine", "model"]].drop_duplicates().sort_values(["machine", "model"]).to_records(index=False)
     if len(models) == 0:
