@@ -107,6 +107,9 @@ NEW_SAMPLE_FIELDS = {
     "memory_floor_ms_per_token", "kernels_per_token", "launches_per_token", "launch_floor_ms_per_token",
     "gpu_busy_ms_per_token", "gpu_busy_pct_profiled", "x_memory_floor", "x_launch_floor", "bound_by",
     "load_s", "load_info", "compile_mode", "compile_s", "capture_s",  # issue 10: builds outside samples
+    "quality_matched", "ref_nll_nats_per_token", "nll_excess_nats_per_token",  # issue 19: output quality
+    "native_nll_excess_nats_per_token", "nll_vs_native_nats_per_token", "nll_vs_native_low_nats_per_token",
+    "ref_nll_per_prompt_nats",
 }
 RUN_TIMEOUT = 240  # seconds for one measured subprocess run; a hang fails instead of blocking CI
 
@@ -323,8 +326,8 @@ def test_measured_run_writes_samples_and_reports(bench):
 
     result.stdout.fnmatch_lines([
         "*= greenserve =*",
-        "model*config*net energy (source)*time*J/token*ms/token*match",
-        "mini-gpt2*torch-cpu*100%",
+        "model*config*net energy (source)*time*J/token*ms/token*match*quality",
+        "mini-gpt2*torch-cpu*100%*matched",
         "greenserve report: *report.html",
     ])
     report_line = next(line for line in result.outlines if line.startswith("greenserve report: "))
