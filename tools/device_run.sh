@@ -13,6 +13,8 @@
 #   bash tools/device_run.sh issue8-ortprof  # ONNX Runtime's operator profile; profiler after-effects
 #   bash tools/device_run.sh issue10 codeparrot-small torch-cuda,jit-cuda,onnx-cuda,compile-cuda  # 64 prompts x 5
 #   bash tools/device_run.sh issue9-calibrate 164 5 2 calib-gpu4 compile-cuda  # the gate's trials; again until all sessions ran
+#   bash tools/device_run.sh issue19-quality codeparrot-small 64 3   # bf16 torch-cuda and compile-cuda, judged by quality
+#   bash tools/device_run.sh issue19-paper codeparrot-small 64 3     # the paper's five configurations, then greenserve paper
 # DRY=1 runs a tiny CPU-only version of the same sessions locally to check the script.
 # Each session is capped with SIGINT (pytest then finishes cleanly); finished samples are
 # never lost. Results: one tarball of the report directories under $OUT.
@@ -123,6 +125,28 @@ case "$1" in
     model=$2 configs=$3 runs=${4:-5} prompts=${5:-64} cap=${6:-560} name=${7:-issue10-$2}
     session "$name" "$cap" --greenserve-models="$model" --greenserve-configs="$configs" \
       --greenserve-prompts="$prompts" --greenserve-runs="$runs" --greenserve-idle=2 --greenserve-settle=1
+    pack "$name" ;;
+  issue19-quality)  # bf16 judged by quality against fp32 (ARGS: [model] [prompts] [runs] [configs])
+    [ -d $SITE/transformers ] || install .whl
+    model=${2:-codeparrot-small}; name=issue19-bf16-$model
+    session "$name" 560 --greenserve-models="$model" --greenserve-configs="${5:-torch-cuda,compile-cuda}" \
+      --greenserve-dtype=bf16 --greenserve-prompts="${3:-64}" --greenserve-runs="${4:-3}" --greenserve-idle=2 --greenserve-settle=1
+    $PY - "$REPORTS/$name/latest/samples.jsonl" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    s = json.loads(line)
+    print(s["config"], s["repetition"], "ms/token", round(s["ms_per_token"], 3), "match", s["match_rate"],
+          s["match_rate_tie_aware"], "excess", s["nll_excess_nats_per_token"], "torch", s["native_nll_excess_nats_per_token"],
+          "low", s["nll_vs_native_low_nats_per_token"], "matched", s["quality_matched"])
+PY
+    pack "$name" ;;
+  issue19-paper)  # the paper's five configurations on a replica, then greenserve paper (ARGS: [model] [prompts] [runs])
+    [ -d $SITE/transformers ] || install .whl
+    model=${2:-codeparrot-small}; name=issue19-paper-$model
+    session "$name" 560 --greenserve-models="$model" \
+      --greenserve-configs=torch-cpu,torch-cuda,onnx-cpu,openvino-cpu,onnx-cuda \
+      --greenserve-prompts="${3:-64}" --greenserve-runs="${4:-3}" --greenserve-idle=2 --greenserve-settle=1
+    $PY -m pytest_greenserve paper "$REPORTS/$name/latest" | tee "$OUT/paper-$model.txt"
     pack "$name" ;;
   install-ov)
     install .whl-ov; probe ;;
