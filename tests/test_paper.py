@@ -117,3 +117,16 @@ def test_report_html_sets_the_paper_beside_the_run(tmp_path):
     html = write_reports(run_rows(reps=3), tmp_path, {"run_id": "p"})["html"].read_text(encoding="utf-8")
     assert "<h2>The paper, side by side</h2>" in html
     assert "ONNX-CPU is slower than TORCH-CPU here" in html
+
+
+def test_a_run_with_nothing_the_paper_compared_says_so(tmp_path):
+    rows = run_rows(reps=2)
+    for r in rows:
+        r["dtype"], r["config"] = "bf16", r["config"] + ":bf16"
+    compared, notes = compare(rows)
+    assert compared == [] and notes == ["no fp32, one-client samples: nothing to set against the paper"]
+    from pytest_greenserve.report import write_reports
+
+    html = write_reports(rows, tmp_path, {"run_id": "bf16"})["html"].read_text(encoding="utf-8")
+    assert "The paper, side by side" not in html
+    assert main(["paper", str(write_run(tmp_path / "runs", rows, "bf16"))]) == 0

@@ -121,9 +121,13 @@ def _prepare(rows) -> pd.DataFrame:
     df = df.copy()
     dtype = df["dtype"].fillna("fp32") if "dtype" in df.columns else pd.Series("fp32", index=df.index)
     conc = pd.to_numeric(df["concurrency"], errors="coerce").fillna(1) if "concurrency" in df.columns else 1
-    df = df[(dtype == "fp32") & (conc <= 1)].copy()
+    df = df.loc[(dtype == "fp32") & (conc <= 1)].copy()
+    if df.empty:
+        return df
     df["base"] = df["engine"].astype(str) + "-" + df["provider"].astype(str)
-    df = df[[str(c).startswith(b) for c, b in zip(df["config"], df["base"])]].copy()
+    df = df.loc[pd.Series([str(c).startswith(b) for c, b in zip(df["config"], df["base"])], index=df.index)].copy()
+    if df.empty:
+        return df
     df["transport"] = [str(c)[len(b):] for c, b in zip(df["config"], df["base"])]
     df["machine"] = df["machine"].fillna("unknown").astype(str) if "machine" in df.columns else "unknown"
     if "category" not in df.columns:
