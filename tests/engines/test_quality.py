@@ -175,3 +175,22 @@ def test_a_quantised_engine_gets_a_quality_figure(levels, mini, cache):
     q = score(cache, "mini-gpt2", mini, run(engine, ids), "fp32")
     assert_scored(q)
     assert q["nll_excess_nats_per_token"] == pytest.approx(q["nll_vs_native_nats_per_token"])  # fp32: native = ref
+
+
+def test_teacher_forcing_gives_the_log_probabilities_the_reference_generated_with(mini):
+    """The two ways the reference's log-probabilities are had (while generating with its KV cache,
+    and teacher-forced in one pass for another engine's output) agree, so an output equal to the
+    reference's up to step k is scored as the reference was up to k."""
+    handle, _, ids = mini("mini-gpt2")
+    engine = TorchEngine(handle, "cpu", EngineOptions(threads=1))
+    engine.keep_margins = True
+    engine.load()
+    try:
+        for p in ids[:6]:
+            gen = engine.generate(p, NEW_TOKENS)
+            forced = engine.continuation_logprobs(p, gen.token_ids)
+            assert len(forced) == len(gen.logprobs) == NEW_TOKENS
+            assert max(abs(a - b) for a, b in zip(forced, gen.logprobs)) < 1e-3
+            assert all(lp <= 0 for lp in forced)
+    finally:
+        engine.close()
