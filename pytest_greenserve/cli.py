@@ -3,6 +3,8 @@
 * ``greenserve report PATH... [--out DIR]``: re-render reports from saved runs (run
   directories or samples.jsonl files); several runs, from one or several machines, are merged
   into one analysis grouped by machine.
+* ``greenserve paper RUN_DIR...``: the paper's headline ratios against the run's, each with its
+  95% interval, and where the run disagrees (``analysis/paper.py``; the figures: ``data/paper.json``).
 * ``greenserve models``: list the model registry.
 * ``greenserve serve --model NAME|PATH --config onnx-cpu``: serve one model in one configuration
   over HTTP (FastAPI under uvicorn; the ``serve`` extra), see ``serving/server.py``.
@@ -87,6 +89,39 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_paper(args) -> int:
+    from .analysis.paper import HEADERS, compare, disagreements, paper_facts, table_rows
+    from .report.tables import text_table
+    from .results import mark_error_prone
+
+    rows = []
+    for p in (Path(x) for x in args.paths):
+        r, _ = read_run(p)
+        if not r:
+            raise InputError(f"{p}: no samples")
+        rows += fill_categories(r)
+    mark_error_prone(rows)
+    facts = paper_facts()
+    compared, notes = compare(rows, facts)
+    print(f"The paper: {facts['citation']}")
+    print(f"Its setup: {facts['setup']}.")
+    print("Ratios are A/B of medians (the paper's over its 12 models; per-category figures are published for "
+          "TORCH-CUDA only); energy is gross CPU + GPU (energy_total_j).")
+    if compared:
+        for line in text_table(HEADERS, table_rows(compared)):
+            print(line)
+    words = disagreements(compared)
+    if words:
+        print("Where this run disagrees with the paper:")
+        for line in words:
+            print(f"- {line}")
+    elif compared:
+        print("This run disagrees with none of the paper's ratios it could check.")
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import REGISTRY
 
@@ -122,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", metavar="DIR", default=None,
                      help="output directory (default: merged-<timestamp> beside the first run)")
     rep.set_defaults(func=cmd_report)
+    pap = sub.add_parser("paper", help="the paper's headline ratios against saved runs', with their noise")
+    pap.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run directories or samples.jsonl files")
+    pap.set_defaults(func=cmd_paper)
     mod = sub.add_parser("models", help="list the model registry (name, hub id, size, category, architecture)")
     mod.set_defaults(func=cmd_models)
     srv = sub.add_parser("serve", help="serve one model in one configuration over HTTP (FastAPI + uvicorn)")

@@ -341,6 +341,16 @@ def _builtin() -> list[Metric]:
         M("match_rate", "", "match rate with the torch reference", better="higher", kind="quality"),
         M("match_rate_tie_aware", "", "match rate with the torch reference, near-ties allowed",
           better="higher", kind="quality"),
+        # output quality against the fp32 torch reference (quality.py): the reference model's mean
+        # negative log-likelihood of the outputs, and how much it exceeds the reference's own
+        M("ref_nll_nats_per_token", "nats/token", "fp32 reference's NLL of the output", kind="quality"),
+        M("nll_excess_nats_per_token", "nats/token", "NLL excess over the fp32 reference's own output",
+          kind="quality"),
+        M("native_nll_excess_nats_per_token", "nats/token", "torch's NLL excess in the same dtype (the yardstick)",
+          better=None, kind="quality"),
+        M("nll_vs_native_nats_per_token", "nats/token", "NLL excess minus torch's in the same dtype", kind="quality"),
+        M("nll_vs_native_low_nats_per_token", "nats/token",
+          "lower bootstrap bound of the NLL excess minus torch's (above 0: error-prone)", kind="quality"),
         # the sample checks (SAMPLE_FLAGS): steady state and window length
         M("slowest_over_median", "", "slowest request over the median request", better=None, kind="quality",
           derive=_slowest_over_median),

@@ -34,7 +34,7 @@ SCHEMA_VERSION = 1
 CONTEXT_COLUMNS = [
     "run_id", "machine", "model", "category", "weights", "engine", "provider", "config", "transport", "concurrency",
     "stream", "dtype", "repetition", "order",
-    "requests", "new_tokens", "tokens_generated", "prompt_tokens_mean", "error_prone",
+    "requests", "new_tokens", "tokens_generated", "prompt_tokens_mean", "error_prone", "quality_matched",
 ]
 # Words about the metrics, derived by the sample builder (roofline.bound_by: what limits a GPU sample).
 VERDICT_COLUMNS = ["bound_by"]
@@ -284,31 +284,45 @@ def read_samples(paths: Iterable[Path], note: Callable[[str], None] | None = Non
     return rows
 
 
+def sample_error_prone(r: dict) -> bool | None:
+    """One sample's verdict: not quality-matched (``quality.py``) where it was scored; else, for
+    samples without a quality score (older runs, no reference log-probabilities), a mark it
+    already carries or, in fp32, a tie-aware match rate below 1 (the strict ``match_rate`` where
+    there is no tie-aware one). A sample of another dtype without a score cannot be told (None):
+    its tokens depart from fp32 by design."""
+    matched = r.get("quality_matched")
+    if matched is not None:
+        return not matched
+    if r.get("error_prone") is True:
+        return True
+    if "quality_matched" in r and (r.get("dtype") or "fp32") != "fp32":
+        return None
+    tie_aware = r.get("match_rate_tie_aware")
+    decisive = tie_aware if tie_aware is not None else r.get("match_rate")
+    return None if decisive is None else decisive < 1.0
+
+
 def mark_error_prone(rows: list[dict]) -> list[dict]:
-    """A configuration whose outputs ever disagreed with torch's is error-prone for that model.
+    """A configuration is error-prone for a model when any of its samples is
+    (:func:`sample_error_prone`: its output quality is worse than torch eager's in the same
+    dtype beyond the bootstrap bound).
 
     Every sample of such a (machine, model, configuration) is marked, in place, so the
     analysis excludes the configuration as a whole (the paper dropped JIT for producing
-    wrong completions). Disagreeing means the tie-aware match rate is below 1 (a divergence
-    at a step where the reference's top-2 scores nearly tied is not an error); samples
-    without one (older runs, references without margins) are judged by the strict
-    ``match_rate``. A sample already marked stays marked; samples without a match rate
-    (no reference) and no mark are left as they are.
+    wrong completions); the others get False where any of their samples could be judged.
+    Samples that cannot be judged (no reference) and no mark are left as they are.
     """
     def key(r):
         return r.get("machine"), r["model"], r["config"]
 
-    def decisive(r):
-        tie_aware = r.get("match_rate_tie_aware")
-        return tie_aware if tie_aware is not None else r.get("match_rate")
-
-    bad = {key(r) for r in rows
-           if r.get("error_prone") is True or (decisive(r) is not None and decisive(r) < 1.0)}
+    verdicts: dict = {}
     for r in rows:
-        if key(r) in bad:
-            r["error_prone"] = True
-        elif decisive(r) is not None:
-            r["error_prone"] = False
+        v = sample_error_prone(r)
+        if v is not None:
+            verdicts[key(r)] = verdicts.get(key(r), False) or v
+    for r in rows:
+        if key(r) in verdicts:
+            r["error_prone"] = verdicts[key(r)]
     return rows
 
 

@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 from .configs import ServingConfig
 from .measure import Measurement
 from .metrics import DEFAULT_MIN_SAMPLE_S, Metric, derive_fields
+from .quality import excess_per_prompt, judge
 from .results import SCHEMA_VERSION, sample_columns
 from .roofline import bound_by
 
@@ -66,6 +67,44 @@ def match_rate_tie_aware(outputs: Sequence[Sequence[int]], reference: Sequence[S
     return ok / len(outputs)
 
 
+def tie_matched(outputs: Sequence[Sequence[int]], reference: Sequence[Sequence[int]],
+                tolerance: float = DEFAULT_TIE_TOLERANCE) -> list[bool]:
+    """Per prompt: equal to the reference, or first departing from it at a near-tie."""
+    margins = getattr(reference, "margins", None) or [None] * len(reference)
+    return [list(a) == list(b) or is_near_tie(a, b, m, tolerance) for a, b, m in zip(outputs, reference, margins)]
+
+
+def quality_fields(outputs: Sequence[Sequence[int]], reference: Sequence[Sequence[int]] | None,
+                   nll: Sequence[float | None] | None, native_outputs: Sequence[Sequence[int]] | None,
+                   native_nll: Sequence[float | None] | None,
+                   tolerance: float = DEFAULT_TIE_TOLERANCE) -> dict:
+    """The sample's quality figures against the fp32 reference (see ``quality.py``): the
+    reference's mean NLL of the outputs, their excess over the reference's own, the native
+    path's excess, the paired difference and its bootstrap bound, and ``quality_matched``;
+    None where the reference, its log-probabilities or the scores are missing."""
+    ref_nll = getattr(reference, "nll", None)
+    empty = {"ref_nll_nats_per_token": None, "nll_excess_nats_per_token": None,
+             "native_nll_excess_nats_per_token": None, "nll_vs_native_nats_per_token": None,
+             "nll_vs_native_low_nats_per_token": None, "quality_matched": None, "ref_nll_per_prompt_nats": None}
+    if reference is None or ref_nll is None or nll is None:
+        return empty
+    scored = [v for v in nll if v is not None]
+    out = dict(empty, ref_nll_nats_per_token=statistics.fmean(scored) if scored else None,
+               ref_nll_per_prompt_nats=list(nll))
+    excess = excess_per_prompt(nll, ref_nll, tie_matched(outputs, reference, tolerance))
+    if native_outputs is None or native_nll is None:
+        mine = [e for e in excess if e is not None]
+        out["nll_excess_nats_per_token"] = statistics.fmean(mine) if mine else None
+        return out
+    native = excess_per_prompt(native_nll, ref_nll, tie_matched(native_outputs, reference, tolerance))
+    v = judge(excess, native)
+    out.update(nll_excess_nats_per_token=v.excess_nats_per_token,
+               native_nll_excess_nats_per_token=v.native_excess_nats_per_token,
+               nll_vs_native_nats_per_token=v.vs_native_nats_per_token,
+               nll_vs_native_low_nats_per_token=v.vs_native_low_nats_per_token, quality_matched=v.matched)
+    return out
+
+
 def not_fully_on_cuda(provider: str, placement: Mapping | None) -> bool | None:
     """True when a CUDA configuration's placement audit found compute nodes on the CPU;
     None when there is no audit (the engine keeps none, or it is not a CUDA configuration)."""
@@ -110,10 +149,17 @@ def build_sample(*, run_id: str, machine: str, model: str, category: int | None,
                  tie_tolerance: float = DEFAULT_TIE_TOLERANCE, threads: Mapping | None = None,
                  min_sample_s: float | None = None, transport: str = "inproc", concurrency: int = 1,
                  dtype: str = "fp32", roofline: Mapping | None = None, load_s: float | None = None,
-                 load_info: Mapping | None = None, stream: bool = False, slo: Mapping | None = None) -> dict:
-    """One sample. ``reference``: the torch ids per prompt, with ``.margins`` when recorded
-    (references.Reference); only a divergence that is not a near-tie makes the sample
-    error-prone. ``placement``: the engine's placement audit (``Engine.placement()``).
+                 load_info: Mapping | None = None, stream: bool = False, slo: Mapping | None = None,
+                 nll: Sequence[float | None] | None = None,
+                 native_outputs: Sequence[Sequence[int]] | None = None,
+                 native_nll: Sequence[float | None] | None = None) -> dict:
+    """One sample. ``reference``: the fp32 torch ids per prompt, with ``.margins`` and
+    ``.logprobs`` when recorded (references.Reference). ``nll``: per prompt, the reference
+    model's mean NLL of this sample's outputs; ``native_outputs`` and ``native_nll``: the same
+    for torch eager in the sample's dtype (in fp32, the reference itself). With them the sample
+    is error-prone when its quality is worse than the native path's beyond the bootstrap bound
+    (``quality_fields``); without them, in fp32, when a divergence is not a near-tie, and in
+    another dtype it cannot be told (None). ``placement``: the engine's placement audit (``Engine.placement()``).
     ``threads``: the engine's ``thread_settings()`` (samples.jsonl only, not a samples.csv
     column). ``min_sample_s``: below it the window is ``low_resolution`` (None:
     ``metrics.DEFAULT_MIN_SAMPLE_S``). ``transport``: ``inproc`` or ``http``; an HTTP sample's
@@ -132,6 +178,13 @@ def build_sample(*, run_id: str, machine: str, model: str, category: int | None,
     rate = match_rate(m.outputs, reference)
     rate_ties = match_rate_tie_aware(m.outputs, reference, tie_tolerance)
     decisive = rate_ties if rate_ties is not None else rate
+    quality = quality_fields(m.outputs, reference, nll, native_outputs, native_nll, tie_tolerance)
+    if quality["quality_matched"] is not None:
+        error_prone = not quality["quality_matched"]
+    elif dtype == "fp32" and decisive is not None:  # no scores: exact tokens, near-ties allowed
+        error_prone = decisive < 1.0
+    else:  # another dtype's tokens depart from fp32 by design: only the quality score can tell
+        error_prone = None
     sample = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -156,7 +209,8 @@ def build_sample(*, run_id: str, machine: str, model: str, category: int | None,
         "time_s": m.time_s,
         "match_rate": rate,
         "match_rate_tie_aware": rate_ties,
-        "error_prone": None if decisive is None else decisive < 1.0,
+        "error_prone": error_prone,
+        **quality,
         **{k: v for k, v in m.meter_fields.items() if k != "meter_notes"},
         "latencies_s": list(m.latencies_s),
         "ttfts_s": list(m.ttfts_s),

@@ -247,21 +247,53 @@ class GreenserveSession:
                               python=python)
         return cls(handle, case.config.provider, self._engine_options(case.config.variant))
 
+    def _make_torch(self, model: str, provider: str):
+        """``make(dtype)``: the torch engine for ``model`` on ``provider`` in ``dtype`` (the
+        session's other engine options), or None when torch cannot run on that provider."""
+        def make(dtype: str):
+            cls = self.engines.get(REFERENCE_ENGINE)
+            if cls is None or cls.unavailable_reason(provider):
+                return None
+            options = self._engine_options()
+            options.dtype = dtype
+            return cls(self.handle(model), provider, options)
+
+        return make
+
+    def _reference_args(self, model: str, provider: str) -> tuple:
+        texts, ids = self.prompts_for(model)
+        return model, provider, self.handle(model).key, texts, ids
+
     def reference(self, model: str, provider: str) -> list[list[int]] | None:
-        """The torch engine's token ids for this model's prompts on ``provider`` (cached on disk).
+        """The fp32 torch engine's token ids for this model's prompts on ``provider`` (cached on
+        disk), with margins and log-probabilities.
 
         Computed on demand when torch is not among the selected configurations, so every
         configuration's output is checked. None when torch cannot run on that provider.
         """
-        def make_reference():
-            cls = self.engines.get(REFERENCE_ENGINE)
-            if cls is None or cls.unavailable_reason(provider):
-                return None
-            return cls(self.handle(model), provider, self._engine_options())
-
-        texts, ids = self.prompts_for(model)
-        return self.references.get(model, provider, self.handle(model).key, texts, ids, make_reference,
+        return self.references.get(*self._reference_args(model, provider), self._make_torch(model, provider),
                                    before_compute=self.runner.close)
+
+    def native(self, model: str, provider: str) -> list[list[int]] | None:
+        """Torch eager's token ids in the session's dtype (the reference itself in fp32)."""
+        try:
+            return self.references.native(*self._reference_args(model, provider), self._make_torch(model, provider),
+                                          before_compute=self.runner.close)
+        except Exception as exc:  # no yardstick: samples in this dtype cannot be judged, but are kept
+            self.progress(failure_line(f"greenserve: {model} on {provider}: no torch {self.settings.dtype} "
+                                       "yardstick", exc))
+            return None
+
+    def scores(self, model: str, provider: str, outputs) -> list[float | None] | None:
+        """Per prompt, the fp32 reference model's mean NLL of ``outputs`` (see ReferenceStore.nll).
+        Scoring a new continuation loads the reference model, so the loaded target is closed
+        first (at most one model in memory; the next sample of it loads it again)."""
+        try:
+            return self.references.nll(*self._reference_args(model, provider), outputs,
+                                       self._make_torch(model, provider), before_compute=self.runner.close)
+        except Exception as exc:  # the reference model failing to load or run: the sample is kept, unscored
+            self.progress(failure_line(f"greenserve: {model} on {provider}: outputs not scored", exc))
+            return None
 
     def measure(self, case: Case) -> dict:
         """Run every prompt once against ``case``'s model and configuration: one sample, saved
@@ -303,6 +335,8 @@ class GreenserveSession:
         python = self._ab_python() if role == "A" else None
         side = Case(case.model, config, case.repetition)
         reference = self.reference(case.model, config.provider)
+        native = self.native(case.model, config.provider)
+        native_nll = self.scores(case.model, config.provider, native) if native is not None else None
         handle = self.handle(case.model)
         texts, prompt_ids = self.prompts_for(case.model)
         label = f"{case.model} on {config}" + (" (A, other environment)" if python else "")
@@ -319,17 +353,20 @@ class GreenserveSession:
         except EngineError as exc:
             self.runner.discard()
             raise EngineError(f"{label}: {exc}") from exc
+        versions, threads = loaded.target.versions(), _optional_call(loaded.target, "thread_settings")
+        placement, load_info = _optional_call(loaded.target, "placement"), _optional_call(loaded.target, "load_info")
+        # after the window: scoring a new continuation may close the target (one model in memory)
+        nll = self.scores(case.model, case.config.provider, measurement.outputs) if reference is not None else None
         sample = build_sample(
             run_id=self.run_id, machine=machine_label(self._machine or machine_info()), model=case.model,
             category=self.models[case.model].category, weights=handle.weights, config=case.config,
             repetition=case.repetition, order=len(self.samples) + 1, new_tokens=self.settings.new_tokens,
             prompt_ids=prompt_ids, measurement=measurement, reference=reference,
-            versions=loaded.target.versions(), metrics=self.metrics,
-            threads=_optional_call(loaded.target, "thread_settings"), placement=_optional_call(loaded.target, "placement"),
+            versions=versions, metrics=self.metrics, threads=threads, placement=placement,
             min_sample_s=self.settings.min_sample_s, tie_tolerance=self.settings.tie_tolerance,
             transport=self.settings.transport, concurrency=self.settings.concurrency, dtype=self.settings.dtype,
-            roofline=roof, load_s=loaded.load_s, load_info=_optional_call(loaded.target, "load_info"),
-            stream=self.settings.stream == "on", slo=self.settings.slo)
+            roofline=roof, load_s=loaded.load_s, load_info=load_info, stream=self.settings.stream == "on",
+            slo=self.settings.slo, nll=nll, native_outputs=native, native_nll=native_nll)
         if role is not None:  # an interleaved A/B pair: which side, which pair, which came first
             sample.update(ab_role=role, ab_pair=case.repetition, ab_position=position,
                           ab_candidate=self.label(candidate or case.config), ab_environment=python)

@@ -121,6 +121,27 @@ def idle_convention_note(df: pd.DataFrame) -> str:
 
 # ---------------------------------------------------------------- preparation
 
+def error_prone_reason(g: pd.DataFrame) -> str:
+    """Why one configuration's samples were excluded: its quality against torch in the same
+    dtype where it was scored (quality.py), else its match rate."""
+    mr = as_float(g["match_rate"].mean())
+    rate = f"match rate {mr:.0%}" if mr is not None else None
+    num = {c: as_float(pd.to_numeric(g[c], errors="coerce").mean()) if c in g else None
+           for c in ("nll_excess_nats_per_token", "native_nll_excess_nats_per_token")}
+    # the worst sample's bound: one sample beyond it makes the configuration error-prone
+    num["nll_vs_native_low_nats_per_token"] = (as_float(pd.to_numeric(g["nll_vs_native_low_nats_per_token"],
+                                                                      errors="coerce").max())
+                                               if "nll_vs_native_low_nats_per_token" in g else None)
+    if num["nll_vs_native_low_nats_per_token"] is not None and num["nll_vs_native_low_nats_per_token"] > 0:
+        native = num["native_nll_excess_nats_per_token"]
+        return ("outputs disagreed with the torch reference beyond torch's own in the same dtype: the fp32 "
+                f"reference's NLL excess {num['nll_excess_nats_per_token']:+.3f} nats/token against torch's "
+                + (f"{native:+.3f}" if native is not None else "(not scored)")
+                + f", lower bootstrap bound of the difference {num['nll_vs_native_low_nats_per_token']:+.3f}"
+                + (f"; {rate}" if rate else ""))
+    return "outputs disagreed with the torch reference" + (f" ({rate})" if rate else "")
+
+
 def prepare(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> pd.DataFrame:
     """Normalise a samples frame: machine/config as strings, metrics and category numeric, error_prone bool."""
     df = df.copy()
@@ -170,9 +191,7 @@ def analyze(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> Analy
         words = findings.setdefault((machine, model), [])
         bad = sort_configs(g.loc[g["error_prone"], "config"])
         for c in bad:
-            mr = as_float(g.loc[g["config"] == c, "match_rate"].mean())
-            why = "outputs disagreed with the torch reference" + (f" (match rate {mr:.0%})" if mr is not None else "")
-            exclusions.append(Exclusion(machine, model, c, why))
+            exclusions.append(Exclusion(machine, model, c, error_prone_reason(g[g["config"] == c])))
         if bad:
             words.append("Excluded as error-prone: " + ", ".join(bad) + " (outputs disagreed with the torch reference).")
         good = g[~g["error_prone"]]

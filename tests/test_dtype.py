@@ -125,15 +125,17 @@ def test_the_run_records_the_dtype(tmp_path):
     assert session(tmp_path, "bf16").meta()["options"]["dtype"] == "bf16"
 
 
-# ------------------------------------------------------------------ the reference, keyed by dtype
+# ------------------------------------------------------------------ the reference is fp32; the native path is per dtype
 
-def test_the_bf16_reference_has_its_own_file_and_fp32_keeps_its_old_one(tmp_path):
+def test_the_reference_is_fp32_in_every_dtype_and_the_native_path_has_its_own_file(tmp_path):
     args = ("mini-gpt2", "cpu", "mini-gpt2@replica-1", ["a", "b"])
-    fp32 = ReferenceStore(tmp_path, 4, progress=lambda m: None).path(*args)
-    bf16 = ReferenceStore(tmp_path, 4, progress=lambda m: None, dtype="bf16").path(*args)
-    assert fp32 != bf16 and fp32.parent == bf16.parent and bf16.name.startswith("mini-gpt2-cpu-")
-    # the fp32 digest is the one written before the option existed: no reference is recomputed
-    old_key = json.dumps(["mini-gpt2@replica-1", "cpu", ["a", "b"], 4, library_versions(("torch", "transformers")),
-                          FORMAT], sort_keys=True)
-    assert fp32.name == f"mini-gpt2-cpu-{hashlib.sha256(old_key.encode()).hexdigest()[:16]}.json"
+    fp32 = ReferenceStore(tmp_path, 4, progress=lambda m: None)
+    bf16 = ReferenceStore(tmp_path, 4, progress=lambda m: None, dtype="bf16")
+    assert fp32.path(*args) == bf16.path(*args)  # one fp32 reference, shared by both sessions
+    native = bf16.native_path(*args)
+    assert native != bf16.path(*args) and native.parent == bf16.path(*args).parent
+    assert native.name.startswith("mini-gpt2-cpu-bf16-native-")
+    key = json.dumps(["mini-gpt2@replica-1", "cpu", ["a", "b"], 4, library_versions(("torch", "transformers")),
+                      FORMAT], sort_keys=True)
+    assert fp32.path(*args).name == f"mini-gpt2-cpu-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     assert session(tmp_path, "bf16").references.dtype == "bf16"

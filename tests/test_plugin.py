@@ -113,6 +113,9 @@ NEW_SAMPLE_FIELDS = {
     "worker", "concurrent_with", "concurrent", "gpu_index", "gpu_uuid", "gpu_name",  # issue 18: xdist, devices
     "stream", "slo", "ttft_p50_s", "ttft_p95_s", "ttft_p99_s", "tpot_mean_s", "tpot_p50_s",  # issue 17: the
     "tpot_p99_s", "itl_p50_s", "itl_p95_s", "itl_p99_s", "goodput_rps", "slo_met_pct",  # field's serving metrics
+    "quality_matched", "ref_nll_nats_per_token", "nll_excess_nats_per_token",  # issue 19: output quality
+    "native_nll_excess_nats_per_token", "nll_vs_native_nats_per_token", "nll_vs_native_low_nats_per_token",
+    "ref_nll_per_prompt_nats",
 }
 RUN_TIMEOUT = 240  # seconds for one measured subprocess run; a hang fails instead of blocking CI
 
@@ -331,8 +334,8 @@ def test_measured_run_writes_samples_and_reports(bench):
 
     result.stdout.fnmatch_lines([
         "*= greenserve =*",
-        "model*config*net energy (source)*time*J/token*ms/token*match",
-        "mini-gpt2*torch-cpu*100%",
+        "model*config*net energy (source)*time*J/token*ms/token*match*quality",
+        "mini-gpt2*torch-cpu*100%*matched",
         "greenserve report: *report.html",
     ])
     report_line = next(line for line in result.outlines if line.startswith("greenserve report: "))

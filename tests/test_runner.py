@@ -141,7 +141,8 @@ def test_discarding_a_broken_target_makes_the_next_sample_load_it_again():
 def test_reference_tokens_are_computed_once_and_then_read_from_disk(tmp_path):
     computed = []
 
-    def make():
+    def make(dtype):
+        assert dtype == "fp32"  # the reference is fp32 whatever the session's dtype
         computed.append(FakeTarget())
         return computed[-1]
 
@@ -158,7 +159,7 @@ def test_reference_tokens_are_computed_once_and_then_read_from_disk(tmp_path):
 
 def test_no_reference_engine_for_a_provider_means_no_reference(tmp_path):
     store = ReferenceStore(tmp_path, 4, progress=lambda m: None)
-    assert store.get("m", "cuda", "k", ["a"], [[1]], lambda: None) is None
+    assert store.get("m", "cuda", "k", ["a"], [[1]], lambda dtype: None) is None
 
 
 # ---------------------------------------------------------------- warm-up covers every prompt length
@@ -200,7 +201,7 @@ def test_the_reference_keeps_its_margins_on_disk(tmp_path):
 
     made = []
 
-    def make():
+    def make(dtype):
         made.append(MarginTarget())
         return made[-1]
 
@@ -213,12 +214,13 @@ def test_the_reference_keeps_its_margins_on_disk(tmp_path):
     assert again.margins == first.margins and len(made) == 1
     (path,) = (tmp_path / "reference").glob("*.json")
     data = json.loads(path.read_text())
-    assert data["format"] == 2 and data["token_ids"] == first and data["margins"] == first.margins
+    assert data["format"] == 3 and data["token_ids"] == first and data["margins"] == first.margins
+    assert data["key"] == "mini-gpt2@replica-1" and data["dtype"] == "fp32"
 
 
 def test_a_reference_engine_without_margins_gives_none(tmp_path):
     args = ("mini-gpt2", "cpu", "k", ["a", "b", "c"], PROMPTS)
-    ref = ReferenceStore(tmp_path, 2, progress=lambda m: None).get(*args, FakeTarget)
+    ref = ReferenceStore(tmp_path, 2, progress=lambda m: None).get(*args, lambda dtype: FakeTarget())
     assert ref == [[4, 5], [6, 7], [10, 11]] and ref.margins is None
 
 
@@ -236,4 +238,4 @@ def test_reference_files_of_the_older_format_are_not_read(tmp_path):
     old.parent.mkdir(parents=True)
     old.write_text(json.dumps([[0, 0], [0, 0], [0, 0]]))
     assert store.path("m", "cpu", "k", texts) != old
-    assert store.get("m", "cpu", "k", texts, PROMPTS, MarginTarget).margins == [[0.5, 1.5]] * 3
+    assert store.get("m", "cpu", "k", texts, PROMPTS, lambda dtype: MarginTarget()).margins == [[0.5, 1.5]] * 3

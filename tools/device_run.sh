@@ -21,6 +21,8 @@
 #   bash tools/device_run.sh issue18-study 2   # the whole 12-replica study with -n 2, capped (a projection if cut)
 #   bash tools/device_run.sh issue19-engines codeparrot-small   # ovgenai, llamacpp f16/q8_0 vs torch on the 16 cores (not run yet)
 #   bash tools/device_run.sh issue19-engines tinyllama ortgenai-cpu,ortgenai-cuda,torch-cuda  # ortgenai (llama) on CPU and CUDA
+#   bash tools/device_run.sh issue19-quality codeparrot-small 64 3   # bf16 torch-cuda and compile-cuda, judged by quality
+#   bash tools/device_run.sh issue19-paper codeparrot-small 64 3     # the paper's five configurations, then greenserve paper
 # DRY=1 runs a tiny CPU-only version of the same sessions locally to check the script.
 # Each session is capped with SIGINT (pytest then finishes cleanly); finished samples are
 # never lost. Results: one tarball of the report directories under $OUT.
@@ -201,6 +203,28 @@ PYEOF
     session "issue19-$model" 560 --greenserve-models="$model" --greenserve-configs="$configs" \
       --greenserve-prompts="$prompts" --greenserve-runs="$runs" --greenserve-idle=2 --greenserve-settle=1
     pack "issue19-$model" ;;
+  issue19-quality)  # bf16 judged by quality against fp32 (ARGS: [model] [prompts] [runs] [configs])
+    [ -d $SITE/transformers ] || install .whl
+    model=${2:-codeparrot-small}; name=issue19-bf16-$model
+    session "$name" 560 --greenserve-models="$model" --greenserve-configs="${5:-torch-cuda,compile-cuda}" \
+      --greenserve-dtype=bf16 --greenserve-prompts="${3:-64}" --greenserve-runs="${4:-3}" --greenserve-idle=2 --greenserve-settle=1
+    $PY - "$REPORTS/$name/latest/samples.jsonl" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    s = json.loads(line)
+    print(s["config"], s["repetition"], "ms/token", round(s["ms_per_token"], 3), "match", s["match_rate"],
+          s["match_rate_tie_aware"], "excess", s["nll_excess_nats_per_token"], "torch", s["native_nll_excess_nats_per_token"],
+          "low", s["nll_vs_native_low_nats_per_token"], "matched", s["quality_matched"])
+PY
+    pack "$name" ;;
+  issue19-paper)  # the paper's five configurations on a replica, then greenserve paper (ARGS: [model] [prompts] [runs])
+    [ -d $SITE/transformers ] || install .whl
+    model=${2:-codeparrot-small}; name=issue19-paper-$model
+    session "$name" 560 --greenserve-models="$model" \
+      --greenserve-configs=torch-cpu,torch-cuda,onnx-cpu,openvino-cpu,onnx-cuda \
+      --greenserve-prompts="${3:-64}" --greenserve-runs="${4:-3}" --greenserve-idle=2 --greenserve-settle=1
+    $PY -m pytest_greenserve paper "$REPORTS/$name/latest" | tee "$OUT/paper-$model.txt"
+    pack "$name" ;;
   install-ov)
     install .whl-ov; probe ;;
   issue3)

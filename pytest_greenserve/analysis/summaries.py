@@ -12,6 +12,21 @@ from .ordering import config_sort_key, sort_configs
 from .sources import group_energy_source, is_estimated, source_note
 
 
+#: the quality figures of a configuration (quality.py): mean NLL excess over the fp32 reference's
+#: own output, the native path's (torch in the same dtype), and whether every sample was matched
+QUALITY_SUMMARY = ["nll_excess_nats_per_token", "native_nll_excess_nats_per_token", "quality_matched"]
+
+
+def quality_summary(g: pd.DataFrame) -> dict:
+    """A configuration's quality figures: the means over its samples; ``quality_matched`` False
+    when any sample was not, True when every scored sample was, None when none was scored."""
+    out = {c: (as_float(pd.to_numeric(g[c], errors="coerce").mean()) if c in g else None)
+           for c in QUALITY_SUMMARY[:2]}
+    verdicts = [bool(v) for v in g["quality_matched"] if not pd.isna(v)] if "quality_matched" in g else []
+    out["quality_matched"] = None if not verdicts else all(verdicts)
+    return out
+
+
 def summarise(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> pd.DataFrame:
     """One row per machine × model × configuration: medians of the analysed metrics (registry order)."""
     names = [m.name for m in analysed(metrics)]
@@ -23,6 +38,7 @@ def summarise(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> pd.
                    match_rate=as_float(g["match_rate"].mean()),
                    match_rate_tie_aware=(as_float(pd.to_numeric(g["match_rate_tie_aware"], errors="coerce").mean())
                                          if "match_rate_tie_aware" in g else None),
+                   **quality_summary(g),
                    energy_source=group_energy_source(g, "total"),
                    energy_cpu_source=group_energy_source(g, "cpu"),
                    energy_gpu_source=group_energy_source(g, "gpu"))
@@ -33,7 +49,7 @@ def summarise(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> pd.
         row["estimated"] = is_estimated(row["energy_source"])
         out.append(row)
     cols = ["machine", "model", "config", "category", "n", "error_prone", "match_rate", "match_rate_tie_aware",
-            "energy_source",
+            *QUALITY_SUMMARY, "energy_source",
             "energy_cpu_source", "energy_gpu_source", "estimated"] + names + \
         ["rss_peak_mb", "gpu_mem_peak_mb", "energy_idle_j"]
     s = pd.DataFrame(out, columns=cols)

@@ -39,6 +39,8 @@ class Generation:
 
     ``margins``: when asked for (the torch reference), the gap between the largest and the
     second-largest score at each generated step, one per token; None otherwise.
+    ``logprobs``: asked for with the margins: the natural-log probability the model gave each
+    token it chose (after the logits processors, so with EOS suppressed), one per token.
     """
 
     token_ids: list[int]
@@ -47,6 +49,7 @@ class Generation:
     #: seconds from the request's start until each generated token existed, where the engine
     #: stamps every token (transformers-generate engines: torch, onnx, openvino); None elsewhere
     token_times_s: list[float] | None = None
+    logprobs: list[float] | None = None
 
 
 @dataclass
@@ -283,7 +286,8 @@ def hf_generate(model, input_ids: Sequence[int], new_tokens: int, handle: ModelH
     """Run a transformers-style ``generate`` for exactly ``new_tokens`` greedy tokens.
 
     ``margins``: also return each step's top-2 score gap (the scores greedy search took its
-    argmax of, after the logits processors), for the tie-aware consistency check. Off for
+    argmax of, after the logits processors), for the tie-aware consistency check, and the
+    log-probability of each chosen token (the reference's own for the quality score). Off for
     measured requests: keeping the scores is extra work.
     """
     import torch
@@ -305,13 +309,37 @@ def hf_generate(model, input_ids: Sequence[int], new_tokens: int, handle: ModelH
         use_cache=True,
         **({"output_scores": True, "return_dict_in_generate": True} if margins else {}),
     )
-    gaps = None
+    gaps = logprobs = None
     if margins:
         # generate() upcasts the last logits to fp32 before its processors, so a bf16 model's
         # scores are its bf16 logits exactly; .float() keeps the gap's subtraction in fp32 either way
-        top2 = torch.stack([s[0] for s in out.scores]).float().topk(2, dim=-1).values
+        scores = torch.stack([s[0] for s in out.scores]).float()
+        top2 = scores.topk(2, dim=-1).values
         gaps = (top2[:, 0] - top2[:, 1]).tolist()
+        chosen = out.sequences[0, ids.shape[1]:]
+        logprobs = scores.log_softmax(dim=-1).gather(1, chosen[:, None])[:, 0].tolist()
         out = out.sequences
     new = out[0, ids.shape[1]:].tolist()  # .tolist() synchronises a CUDA device
-    return Generation(token_ids=new, ttft_s=timer.ttft_s, margins=gaps,
+    return Generation(token_ids=new, ttft_s=timer.ttft_s, margins=gaps, logprobs=logprobs,
                       token_times_s=list(timer.times) if len(timer.times) == len(new) else None)
+
+
+def hf_continuation_logprobs(model, input_ids: Sequence[int], continuation: Sequence[int], handle: ModelHandle,
+                             device="cpu") -> list[float]:
+    """The natural-log probability ``model`` gives each token of ``continuation`` after
+    ``input_ids``, teacher-forced (one forward pass over prompt and continuation), with EOS
+    suppressed as :func:`hf_generate` suppresses it; one value per continuation token.
+
+    What the quality score asks the fp32 reference about another engine's output."""
+    import torch
+
+    if not continuation:
+        return []
+    ids = torch.tensor([list(input_ids) + list(continuation)[:-1]], dtype=torch.long, device=device)
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[0].float()
+    steps = logits[len(input_ids) - 1:]  # the scores that chose continuation[0], [1], ...
+    eos = [t for t in handle.eos_token_ids if 0 <= t < steps.shape[-1]]
+    if eos:  # min_new_tokens set these to -inf at every generated step
+        steps[:, eos] = float("-inf")
+    target = torch.tensor(list(continuation), dtype=torch.long, device=device)
+    return steps.log_softmax(dim=-1).gather(1, target[:, None])[:, 0].tolist()

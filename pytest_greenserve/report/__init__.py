@@ -14,7 +14,8 @@ from ..results import mark_error_prone, samples_frame, write_csv
 from ..stats import Analysis, analyze, prepare
 from .guidelines import guideline_markdown
 from .tables import (ROOFLINE_TITLE, SUMMARY_HEADERS, best_savings_lines, category_rows, energy_cell, markdown_table,
-                     match_cell, per_token_cell, plain, power_model_lines, roofline_notes, roofline_rows, summary_rows,
+                     match_cell, per_token_cell, plain, power_model_lines, quality_cell, roofline_notes, roofline_rows,
+                     summary_rows,
                      text_table)
 
 __all__ = ["write_reports", "terminal_summary", "summary_markdown", "run_metrics"]
@@ -89,7 +90,7 @@ def write_reports(rows: list[dict], run_dir: Path, meta: dict | None = None,
     return paths
 
 
-TERMINAL_HEADERS = ["model", "config", "net energy (source)", "time", "J/token", "ms/token", "match"]
+TERMINAL_HEADERS = ["model", "config", "net energy (source)", "time", "J/token", "ms/token", "match", "quality"]
 
 
 def terminal_summary(rows: list[dict], report_path: Path | None = None) -> list[str]:
@@ -106,7 +107,9 @@ def terminal_summary(rows: list[dict], report_path: Path | None = None) -> list[
             config = r["config"] + (" !error-prone" if r["error_prone"] else "")
             table.append([r["model"], config, energy_cell(r["energy_net_j"], r["energy_source"]),
                           plain(r["time_s"], "s"), per_token_cell(r["j_per_token"], r["energy_source"]),
-                          plain(r["ms_per_token"]), match_cell(r["match_rate"], r.get("match_rate_tie_aware"))])
+                          plain(r["ms_per_token"]), match_cell(r["match_rate"], r.get("match_rate_tie_aware")),
+                          quality_cell(r.get("nll_excess_nats_per_token"), r.get("native_nll_excess_nats_per_token"),
+                                       r.get("quality_matched"))])
         lines.append(f"greenserve medians on {machine} ({int(sm['n'].sum())} samples):")
         lines += text_table(TERMINAL_HEADERS, table)
     if s["error_prone"].any():

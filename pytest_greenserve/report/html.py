@@ -208,7 +208,8 @@ def _model_section(analysis: Analysis, df: pd.DataFrame, machine: str, model: st
     good = g[~g["error_prone"]]
     excluded = sorted(set(g.loc[g["error_prone"], "config"]))
     if excluded:
-        out.append(f'<p class="note">Excluded as error-prone (outputs disagreed with torch): {esc(", ".join(excluded))}</p>')
+        out.append(f'<p class="note">Excluded as error-prone (output quality worse than torch\'s in the same dtype, '
+                   f'against the fp32 reference): {esc(", ".join(excluded))}</p>')
     if good.empty:
         out.append("<p>Every configuration of this model was error-prone: no plots and no comparison.</p>")
         return "\n".join(out)
@@ -226,11 +227,15 @@ def _model_section(analysis: Analysis, df: pd.DataFrame, machine: str, model: st
                    + (f" — <span class='note'>{esc(note)}</span>" if note else "") + "</p>")
     if skipped:
         out.append(f'<p class="muted">Not plotted: {esc("; ".join(skipped))}.</p>')
-    puri, front = plots.pareto_plot(good, summ, analysis.energy_metric, f"{model} — energy vs time", metrics)
+    every = analysis.summary[(analysis.summary["machine"] == machine) & (analysis.summary["model"] == model)]
+    puri, front = plots.pareto_plot(g, every, analysis.energy_metric, f"{model} — energy vs time", metrics,
+                                    unmatched=excluded)
     if puri:
         out.append(f'<figure><img alt="energy vs time for {esc(model)}" src="{puri}">'
                    f"<figcaption>Pareto front (no configuration is both cheaper and faster): "
-                   f"{esc(', '.join(front))}</figcaption></figure>")
+                   f"{esc(', '.join(front))}"
+                   + (f"; grey crosses are not quality-matched (error-prone, off the front): {esc(', '.join(excluded))}"
+                      if excluded else "") + "</figcaption></figure>")
     else:
         out.append('<p class="muted">No energy-vs-time plot: energy or time was not recorded.</p>')
     words = analysis.findings.get((machine, model), [])
@@ -246,6 +251,29 @@ def _model_section(analysis: Analysis, df: pd.DataFrame, machine: str, model: st
     st = analysis.stats[(analysis.stats["machine"] == machine) & (analysis.stats["model"] == model)]
     if not st.empty:
         out.append("<details><summary>All test results (stats.csv rows)</summary>" + _stats_table(st) + "</details>")
+    return "\n".join(out)
+
+
+def _paper_section(df: pd.DataFrame) -> str:
+    """The paper's headline ratios against this run's, with their intervals (analysis/paper.py);
+    empty when the run has none of the paper's pairs of configurations."""
+    from ..analysis.paper import HEADERS, compare, disagreements, paper_facts, table_rows
+
+    facts = paper_facts()
+    rows, notes = compare(df.to_dict("records"), facts)
+    if not rows:
+        return ""
+    out = ["<h2>The paper, side by side</h2>",
+           f"<p>{esc(facts['citation'])}. Its setup: {esc(facts['setup'])}. Each ratio is A/B of medians; the "
+           "paper's are over its 12 models (it publishes per-category figures for TORCH-CUDA only); energy is gross "
+           "CPU + GPU energy; this run's 95% interval comes from resampling each model's samples "
+           "(<code>greenserve paper RUN_DIR</code> prints the same).</p>",
+           html_table(HEADERS, table_rows(rows), "paper")]
+    words = disagreements(rows)
+    out.append("<p><b>Where this run disagrees with the paper:</b></p><ul>" + "".join(f"<li>{esc(w)}</li>" for w in words)
+               + "</ul>" if words else "<p>This run disagrees with none of the paper's ratios it could check.</p>")
+    if notes:
+        out.append("<ul class='muted'>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     return "\n".join(out)
 
 
@@ -286,6 +314,7 @@ def render(analysis: Analysis, df: pd.DataFrame, meta: dict, metrics: dict[str, 
     if r:
         parts.append(f"<h2>{esc(ROOFLINE_TITLE)}</h2>" + html_table(h, r, "roofline") + "<ul class='muted'>"
                      + "".join(f"<li>{esc(n)}</li>" for n in roofline_notes(df)) + "</ul>")
+    parts.append(_paper_section(df))
     parts.append("<h2>Per model</h2>")
     models = df[["machine", "model"]].drop_duplicates().sort_values(["machine", "model"]).to_records(index=False)
     if len(models) == 0:

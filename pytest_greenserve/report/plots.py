@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import Iterable
 
 import pandas as pd
 
@@ -124,25 +125,32 @@ def box_plots(samples: pd.DataFrame, title: str,
 
 
 def pareto_plot(samples: pd.DataFrame, summary: pd.DataFrame, energy_metric: str, title: str,
-                metrics: dict[str, Metric] | None = None) -> tuple[str | None, list[str]]:
+                metrics: dict[str, Metric] | None = None,
+                unmatched: Iterable[str] = ()) -> tuple[str | None, list[str]]:
     """Energy against time, one colour per configuration; medians joined along the Pareto front.
 
-    Returns the data URI (None without energy or time) and the names on the front.
+    ``unmatched``: configurations whose output is not quality-matched (error-prone): drawn as a
+    grey cross, labelled so, and never on the front. Returns the data URI (None without energy
+    or time) and the names on the front.
     """
     rows = summary.dropna(subset=[energy_metric, "time_s"])
     if rows.empty:
         return None, []
     points = {r["config"]: (r[energy_metric], r["time_s"]) for r in rows.to_dict("records")}
-    front = pareto_front(points)
+    unmatched = set(unmatched)
+    front = pareto_front({c: p for c, p in points.items() if c not in unmatched})
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     for i, c in enumerate(sort_configs(points)):
         s = samples[samples["config"] == c]
-        color = f"C{i % 10}"
+        color = "0.55" if c in unmatched else f"C{i % 10}"
         ax.scatter(s[energy_metric], s["time_s"], s=10, alpha=0.35, color=color)
         e, t = points[c]
-        ax.scatter([e], [t], s=60, color=color, edgecolor="black", zorder=3,
-                   marker="*" if c in front else "o", label=c + (" (Pareto)" if c in front else ""))
+        if c in unmatched:
+            ax.scatter([e], [t], s=60, color=color, zorder=3, marker="X", label=c + " (not quality-matched)")
+        else:
+            ax.scatter([e], [t], s=60, color=color, edgecolor="black", zorder=3,
+                       marker="*" if c in front else "o", label=c + (" (Pareto)" if c in front else ""))
         ax.annotate(c, (e, t), fontsize=7, xytext=(4, 4), textcoords="offset points")
     if len(front) > 1:
         ax.plot([points[c][0] for c in front], [points[c][1] for c in front], "k--", lw=1, label="Pareto front")

@@ -47,8 +47,22 @@ def rate(value) -> str:
     return "—" if _missing(value) else f"{value:.0%}"
 
 
+QUALITY_HEADER = "quality (NLL excess, nats/token; torch in the same dtype)"
 SUMMARY_HEADERS = ["model", "configuration", "n", "median time", "ms per token", "match rate (strict / tie-aware)",
-                   "median net energy (source)", "J/token"]
+                   QUALITY_HEADER, "median net energy (source)", "J/token"]
+
+
+def quality_cell(excess, native_excess=None, matched=None) -> str:
+    """``"+0.012 (torch +0.010): matched"``: the mean NLL excess over the fp32 reference's own
+    output, torch eager's in the same dtype, and the verdict (quality.py); ``"not scored"``."""
+    if _missing(excess):
+        return "not scored"
+    text = f"{excess:+.3f}" + ("" if _missing(native_excess) else f" (torch {native_excess:+.3f})")
+    if matched is True:
+        return text + ": matched"
+    if matched is False:
+        return text + ": worse than torch"
+    return text
 
 
 def match_cell(strict, tie_aware=None) -> str:
@@ -66,7 +80,10 @@ def summary_rows(summary: pd.DataFrame) -> list[list[str]]:
         if isinstance(flags, str) and flags:  # samples flagged unsteady / low-resolution (analysis/checks.py)
             config += f" (flagged: {flags})"
         out.append([r["model"], config, str(r["n"]), plain(r["time_s"], "s"), plain(r["ms_per_token"]),
-                    match_cell(r["match_rate"], r.get("match_rate_tie_aware")), energy_cell(r["energy_net_j"], r["energy_source"]),
+                    match_cell(r["match_rate"], r.get("match_rate_tie_aware")),
+                    quality_cell(r.get("nll_excess_nats_per_token"), r.get("native_nll_excess_nats_per_token"),
+                                 r.get("quality_matched")),
+                    energy_cell(r["energy_net_j"], r["energy_source"]),
                     per_token_cell(r["j_per_token"], r["energy_source"])])
     return out
 
