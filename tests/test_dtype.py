@@ -113,7 +113,8 @@ def test_a_bf16_sample_is_its_own_configuration_and_fp32_labels_are_unchanged():
 
 def test_dtype_is_a_samples_column_and_older_samples_read_as_fp32():
     columns = sample_columns(builtin_metrics())
-    assert columns.index("dtype") == columns.index("concurrency") + 1
+    # beside the other how-it-was-served columns: transport, concurrency, stream, dtype
+    assert columns.index("dtype") == columns.index("stream") + 1 == columns.index("concurrency") + 2
     df = samples_frame([{"model": "m", "config": "torch-cpu"}, {"model": "m", "config": "torch-cpu:bf16",
                                                                  "dtype": "bf16"}])
     assert df["dtype"].tolist() == ["fp32", "bf16"]
