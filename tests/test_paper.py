@@ -80,8 +80,8 @@ def test_numbers_and_directions_from_a_saved_run(tmp_path):
     assert not ov.estimated
     # per size category (codeparrot-small: 1, starcoderbase-1b: 2), each against the paper's all-model ratio
     cats = {r.scope for r in rows if r.ratio == "TORCH-CPU/TORCH-CUDA" and r.metric == "time"}
-    assert cats == {"all models", "category 1", "category 2"}
-    assert by(rows, "category 2", "TORCH-CPU/TORCH-CUDA", "time").paper_scope == "all 12 models"
+    assert cats == {"all models", "category 1 (under 1B parameters)", "category 2 (1-1.5B parameters)"}
+    assert by(rows, "category 2 (1-1.5B parameters)", "TORCH-CPU/TORCH-CUDA", "time").paper_scope == "all 12 models"
     assert "run-p" not in notes and any("ONNX-CUDA/TORCH-CUDA not compared: onnx-cuda not in this run" in n
                                          for n in notes)
 
