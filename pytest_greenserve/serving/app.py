@@ -34,11 +34,12 @@ from typing import Any, Optional, Union
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from ..engines.base import failure_line
 from . import DEFAULT_BODY_BYTES_MAX, DEFAULT_NEW_TOKENS_MAX, DEFAULT_PROMPT_TOKENS_MAX
+from .prometheus import CONTENT_TYPE, GpuEnergy, ServerCounters, render
 
 __all__ = ["create_app", "DEFAULT_NEW_TOKENS_MAX", "DEFAULT_PROMPT_TOKENS_MAX"]
 
@@ -184,6 +185,8 @@ def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
     state.engine_thread = engine_thread
     state.info = {"model": model, "config": config, "engine": getattr(engine, "name", type(engine).__name__),
                   "provider": getattr(engine, "provider", None), "context_tokens": context_tokens, **(info or {})}
+    state.counters = ServerCounters()
+    state.gpu_energy = GpuEnergy(getattr(engine, "provider", None))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -203,6 +206,13 @@ def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
     @app.get("/info")
     def info_() -> dict:
         return app.state.info
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics_() -> PlainTextResponse:
+        """Requests, tokens, the process tree's CPU and energy, in Prometheus' text format."""
+        st = app.state
+        return PlainTextResponse(render(st.counters, model=st.model, config=st.config, gpu=st.gpu_energy),
+                                 media_type=CONTENT_TYPE)
 
     @app.post("/v1/completions", response_model=CompletionResponse,
               responses={400: {"description": "a bad request; the body says why"},
@@ -238,9 +248,11 @@ def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
         try:
             gen, generation_s = await _on_engine_thread(st, _timed_generate, st.engine, ids, body.max_tokens)
         except Exception as exc:  # answered, so the connection and the server go on
+            st.counters.failed()
             return JSONResponse({"error": {"message": failure_line("the engine failed", exc),
                                            "type": "server_error"}}, status_code=500)
         new = [int(i) for i in gen.token_ids]
+        st.counters.answered(len(ids), len(new))
         text = st.tokenizer.decode(new) if st.tokenizer is not None else None
         # a JSONResponse as is: FastAPI validates and re-serialises a returned dict through the
         # response model, which costs more than the rest of the request (the schema still shows it)
@@ -314,10 +326,12 @@ def _stream(st, ids, max_tokens):
                 for token in new[len(sent):]:  # an engine that does not stream: every token now
                     yield chunk([token])
                 usage = {"prompt_tokens": len(ids), "completion_tokens": len(new), "total_tokens": len(ids) + len(new)}
+                st.counters.answered(len(ids), len(new))
                 yield chunk([], "length", usage=usage, generation_s=generation_s, ttft_s=gen.ttft_s)
                 yield _sse("[DONE]")
                 return
             else:
+                st.counters.failed()
                 message = failure_line("the engine failed", rest[0])
                 yield _sse({"error": {"message": message, "type": "server_error"}})
                 return

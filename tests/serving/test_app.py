@@ -181,3 +181,32 @@ def test_bad_command_line_input_is_one_line_never_a_traceback(args, words):
     assert r.returncode == 2
     assert words in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_metrics_endpoint_counts_requests_tokens_and_estimated_cpu_energy(null_server):
+    server, client = null_server
+
+    def scrape() -> dict:
+        r = client.get(server.url + "/metrics")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
+        out = {}
+        for line in r.text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name.split("{")[0]] = float(value)
+        assert "# TYPE greenserve_requests_total counter" in r.text
+        assert 'config="null-cpu"' in r.text and 'source="estimated-cpu-time"' in r.text
+        return out
+
+    before = scrape()
+    for _ in range(3):
+        assert post(null_server, json={"prompt": [5, 6, 7], "max_tokens": 4}).status_code == 200
+    assert post(null_server, json={"prompt": [5], "max_tokens": 0}).status_code == 400  # refused: not counted
+    after = scrape()
+    assert after["greenserve_requests_total"] - before["greenserve_requests_total"] == 3
+    assert after["greenserve_completion_tokens_total"] - before["greenserve_completion_tokens_total"] == 12
+    assert after["greenserve_prompt_tokens_total"] - before["greenserve_prompt_tokens_total"] == 9
+    cpu = after["greenserve_process_cpu_seconds_total"]
+    assert cpu >= before["greenserve_process_cpu_seconds_total"] > 0
+    assert after["greenserve_cpu_energy_estimated_joules_total"] == pytest.approx(cpu * 10, rel=1e-3)
+    assert "greenserve_gpu_energy_joules_total" not in after  # a CPU configuration: absent, never 0
