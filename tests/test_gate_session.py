@@ -196,7 +196,9 @@ def sleepy(pytester, monkeypatch):
 @pytest.mark.parametrize("prompts", ["4", "24"])  # samples of ~0.1 s and ~0.5 s: both under the old 1 s floor
 def test_a_30pct_sleep_on_torch_cpu_fails_whatever_the_sample_length(sleepy, monkeypatch, prompts):
     def go(*args):
-        return sleepy.runpytest_subprocess(*SLEEPY, f"--greenserve-prompts={prompts}", "--greenserve-runs=6", *args,
+        # 12 runs a side: one stalled sample among 6 (the 2-core VM's neighbours) can widen the
+        # spread past what a 30% change shows, and the gate then rightly says undecided
+        return sleepy.runpytest_subprocess(*SLEEPY, f"--greenserve-prompts={prompts}", "--greenserve-runs=12", *args,
                                            timeout=300)
 
     r = go("--greenserve-save=main")
