@@ -20,7 +20,7 @@ from .engines.base import EngineError
 from .gate import EXIT_REGRESSION, EXIT_UNDECIDED
 from .models import DEFAULT_MODELS, REGISTRY, WeightsUnavailable
 from .options import OPTIONS, OptionError, Settings, option, read_settings
-from .session import GreenserveSession, plan
+from .session import GreenserveSession, plan, run_options
 
 SESSION_KEY = pytest.StashKey["GreenserveSession"]()
 CASE_FIXTURE = "greenserve_case"
@@ -303,19 +303,11 @@ def _gate_setup(settings: Settings, metrics: dict) -> GateState:
                 from .results import machine_info
 
                 baselines.check_machine(doc, baselines.fingerprint(machine_info()))
-            baselines.check_workload(doc, _workload_options(settings))
+            baselines.check_workload(doc, run_options(settings))
         except baselines.BaselineError as exc:
             raise pytest.UsageError(str(exc)) from None
         state.baseline = doc
     return state
-
-
-def _workload_options(settings: Settings) -> dict:
-    s = settings
-    return {"prompts": s.prompts, "new_tokens": s.new_tokens, "seed": s.seed, "weights": s.weights,
-            "dtype": s.dtype, "transport": s.transport, "concurrency": s.concurrency, "threads": s.threads,
-            "openvino_precision": s.openvino_precision, "ort_spinning": s.ort_spinning,
-            "compile_mode": s.compile_mode}
 
 
 def _case_key(item):
@@ -479,11 +471,11 @@ def _write_gate_json(gs, result, name, undecided, status, why_nothing, state) ->
     from . import gate
 
     try:
+        from .fsutil import write_text_atomically
+
         path = gs.store.run_dir / "gate.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(gate.gate_json(result, name, undecided, exit_status=status, why_nothing=why_nothing),
-                                  indent=1, default=str), encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomically(path, json.dumps(gate.gate_json(result, name, undecided, exit_status=status,
+                                                              why_nothing=why_nothing), indent=1, default=str))
         state.lines.append((f"greenserve gate: {path}", {}))
     except OSError as exc:
         state.lines.append((f"greenserve gate.json not written: {exc}", {"yellow": True}))

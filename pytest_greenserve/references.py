@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
 from .engines.base import library_versions
+from .fsutil import write_text_atomically
 from .quality import mean_nll
 from .targets import Target
 
@@ -64,17 +63,7 @@ class Reference(list):
 
 def write_atomically(path: Path, data) -> None:
     """``path`` holds all of ``data`` as JSON or keeps what it held: never a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, json.dumps(data))
 
 
 def continuation_key(prompt: Sequence[int], continuation: Sequence[int]) -> str:

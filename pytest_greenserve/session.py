@@ -31,7 +31,7 @@ from .launch_profile import profile_in_child
 from .runner import Runner
 from .samples import build_sample, config_label
 
-__all__ = ["Case", "GreenserveSession", "LIBRARIES", "Settings", "plan"]
+__all__ = ["Case", "GreenserveSession", "LIBRARIES", "Settings", "plan", "run_options"]
 
 LIBRARIES = ("pytest-greenserve", "torch", "transformers", "optimum", "optimum-onnx", "optimum-intel",
              "onnxruntime", "onnxruntime-gpu", "openvino", "psutil", "nvidia-ml-py", "pingouin")
@@ -63,6 +63,16 @@ def plan(settings: Settings) -> list[Case]:
         random.Random(f"{settings.seed}:{model}").shuffle(block)
         cases += block
     return cases
+
+
+def run_options(s: Settings) -> dict:
+    """The options run.json and a baseline record (the gate compares baselines.WORKLOAD_KEYS of them)."""
+    return {"models": list(s.models), "configs": [c.name for c in s.configs], "runs": s.runs,
+            "prompts": s.prompts, "new_tokens": s.new_tokens, "seed": s.seed, "weights": s.weights,
+            "warmup": s.warmup, "idle_s": s.idle_s, "settle_s": s.settle_s, "cooldown_s": s.cooldown_s,
+            "transport": s.transport, "concurrency": s.concurrency, "dtype": s.dtype, "stream": s.stream,
+            "slo": s.slo, "threads": s.threads, "openvino_precision": s.openvino_precision,
+            "ort_spinning": s.ort_spinning, "compile_mode": s.compile_mode}
 
 
 def ab_order(seed: int, model: str, config: str, repetition: int) -> str:
@@ -192,12 +202,7 @@ class GreenserveSession:
             "run_id": self.run_id,
             "machine_info": self._machine or machine_info(),
             "versions": library_versions(LIBRARIES),
-            "options": {"models": list(s.models), "configs": [c.name for c in s.configs], "runs": s.runs,
-                        "prompts": s.prompts, "new_tokens": s.new_tokens, "seed": s.seed, "weights": s.weights,
-                        "warmup": s.warmup, "idle_s": s.idle_s, "settle_s": s.settle_s, "cooldown_s": s.cooldown_s,
-                        "transport": s.transport, "concurrency": s.concurrency, "dtype": s.dtype, "stream": s.stream,
-                        "slo": s.slo, "threads": s.threads, "openvino_precision": s.openvino_precision,
-                        "ort_spinning": s.ort_spinning, "compile_mode": s.compile_mode},
+            "options": run_options(s),
             "meter_notes": self.meters.notes() if self.meters is not None else [],
             "metrics": metrics_to_json(self.metrics),
             **self.meta_extra,

@@ -93,7 +93,9 @@ def test_an_interrupted_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(json, "dump", boom)
+    import os
+
+    monkeypatch.setattr(os, "fsync", boom)  # interrupted after the temporary file was written
     with pytest.raises(KeyboardInterrupt):
         write_atomically(path, {"token_ids": [[2]]})
     monkeypatch.undo()
