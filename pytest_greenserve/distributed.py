@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -125,6 +126,22 @@ def worker_environment(gpu: str | None, environ: dict) -> dict:
 def group_name(model: str, config_name: str) -> str:
     """The ``xdist_group`` of every item of one (model, configuration)."""
     return f"greenserve:{model}:{config_name}"
+
+
+def item_group(nodeid: str, groups: dict[str, str]) -> str | None:
+    """The group of a collected greenserve item, read from its parameter id, or None.
+
+    ``groups`` maps each (model, configuration)'s case-id stem (``mini-gpt2-torch-cpu``) to its
+    :func:`group_name`; an item's id holds ``<stem>-r<repetition>`` between its brackets, beside
+    any parameter of the user's own. xdist's ``loadgroup`` suffix (``...]@group``) is not used:
+    pytest 9.2's structured node ids drop it silently (pytest-dev/pytest-xdist#1386)."""
+    if "[" not in nodeid:
+        return None
+    inside = nodeid[nodeid.find("[") + 1: nodeid.rfind("]")]
+    for stem in sorted(groups, key=len, reverse=True):  # llamacpp-cpu:q8_0 before llamacpp-cpu
+        if re.search(rf"(?:^|-){re.escape(stem)}-r\d+(?:-|$)", inside):
+            return groups[stem]
+    return None
 
 
 def dist_given(args: Sequence[str]) -> bool:

@@ -749,11 +749,21 @@ def pytest_xdist_make_scheduler(config, log):
 def _grouped_scheduling(config, log):
     from xdist.scheduler import LoadGroupScheduling
 
+    from .distributed import group_name, item_group
+
+    settings = config.stash[SESSION_KEY].settings
+    groups = {f"{m}-{c.name}": group_name(m, c.name) for m in settings.models for c in settings.configs}
+
     class GreenserveScheduling(LoadGroupScheduling):
-        """loadgroup whose ungrouped items are balanced one by one (as --dist load), and whose
-        crashed item is not run again on another worker (xdist's loadscope puts it back)."""
+        """loadgroup whose greenserve items are grouped by (model, configuration) read from their
+        ids, whose other items are balanced one by one (as --dist load) unless marked
+        xdist_group, and whose crashed item is not run again on another worker (xdist's
+        loadscope puts it back)."""
 
         def _split_scope(self, nodeid):
+            group = item_group(nodeid, groups)
+            if group is not None:
+                return group
             if nodeid.rfind("@") > nodeid.rfind("]"):
                 return nodeid.split("@")[-1]
             return nodeid

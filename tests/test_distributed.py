@@ -149,3 +149,20 @@ def test_controller_merges_worker_outputs():
             {"worker": "gw0", "gpu_index": "0", "gpu_uuid": "GPU-a", "gpu_name": "H200"}, {"worker": None}]
     assert dist.workers_summary(rows) == {"gw0": {"samples": 2, "gpus": [
         {"gpu_index": "0", "gpu_uuid": "GPU-a", "gpu_name": "H200"}]}}
+
+
+def test_an_items_group_is_read_from_its_case_id_whatever_pytest_does_to_node_ids():
+    groups = {f"{m}-{c}": dist.group_name(m, c) for m in ("mini-gpt2", "mini-llama")
+              for c in ("torch-cpu", "llamacpp-cpu", "llamacpp-cpu:q8_0")}
+    group = dist.item_group
+    assert group("t.py::test_autocomplete[mini-gpt2-torch-cpu-r3]", groups) == "greenserve:mini-gpt2:torch-cpu"
+    # the loadgroup suffix of older pytest, and a user's own parameter beside the case
+    assert group("t.py::test_x[mini-llama-torch-cpu-r12]@greenserve:mini-llama:torch-cpu", groups) == \
+        "greenserve:mini-llama:torch-cpu"
+    assert group("t.py::test_x[short-mini-gpt2-torch-cpu-r1]", groups) == "greenserve:mini-gpt2:torch-cpu"
+    # the longest stem wins: a weight variant is its own configuration
+    assert group("t.py::t[mini-gpt2-llamacpp-cpu:q8_0-r1]", groups) == "greenserve:mini-gpt2:llamacpp-cpu:q8_0"
+    assert group("t.py::t[mini-gpt2-llamacpp-cpu-r1]", groups) == "greenserve:mini-gpt2:llamacpp-cpu"
+    # not a greenserve item: no group (balanced one by one)
+    assert group("t.py::test_plain", groups) is None
+    assert group("t.py::test_p[mini-gpt2-torch-cpu]", groups) is None
