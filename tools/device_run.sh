@@ -23,6 +23,7 @@
 #   bash tools/device_run.sh issue19-engines tinyllama ortgenai-cpu,ortgenai-cuda,torch-cuda  # ortgenai (llama) on CPU and CUDA
 #   bash tools/device_run.sh issue19-quality codeparrot-small 64 3   # bf16 torch-cuda and compile-cuda, judged by quality
 #   bash tools/device_run.sh issue19-paper codeparrot-small 64 3     # the paper's five configurations, then greenserve paper
+#   bash tools/device_run.sh issue19-variants codeparrot-small bf16,fp32  # compile-cuda's inductor settings (tools/compile_variants.py)
 # DRY=1 runs a tiny CPU-only version of the same sessions locally to check the script.
 # Each session is capped with SIGINT (pytest then finishes cleanly); finished samples are
 # never lost. Results: one tarball of the report directories under $OUT.
@@ -174,6 +175,11 @@ PYEOF
     prov=$2 model=$3; shift 3
     timeout -s INT 540 $PY tools/compile_probe.py "$model" "$@" --provider "$prov" --cache $CACHE \
       --out "$OUT/probe-$prov-$model-${DTYPE:-fp32}.json" --dtype "${DTYPE:-fp32}" 2>&1 | grep -vE "Warning|warnings.warn" | tail -30 ;;
+  issue19-variants)  # compile-cuda's inductor settings, each in a fresh process (ARGS: model [dtypes] [variants] [budget_s])
+    [ -d $SITE/transformers ] || install .whl
+    probe
+    timeout -s INT 570 $PY tools/compile_variants.py "$2" --dtypes "${3:-bf16,fp32}" --variants "${4:-base,cdt,cdt-math,autotune}" \
+      --budget-s "${5:-520}" --cache $CACHE --out "$OUT/variants-$2.json" 2>&1 | grep -vE "Warning|warnings.warn" | tail -30 ;;
   issue8-threads)  # onnx-cpu vs torch-cpu on the 16 cores, each thread setting in a fresh process (ARGS: models)
     [ -d $SITE/transformers ] || install .whl
     shift; $PY -c "import onnxruntime as o; print('onnxruntime', o.__version__)"

@@ -1,0 +1,155 @@
+"""Issue 19 probe on the GPU machine: which inductor settings bring compile-cuda closer to the
+card's limit? Each variant runs in a fresh process (inductor's configuration and caches are
+per process), outside the plugin's meters; the measured sessions then run the chosen setting.
+
+    python tools/compile_variants.py MODEL --dtypes bf16,fp32 --variants base,cdt,cdt-math,autotune \
+        --prompts 16 --new-tokens 32 --cache DIR --out FILE.json [--budget-s 520]
+
+Variants:
+  base      the engine as shipped (inductor+graph)
+  cdt       inductor's coordinate-descent tuning of every Triton kernel's launch configuration
+  cdt-math  cdt, and one-token attention written as matmul + softmax + matmul, which inductor can
+            fuse with the mask and the cache reads (SDPA is an opaque kernel to it)
+  autotune  cdt, and inductor's max-autotune of the GEMMs (Triton templates with fused epilogues)
+
+Per variant: ms/token (median request / new tokens, CUDA synchronised), the first request's
+tokens against the base variant's (exact; bf16 near-ties may differ, the plugin judges quality),
+the compile seconds, and the GPU kernels one captured decode step runs (torch.profiler over
+replays of the decode graph; None where the profiler sees no kernels inside a graph).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VARIANTS = ("base", "cdt", "cdt-math", "autotune")
+
+
+def child(a) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoTokenizer
+
+    from pytest_greenserve.engines import static_decoder
+    from pytest_greenserve.engines.base import EngineOptions
+    from pytest_greenserve.engines.compile import CompileEngine
+    from pytest_greenserve.models import REGISTRY, resolve
+    from pytest_greenserve.prompts import make_prompts
+
+    v = a.variant
+    if v != "base":
+        torch._inductor.config.coordinate_descent_tuning = True
+    if v == "autotune":
+        torch._inductor.config.max_autotune = True
+    if v == "cdt-math":
+        sdpa = F.scaled_dot_product_attention
+
+        def attention(q, k, v_, attn_mask=None, scale=None, enable_gqa=False):
+            if q.shape[2] != 1 or enable_gqa:
+                return sdpa(q, k, v_, attn_mask=attn_mask, scale=scale, enable_gqa=enable_gqa)
+            s = (q @ k.transpose(-1, -2)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+            s = s.masked_fill(~attn_mask, float("-inf"))
+            return torch.softmax(s.float(), dim=-1).to(q.dtype) @ v_
+
+        static_decoder.F = type("F", (), {"scaled_dot_product_attention": staticmethod(attention)})
+
+    handle = resolve(REGISTRY[a.model], "replica", None, Path(a.cache), 0)
+    tok = AutoTokenizer.from_pretrained(handle.ref)
+    prompts = [tok(p.text, add_special_tokens=False)["input_ids"] for p in make_prompts(tok, a.prompts, 0)]
+    cuda = a.provider == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    eng = CompileEngine(handle, a.provider, EngineOptions(dtype=a.dtype, compile_mode="inductor+graph" if cuda else "inductor"))
+    t0 = time.perf_counter()
+    eng.load()
+    load_s = time.perf_counter() - t0
+    seen = set()
+    for p in prompts:  # every prompt length captured before timing, as the runner's warm-up does
+        if len(p) not in seen:
+            seen.add(len(p))
+            eng.generate(p, a.new_tokens)
+    times, first = [], None
+    for p in prompts:
+        sync()
+        t = time.perf_counter()
+        out = eng.generate(p, a.new_tokens).token_ids
+        sync()
+        times.append(time.perf_counter() - t)
+        first = first or out
+    kernels = None
+    try:
+        if not cuda:
+            raise RuntimeError("no CUDA graph to profile on CPU")
+        from torch.profiler import ProfilerActivity, profile
+
+        replays = 8
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(replays):
+                eng.pos.zero_()
+                eng._decode_graph.replay()
+            torch.cuda.synchronize()
+        n = sum(1 for e in prof.events() if e.device_type.name == "CUDA" and "memcpy" not in e.name.lower()
+                and "memset" not in e.name.lower())
+        kernels = n / replays if n else None
+    except Exception as exc:  # the profiler is a diagnostic: its failure costs nothing else
+        print(f"profiler: {type(exc).__name__}: {exc}", file=sys.stderr)
+    info = eng.load_info()
+    return {"variant": v, "dtype": a.dtype, "model": a.model, "ms_per_token": 1e3 * statistics.median(times) / a.new_tokens,
+            "first_tokens": first, "kernels_per_decode_step": kernels, "load_s": load_s,
+            "compile_mode": info["compile_mode"], "compile_fallback": info["compile_fallback"],
+            "device": torch.cuda.get_device_name() if cuda else "cpu"}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--dtypes", default="bf16,fp32")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--cache", default="/tmp/gscache")
+    ap.add_argument("--provider", default="cuda", help="cpu: a check of this script (inductor, no graph)")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--budget-s", type=float, default=520.0, help="stop starting variants after this")
+    ap.add_argument("--variant", help=argparse.SUPPRESS)  # the child process's one variant
+    ap.add_argument("--dtype", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.variant:
+        print("RESULT " + json.dumps(child(a)), flush=True)
+        return 0
+    started, results = time.monotonic(), []
+    for dtype in a.dtypes.split(","):
+        for v in a.variants.split(","):
+            left = a.budget_s - (time.monotonic() - started)
+            if left < 60:
+                results.append({"variant": v, "dtype": dtype, "model": a.model, "skipped": "out of time"})
+                continue
+            cmd = [sys.executable, __file__, a.model, "--variant", v, "--dtype", dtype, "--prompts", str(a.prompts),
+                   "--new-tokens", str(a.new_tokens), "--cache", a.cache, "--provider", a.provider]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=left, env=dict(os.environ))
+                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+                r = json.loads(line[7:]) if line else {"variant": v, "dtype": dtype, "model": a.model,
+                                                       "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+            except subprocess.TimeoutExpired:
+                r = {"variant": v, "dtype": dtype, "model": a.model, "error": f"over the {left:.0f} s left"}
+            base = next((x for x in results if x.get("dtype") == dtype and x.get("variant") == "base"
+                         and "first_tokens" in x), None)
+            if base and "first_tokens" in r:
+                r["first_request_equals_base"] = r["first_tokens"] == base["first_tokens"]
+            results.append(r)
+            print(json.dumps({k: r.get(k) for k in ("model", "dtype", "variant", "ms_per_token", "kernels_per_decode_step",
+                                                    "load_s", "first_request_equals_base", "compile_fallback", "error",
+                                                    "skipped")}), flush=True)
+            if a.out:
+                Path(a.out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
