@@ -257,6 +257,13 @@ def _slo_met_pct(sample):
     return 100 * goodput / rate if (goodput is not None and rate) else None
 
 
+def _achieved_rate_pct(sample):
+    """An open loop's achieved request rate (``requests_per_s``, over the measured window) as a
+    share of its offered rate; None for a closed loop, which offers no rate."""
+    offered, achieved = sample.get("offered_rate_rps"), _requests_per_s(sample)
+    return 100 * achieved / offered if (offered and achieved is not None) else None
+
+
 def _ms_per_token(sample):
     time_s, tokens = sample.get("time_s"), sample.get("tokens_generated")
     return 1000 * time_s / tokens if (time_s is not None and tokens) else None
@@ -335,6 +342,11 @@ def _builtin() -> list[Metric]:
           better="higher", kind="time", analysed=True, gateable=True, derive=_goodput),
         M("slo_met_pct", "%", "requests meeting every --greenserve-slo objective", better="higher", kind="time",
           derive=_slo_met_pct),
+        # the load shape (load.py, --greenserve-load): an open loop's scheduled rate, and how much of it
+        # was served inside the measured window (requests_per_s is that achieved rate)
+        M("offered_rate_rps", "requests/s", "offered request rate (open loop)", better=None, kind="time"),
+        M("achieved_rate_pct", "%", "achieved request rate, of the offered one", better="higher", kind="time",
+          derive=_achieved_rate_pct),
         # not "tokens_per_s": the README's and the tests' example of a user-registered metric
         M("gen_tokens_per_s", "tokens/s", "generated-token throughput", better="higher", kind="time",
           gateable=True, derive=_tokens_per_s),
