@@ -12,7 +12,9 @@
   configuration label, ``torch-cpu@http/poisson2.5``, so statistics, reports and the gate
   treat every rate as an item), after a ``closed:1`` sample that calibrates it. Without
   rates: :data:`SWEEP_FACTORS` times the closed:1 sample's request rate. The sweep stops at
-  the first rate where latency runs away (:func:`runaway`).
+  the first rate where latency runs away (:func:`runaway`): the median end-to-end latency
+  over 4x closed:1's, or under 90% of the requests released inside the measured window
+  completed inside it.
 
 The measured window of an open loop (:func:`measured_window`): the arrival schedule spans
 ``[0, last arrival]``; its first ``warmup`` fraction and last ``cooldown`` fraction are not
@@ -185,17 +187,33 @@ def sweep_rates(shape: LoadShape, closed_rps: float | None) -> tuple[float, ...]
     return tuple(dict.fromkeys(float(f"{f * closed_rps:.3g}") for f in SWEEP_FACTORS))
 
 
-def runaway(p50_s: float | None, closed_p50_s: float | None, achieved_rps: float | None,
+def runaway(p50_s: float | None, closed_p50_s: float | None, achieved_pct: float | None,
             offered_rps: float) -> str | None:
     """Why latency has run away at this rate, or None: the median end-to-end latency above
-    :data:`RUNAWAY_P50_FACTOR` times closed:1's, or the achieved request rate below
-    :data:`RUNAWAY_ACHIEVED_SHARE` of the offered one. Nothing completed: ran away."""
-    if p50_s is None or achieved_rps is None:
+    :data:`RUNAWAY_P50_FACTOR` times closed:1's, or fewer requests completed inside the
+    measured window than :data:`RUNAWAY_ACHIEVED_SHARE` of those released in it
+    (``achieved_pct``, the sample's ``achieved_rate_pct``). Nothing completed: ran away."""
+    if p50_s is None or achieved_pct is None:
         return f"no request completed inside the measured window at {offered_rps:g} requests/s"
     if closed_p50_s and p50_s > RUNAWAY_P50_FACTOR * closed_p50_s:
         return (f"median latency {p50_s:.3g} s is over {RUNAWAY_P50_FACTOR:g}x closed:1's {closed_p50_s:.3g} s "
                 f"at {offered_rps:g} requests/s")
-    if achieved_rps < RUNAWAY_ACHIEVED_SHARE * offered_rps:
-        return (f"achieved {achieved_rps:.3g} requests/s, under {RUNAWAY_ACHIEVED_SHARE:.0%} of the offered "
-                f"{offered_rps:g}")
+    if achieved_pct < 100 * RUNAWAY_ACHIEVED_SHARE:
+        return (f"{achieved_pct:.0f}% of the requests released in the measured window completed in it, under "
+                f"{RUNAWAY_ACHIEVED_SHARE:.0%}, at {offered_rps:g} requests/s")
     return None
+
+
+def run_sweep(rates, measure_at, closed_p50_s: float | None, stop: bool = True) -> tuple[list[float], str | None]:
+    """Offer each of ``rates`` in turn: ``measure_at(rate)`` measures one open-loop sample and
+    returns it (a sample dict with ``latency_p50_s`` and ``achieved_rate_pct``). With ``stop``, the
+    sweep ends after the first rate whose latency ran away (:func:`runaway`), that rate
+    included. Returns the rates measured and why it stopped (None: it ran them all)."""
+    ran: list[float] = []
+    for rate in rates:
+        sample = measure_at(rate)
+        ran.append(rate)
+        why = runaway(sample.get("latency_p50_s"), closed_p50_s, sample.get("achieved_rate_pct"), rate)
+        if why is not None and stop:
+            return ran, why
+    return ran, None

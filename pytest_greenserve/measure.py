@@ -43,8 +43,9 @@ class Measurement:
     #: per request, whether it counts for the sample's figures (an open loop: it completed inside
     #: the measured window); None: every request counts (a closed loop measures them all)
     measured: list[bool] | None = None
-    #: an open loop's window: warm-up and cool-down fractions, and the window's start and end in
-    #: seconds after the first arrival (as it ran); None for a closed loop
+    #: an open loop's window: warm-up and cool-down fractions, the window's start and end in
+    #: seconds after the first arrival (as it ran), and how many arrivals the schedule put inside
+    #: it; None for a closed loop
     window: dict | None = None
 
 
@@ -158,9 +159,10 @@ def measure_open_loop(target: Target, prompt_ids, new_tokens: int, shape: LoadSh
         results[i] = (release, sent, clock(), gen)
 
     def fail(futures):
-        stop.set()
+        """Raise the first failed request's error, the others' releases called off."""
         for i, fut in enumerate(futures, 1):
             if fut.done() and fut.exception() is not None:
+                stop.set()
                 exc = fut.exception()
                 raise RequestFailed(failure_line(f"request {i} of {n} failed", exc)) from exc
 
@@ -192,4 +194,5 @@ def measure_open_loop(target: Target, prompt_ids, new_tokens: int, shape: LoadSh
     return Measurement([list(r[3].token_ids) for r in results], latencies, ttfts, w1 - w0,
                        tracked.fields if tracked is not None else {}, started_at, finished_at, token_times,
                        load=str(shape), offered_rate_rps=shape.rate_rps, measured=measured,
-                       window={"warmup": warmup, "cooldown": cooldown, "start_s": w0 - t0, "end_s": w1 - t0})
+                       window={"warmup": warmup, "cooldown": cooldown, "start_s": w0 - t0, "end_s": w1 - t0,
+                               "arrivals": sum(w0 <= t0 + a <= w1 for a in arrivals)})

@@ -258,10 +258,12 @@ def _slo_met_pct(sample):
 
 
 def _achieved_rate_pct(sample):
-    """An open loop's achieved request rate (``requests_per_s``, over the measured window) as a
-    share of its offered rate; None for a closed loop, which offers no rate."""
-    offered, achieved = sample.get("offered_rate_rps"), _requests_per_s(sample)
-    return 100 * achieved / offered if (offered and achieved is not None) else None
+    """An open loop's requests completed inside the measured window, as a share of those its
+    schedule released inside it (``requests_offered``): 100 when the target keeps up. Not of
+    RATE × window: a Poisson draw puts more or fewer arrivals in a window by chance (about
+    ±10% for 100), which would read as falling behind. None for a closed loop."""
+    offered, done = sample.get("requests_offered"), sample.get("requests")
+    return 100 * done / offered if (offered and done is not None) else None
 
 
 def _ms_per_token(sample):
@@ -345,7 +347,7 @@ def _builtin() -> list[Metric]:
         # the load shape (load.py, --greenserve-load): an open loop's scheduled rate, and how much of it
         # was served inside the measured window (requests_per_s is that achieved rate)
         M("offered_rate_rps", "requests/s", "offered request rate (open loop)", better=None, kind="time"),
-        M("achieved_rate_pct", "%", "achieved request rate, of the offered one", better="higher", kind="time",
+        M("achieved_rate_pct", "%", "requests completed in the measured window, of those released in it", better="higher", kind="time",
           derive=_achieved_rate_pct),
         # not "tokens_per_s": the README's and the tests' example of a user-registered metric
         M("gen_tokens_per_s", "tokens/s", "generated-token throughput", better="higher", kind="time",

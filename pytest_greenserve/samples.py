@@ -217,6 +217,8 @@ def build_sample(*, run_id: str, machine: str, model: str, category: int | None,
         "order": order,
         "requests": len(counted_outputs),
         "requests_sent": len(m.outputs),
+        # an open loop: the requests its schedule released inside the measured window
+        "requests_offered": (m.window or {}).get("arrivals"),
         "new_tokens": new_tokens,
         "tokens_generated": sum(len(o) for o in counted_outputs),
         "prompt_tokens_mean": statistics.fmean(len(p) for p in prompt_ids) if prompt_ids else None,

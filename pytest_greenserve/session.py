@@ -28,7 +28,7 @@ from .references import ReferenceStore
 from .results import ResultsStore, machine_info, machine_label, new_run_id, read_samples
 from . import roofline
 from .launch_profile import profile_in_child
-from .load import CLOSED_1, MAX_IN_FLIGHT, LoadShape, poisson, runaway, sweep_rates
+from .load import CLOSED_1, MAX_IN_FLIGHT, LoadShape, poisson, run_sweep, sweep_rates
 from .runner import Runner
 from .samples import build_sample, config_label
 
@@ -384,14 +384,10 @@ class GreenserveSession:
         rates = known if known is not None else sweep_rates(self.settings.load, base.get("requests_per_s"))
         if not rates:
             self.progress(f"greenserve: {label}: no sweep (closed:1 gave no request rate)")
-        ran = []
-        for rate in rates:
-            sample = self._measure_load(case, poisson(rate), *args)
-            ran.append(rate)
-            why = runaway(sample.get("latency_p50_s"), base.get("latency_p50_s"), sample.get("requests_per_s"), rate)
-            if why is not None and known is None:
-                self.progress(f"greenserve: {label}: sweep stops, latency ran away: {why}")
-                break
+        ran, why = run_sweep(rates, lambda rate: self._measure_load(case, poisson(rate), *args),
+                             base.get("latency_p50_s"), stop=known is None)
+        if why is not None:
+            self.progress(f"greenserve: {label}: sweep stops, latency ran away: {why}")
         if known is None:
             self._sweeps[key] = tuple(ran)
         return base

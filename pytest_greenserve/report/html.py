@@ -238,6 +238,12 @@ def _model_section(analysis: Analysis, df: pd.DataFrame, machine: str, model: st
                       if excluded else "") + "</figcaption></figure>")
     else:
         out.append('<p class="muted">No energy-vs-time plot: energy or time was not recorded.</p>')
+    luri, lalt = plots.load_curve_plot(g, analysis.energy_metric, f"{model} — energy and latency against load")
+    if luri:
+        out.append(f'<figure><img alt="{esc(lalt)}" src="{luri}"><figcaption class="muted">Open-loop samples '
+                   "(--greenserve-load): per offered rate, the median over repetitions and the range; each rate's "
+                   "energy and latency are those of its measured window (warm-up and cool-down left out)."
+                   "</figcaption></figure>")
     words = analysis.findings.get((machine, model), [])
     if words:
         out.append("<h4>Significance, in words</h4><ul>"
