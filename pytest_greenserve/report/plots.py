@@ -263,13 +263,11 @@ _RATE_SUFFIX = re.compile(r"/(poisson|constant)[0-9.eE+-]+$")
 def load_series(samples: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per configuration without its rate (``torch-cpu@http`` for ``torch-cpu@http/poisson2.5``),
     its open-loop samples, where they offered at least two rates (a sweep, or several sessions'
-    rates in one report); error-prone samples left out."""
+    rates in one report). Error-prone ones are kept: the plot draws them grey, named so."""
     if samples.empty or "offered_rate_rps" not in samples:
         return {}
     rate = pd.to_numeric(samples["offered_rate_rps"], errors="coerce")
     df = samples.assign(_rate=rate)[rate.notna()]
-    if "error_prone" in df:
-        df = df[~df["error_prone"].fillna(False).astype(bool)]
     df = df.assign(_base=[_RATE_SUFFIX.sub("", str(c)) for c in df["config"]])
     return {base: g for base, g in df.groupby("_base", sort=True) if g["_rate"].nunique() >= 2}
 
@@ -277,7 +275,7 @@ def load_series(samples: pd.DataFrame) -> dict[str, pd.DataFrame]:
 def load_curve_plot(samples: pd.DataFrame, energy_metric: str, title: str) -> tuple[str | None, str]:
     """Energy per token and median end-to-end latency against the offered request rate, one
     line per configuration (medians over repetitions, bars from the least to the most), for
-    the configurations :func:`load_series` finds. Energy from an estimate is labelled so;
+    the configurations :func:`load_series` finds; an error-prone one grey with × markers. Energy from an estimate is labelled so;
     a configuration without energy is named under the left panel. Returns (URI or None, alt)."""
     series = load_series(samples)
     if not series:
@@ -289,6 +287,7 @@ def load_curve_plot(samples: pd.DataFrame, energy_metric: str, title: str) -> tu
         per_token, words = overview_energy(g, energy_metric)
         g = g.assign(_e=per_token, _lat=pd.to_numeric(g.get("latency_p50_s"), errors="coerce"))
         est = any(is_estimated(row_energy_source(r)) for r in g.to_dict("records"))
+        bad = bool(g["error_prone"].fillna(False).astype(bool).any()) if "error_prone" in g else False
         for ax, col, missing in ((ax_e, "_e", no_energy), (ax_l, "_lat", None)):
             by = g.dropna(subset=[col]).groupby("_rate")[col]
             if by.ngroups == 0:
@@ -298,8 +297,9 @@ def load_curve_plot(samples: pd.DataFrame, energy_metric: str, title: str) -> tu
             med, lo, hi = by.median(), by.min(), by.max()
             dashed = est and col == "_e"
             estimated |= dashed
-            ax.errorbar(med.index, med.values, yerr=[med - lo, hi - med], marker="o", capsize=2, color=f"C{i % 10}",
-                        linestyle="--" if dashed else "-", label=base + (" (estimated)" if dashed else ""))
+            ax.errorbar(med.index, med.values, yerr=[med - lo, hi - med], marker="x" if bad else "o", capsize=2,
+                        color="0.55" if bad else f"C{i % 10}", linestyle="--" if dashed else "-",
+                        label=base + (" (estimated)" if dashed else "") + (" (error-prone)" if bad else ""))
     ax_e.set_ylabel(words + (", estimated" if estimated else ""), fontsize=8)
     ax_e.set_title("energy per token against load", fontsize=9)
     if no_energy:

@@ -1,4 +1,4 @@
-"""--greenserve-load end to end: a sweep over HTTP with the null (echo) engine at small Poisson
+"""--greenserve-load end to end: a sweep over HTTP with an echo engine at small Poisson
 rates gives a closed:1 sample and one sample per rate, each its own configuration label, with
 the open-loop figures; report.html draws energy against load."""
 
@@ -11,15 +11,28 @@ import transformers  # noqa: F401
 BENCHMARK = '''
 def test_autocomplete(greenserve):
     sample = greenserve.measure()
-    assert sample["config"] == "null-cpu@http"  # a sweep's item returns its closed:1 sample
+    assert sample["config"] == "paced-cpu@http"  # a sweep's item returns its closed:1 sample
 '''
 
+# 20 ms a request: at 5 and 10 requests/s the server is 10-20% busy, so latency stays near
+# closed:1's and the sweep runs both rates (the null engine's ~2 ms would make the harness's
+# own jitter look like a runaway against closed:1's median)
 NULL_ENGINE = '''
+import time
+
 from pytest_greenserve.serving.null import NullEngine
 
 
+class Paced(NullEngine):
+    name = "paced"
+
+    def generate(self, input_ids, new_tokens):
+        time.sleep(0.02)
+        return super().generate(input_ids, new_tokens)
+
+
 def pytest_greenserve_register_engines(registry):
-    registry["null"] = NullEngine
+    registry["paced"] = Paced
 '''
 
 
@@ -30,18 +43,18 @@ def test_a_sweep_over_http_gives_one_sample_per_rate_and_a_load_curve(pytester, 
     pytester.makeconftest(NULL_ENGINE)
     reports = pytester.path / "reports"
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", f"--greenserve-models=tiny={model}", "--greenserve-configs=null-cpu",
+        "-p", "no:cacheprovider", f"--greenserve-models=tiny={model}", "--greenserve-configs=paced-cpu",
         "--greenserve-runs=1", "--greenserve-prompts=12", "--greenserve-new-tokens=4", "--greenserve-idle=0",
         "--greenserve-warmup=0", "--greenserve-threads=1", "--greenserve-transport=http",
-        "--greenserve-load=sweep:10,20", "--greenserve-slo=e2e:2s",
+        "--greenserve-load=sweep:5,10", "--greenserve-slo=e2e:2s",
         f"--greenserve-cache-dir={pytester.path / 'cache'}", f"--greenserve-report-dir={reports}", timeout=240)
     result.assert_outcomes(passed=1)
     samples = [json.loads(line) for line in (reports / "latest" / "samples.jsonl").read_text().splitlines()]
     by_config = {s["config"]: s for s in samples}
-    assert list(by_config) == ["null-cpu@http", "null-cpu@http/poisson10", "null-cpu@http/poisson20"]
-    assert by_config["null-cpu@http"]["load"] == "closed:1"
-    for rate in (10, 20):
-        s = by_config[f"null-cpu@http/poisson{rate}"]
+    assert list(by_config) == ["paced-cpu@http", "paced-cpu@http/poisson5", "paced-cpu@http/poisson10"]
+    assert by_config["paced-cpu@http"]["load"] == "closed:1"
+    for rate in (5, 10):
+        s = by_config[f"paced-cpu@http/poisson{rate}"]
         assert (s["load"], s["offered_rate_rps"], s["concurrency"], s["requests_sent"]) == (
             f"poisson:{rate}", rate, None, 12)
         assert 0 < s["requests"] <= s["requests_sent"] and len(s["latencies_s"]) == s["requests"]
@@ -50,4 +63,4 @@ def test_a_sweep_over_http_gives_one_sample_per_rate_and_a_load_curve(pytester, 
     html = (reports / "latest" / "report.html").read_text()
     assert "energy and latency against load" in html
     options = json.loads((reports / "latest" / "run.json").read_text())["options"]
-    assert options["load"] == "sweep:10,20"
+    assert options["load"] == "sweep:5,10"
