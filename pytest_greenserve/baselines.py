@@ -31,8 +31,10 @@ FINGERPRINT_KEYS = ("arch", "cpu_model", "cpu_count", "gpu")
 #: The options (run.json's ``options``) that make two sessions the same workload: a change in
 #: any of them changes what a request costs, so a comparison across it would read as a
 #: regression or an improvement of the serving. Repetitions, models and configurations may differ.
-WORKLOAD_KEYS = ("prompts", "new_tokens", "seed", "weights", "dtype", "transport", "concurrency", "threads",
-                 "openvino_precision", "ort_spinning", "compile_mode")
+WORKLOAD_KEYS = ("prompts", "new_tokens", "seed", "weights", "dtype", "transport", "load", "load_warmup_frac",
+                 "load_cooldown_frac", "concurrency", "threads", "openvino_precision", "ort_spinning", "compile_mode")
+#: the option of a workload key whose name is not the key's (``--greenserve-<key with ->``)
+_FLAGS = {"load_warmup_frac": "load-warmup", "load_cooldown_frac": "load-cooldown"}
 
 
 class BaselineError(Exception):
@@ -160,7 +162,7 @@ def check_workload(doc: Mapping[str, Any], options: Mapping[str, Any]) -> None:
     theirs = doc.get("options") or {}
     for key in WORKLOAD_KEYS:
         if key in theirs and key in options and theirs[key] != options[key]:
-            flag = "--greenserve-" + key.replace("_", "-")
+            flag = "--greenserve-" + _FLAGS.get(key, key.replace("_", "-"))
             raise BaselineError(f"greenserve baseline {doc.get('path', doc.get('name'))} was measured with "
                                 f"{flag}={_shown(theirs[key])}, this session has {flag}={_shown(options[key])}: "
                                 f"compare the same workload, or save a new baseline")

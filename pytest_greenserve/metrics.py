@@ -257,6 +257,15 @@ def _slo_met_pct(sample):
     return 100 * goodput / rate if (goodput is not None and rate) else None
 
 
+def _achieved_rate_pct(sample):
+    """An open loop's requests completed inside the measured window, as a share of those its
+    schedule released inside it (``requests_offered``): 100 when the target keeps up. Not of
+    RATE × window: a Poisson draw puts more or fewer arrivals in a window by chance (about
+    ±10% for 100), which would read as falling behind. None for a closed loop."""
+    offered, done = sample.get("requests_offered"), sample.get("requests")
+    return 100 * done / offered if (offered and done is not None) else None
+
+
 def _ms_per_token(sample):
     time_s, tokens = sample.get("time_s"), sample.get("tokens_generated")
     return 1000 * time_s / tokens if (time_s is not None and tokens) else None
@@ -335,6 +344,11 @@ def _builtin() -> list[Metric]:
           better="higher", kind="time", analysed=True, gateable=True, derive=_goodput),
         M("slo_met_pct", "%", "requests meeting every --greenserve-slo objective", better="higher", kind="time",
           derive=_slo_met_pct),
+        # the load shape (load.py, --greenserve-load): an open loop's scheduled rate, and how much of it
+        # was served inside the measured window (requests_per_s is that achieved rate)
+        M("offered_rate_rps", "requests/s", "offered request rate (open loop)", better=None, kind="time"),
+        M("achieved_rate_pct", "%", "requests completed in the measured window, of those released in it", better="higher", kind="time",
+          derive=_achieved_rate_pct),
         # not "tokens_per_s": the README's and the tests' example of a user-registered metric
         M("gen_tokens_per_s", "tokens/s", "generated-token throughput", better="higher", kind="time",
           gateable=True, derive=_tokens_per_s),

@@ -154,6 +154,19 @@ def _slo(text: str) -> dict:
     return parse_slo(text)
 
 
+def _load(text: str):
+    from .load import parse_load
+
+    return parse_load(text)
+
+
+def _fraction(text: str) -> float:
+    value = number(0)(text)
+    if value >= 1:
+        raise ValueError("expected a fraction from 0 up to (not including) 1")
+    return value
+
+
 def _url(text: str) -> str:
     if not text.startswith(("http://", "https://")):
         raise ValueError("expected an http:// or https:// URL")
@@ -272,7 +285,17 @@ OPTIONS: tuple[Option, ...] = (
            "how prompts reach the model: inproc (the engine in the pytest process) or http "
            "(greenserve serve in a child process, FastAPI + uvicorn on loopback; the serve extra)",
            choice("inproc", "http")),
-    Option("concurrency", "N", "1", "client threads sending the prompts at once (the paper: 1)", whole(1, 256)),
+    Option("concurrency", "N", "1", "client threads sending the prompts at once (the paper: 1); the same as "
+           "--greenserve-load=closed:N", whole(1, 256)),
+    Option("load", "closed:N|poisson:RATE|constant:RATE|sweep[:R1,...]", "closed:1",
+           "how requests are released: closed:N (N clients, each sending when answered; closed:1 is the paper's "
+           "one at a time), poisson:RATE or constant:RATE (an open loop, RATE requests/s, Poisson arrivals drawn "
+           "from --greenserve-seed), sweep (Poisson rates up to saturation, one sample each, after a closed:1 "
+           "sample); anything but closed:1 needs --greenserve-transport=http", _load),
+    Option("load-warmup", "FRACTION", "0.1", "open loop: the first FRACTION of the arrival schedule's span is "
+           "not measured (requests are sent, the meters wait)", _fraction, dest="load_warmup_frac"),
+    Option("load-cooldown", "FRACTION", "0.1", "open loop: the last FRACTION of the arrival schedule's span is "
+           "not measured (nor is the drain after the last arrival)", _fraction, dest="load_cooldown_frac"),
     Option("stream", "on|off", "off",
            "HTTP requests as server-sent events, each token's arrival stamped at the client: time to "
            "first token and inter-token latency measured as the field's load generators do (needs http)",
@@ -357,7 +380,12 @@ class Settings:
     cpu_watts: tuple[float, float] | None = _default("cpu-watts")  # (W per busy core, idle W); None: off
     wattmeter: str | None = _default("wattmeter")  # URL
     transport: str = _default("transport")  # inproc | http
-    concurrency: int = _default("concurrency")  # client threads sending the prompts
+    #: closed-loop client threads (--greenserve-concurrency, or N of --greenserve-load=closed:N);
+    #: None when the load is an open loop or a sweep, which have no fixed number of clients
+    concurrency: int | None = _default("concurrency")
+    load: Any = _default("load")  # load.LoadShape; read_settings makes it agree with concurrency
+    load_warmup_frac: float = _default("load-warmup")  # open loop: unmeasured head of the arrival span
+    load_cooldown_frac: float = _default("load-cooldown")  # open loop: unmeasured tail of the arrival span
     stream: str = _default("stream")  # on | off: HTTP requests streamed (SSE), TTFT/ITL at the client
     slo: dict = field(default_factory=lambda: _default("slo"))  # {"ttft_s": 0.2, ...}; {}: no goodput
     roofline: str = _default("roofline")  # on | off: the per-token roofline of GPU samples (roofline.py)
@@ -383,6 +411,7 @@ def read_settings(raw: Callable[[str], str | None], *, engines: dict, models: di
     for opt in OPTIONS:
         given = raw(opt.name)
         values[opt.dest] = opt.parse(opt.default if given is None else given)
+    _resolve_load(values, load_given=raw("load") is not None, concurrency_given=raw("concurrency") is not None)
 
     chosen = values.pop("models")
     try:
@@ -399,9 +428,11 @@ def read_settings(raw: Callable[[str], str | None], *, engines: dict, models: di
 
     if values["ab"] is not None:
         _check_ab(values, engines)
-    if values["concurrency"] > 1 and values["transport"] != "http":
-        raise OptionError("--greenserve-concurrency above 1 needs --greenserve-transport=http "
-                          "(in-process engines serve one request at a time)")
+    if values["load"].concurrent and values["transport"] != "http":
+        flag = (f"--greenserve-load={values['load']}" if raw("load") is not None
+                else "--greenserve-concurrency above 1")
+        raise OptionError(f"{flag} needs --greenserve-transport=http (in-process engines serve one request at a "
+                          "time: overlapping requests would only queue in this process)")
     if values["stream"] == "on" and values["transport"] != "http":
         raise OptionError("--greenserve-stream=on needs --greenserve-transport=http "
                           "(in-process engines stamp their tokens themselves)")
@@ -415,6 +446,29 @@ def read_settings(raw: Callable[[str], str | None], *, engines: dict, models: di
     if not report_dir.is_absolute():
         report_dir = Path(rootpath) / report_dir
     return Settings(models=tuple(names), local_paths=paths, configs=tuple(configs), report_dir=report_dir, **values)
+
+
+def _resolve_load(values: dict, *, load_given: bool, concurrency_given: bool) -> None:
+    """One fact, two names: --greenserve-concurrency=N is --greenserve-load=closed:N. Without
+    --greenserve-load the load is closed:concurrency; with both, they must agree. Afterwards
+    ``concurrency`` is the closed loop's clients, or None for an open loop or a sweep."""
+    from .load import closed
+
+    load, concurrency = values["load"], values["concurrency"]
+    if not load_given:
+        load = values["load"] = closed(concurrency)
+    elif concurrency_given and not (load.kind == "closed" and load.clients == concurrency):
+        raise OptionError(f"--greenserve-concurrency={concurrency} is --greenserve-load=closed:{concurrency}, "
+                          f"but --greenserve-load={load} was given too: give one of them")
+    values["concurrency"] = load.clients if load.kind == "closed" else None
+    if values["load_warmup_frac"] + values["load_cooldown_frac"] >= 1:
+        raise OptionError(f"--greenserve-load-warmup={values['load_warmup_frac']:g} and --greenserve-load-cooldown="
+                          f"{values['load_cooldown_frac']:g} leave no measured window: together they must stay below 1")
+    if load.sweep:
+        for flag, given in (("ab", values["ab"] is not None), ("runs=auto", values["runs"] == "auto")):
+            if given:
+                raise OptionError(f"--greenserve-load={load} makes several samples per repetition, one per rate: "
+                                  f"not with --greenserve-{flag}")
 
 
 def _check_ab(values: dict, engines: dict) -> None:

@@ -33,8 +33,8 @@ SCHEMA_VERSION = 1
 # Units are in the names. Values that could not be measured are empty (None), never 0.
 CONTEXT_COLUMNS = [
     "run_id", "machine", "model", "category", "weights", "engine", "provider", "config", "transport", "concurrency",
-    "stream", "dtype", "repetition", "order",
-    "requests", "new_tokens", "tokens_generated", "prompt_tokens_mean", "error_prone", "quality_matched",
+    "stream", "dtype", "load", "repetition", "order",
+    "requests", "requests_sent", "requests_offered", "new_tokens", "tokens_generated", "prompt_tokens_mean", "error_prone", "quality_matched",
 ]
 # Words about the metrics, derived by the sample builder (roofline.bound_by: what limits a GPU sample).
 VERDICT_COLUMNS = ["bound_by"]

@@ -16,6 +16,7 @@ import statistics
 from typing import Mapping, Sequence
 
 from .configs import ServingConfig
+from .load import LoadShape, closed
 from .measure import Measurement
 from .metrics import DEFAULT_MIN_SAMPLE_S, Metric, derive_fields
 from .quality import excess_per_prompt, judge
@@ -130,15 +131,17 @@ def inter_token_latencies(token_times_s: Sequence[Sequence[float] | None]) -> di
 
 
 def config_label(config: ServingConfig, transport: str = "inproc", concurrency: int = 1, dtype: str = "fp32",
-                 stream: bool = False) -> str:
+                 stream: bool = False, load: LoadShape | None = None) -> str:
     """The ``config`` reports group by: ``torch-cpu``; in bf16 ``torch-cpu:bf16`` (so reports,
     statistics and the gate never mix dtypes; fp32 labels carry none, as before the option);
     over HTTP ``torch-cpu@http``; with concurrent clients ``torch-cpu:bf16@http/c4`` (their
     latencies include queueing, so they are not comparable with one client's); streamed
-    (server-sent events) ``torch-cpu@http+stream``: an event per token is more work than one answer."""
+    (server-sent events) ``torch-cpu@http+stream``: an event per token is more work than one answer.
+    ``load`` (``--greenserve-load``, default closed:``concurrency``): an open loop's suffix is its
+    shape and rate, ``torch-cpu@http/poisson2.5`` (``LoadShape.label_suffix``)."""
     name = config.name if dtype == "fp32" else f"{config.name}:{dtype}"
     label = name if transport == "inproc" else f"{name}@{transport}" + ("+stream" if stream else "")
-    return label if concurrency <= 1 else f"{label}/c{concurrency}"
+    return label + (load if load is not None else closed(max(1, concurrency))).label_suffix()
 
 
 def build_sample(*, run_id: str, machine: str, model: str, category: int | None, weights: str,
@@ -150,7 +153,7 @@ def build_sample(*, run_id: str, machine: str, model: str, category: int | None,
                  min_sample_s: float | None = None, transport: str = "inproc", concurrency: int = 1,
                  dtype: str = "fp32", roofline: Mapping | None = None, load_s: float | None = None,
                  load_info: Mapping | None = None, stream: bool = False, slo: Mapping | None = None,
-                 nll: Sequence[float | None] | None = None,
+                 nll: Sequence[float | None] | None = None, load: LoadShape | None = None,
                  native_outputs: Sequence[Sequence[int]] | None = None,
                  native_nll: Sequence[float | None] | None = None) -> dict:
     """One sample. ``reference``: the fp32 torch ids per prompt, with ``.margins`` and
@@ -173,8 +176,15 @@ def build_sample(*, run_id: str, machine: str, model: str, category: int | None,
     build (``Engine.load_info()``: ``compile_mode``, ``compile_s``, ``capture_s``...), kept whole
     in samples.jsonl; both happened before any sample, never inside one. ``stream``: the HTTP
     requests were server-sent events (TTFT and ITL stamped at the client). ``slo``: the latency
-    objectives goodput is judged by (``slo.parse_slo``), kept in the sample."""
+    objectives goodput is judged by (``slo.parse_slo``), kept in the sample. ``load``: the shape
+    that sent the requests (None: closed:``concurrency``); in an open loop only the requests the
+    measurement marks ``measured`` (completed inside the meters' window) count for ``requests``,
+    ``tokens_generated`` and every latency figure, so energy per token is the window's energy
+    over the window's tokens; every output still counts for quality."""
     m = measurement
+    load = load if load is not None else closed(max(1, concurrency))
+    counted = (lambda xs: list(xs)) if m.measured is None else (lambda xs: [x for x, k in zip(xs, m.measured) if k])
+    counted_outputs = counted(m.outputs)
     rate = match_rate(m.outputs, reference)
     rate_ties = match_rate_tie_aware(m.outputs, reference, tie_tolerance)
     decisive = rate_ties if rate_ties is not None else rate
@@ -194,17 +204,23 @@ def build_sample(*, run_id: str, machine: str, model: str, category: int | None,
         "weights": weights,
         "engine": config.engine,
         "provider": config.provider,
-        "config": config_label(config, transport, concurrency, dtype, stream),
+        "config": config_label(config, transport, concurrency, dtype, stream, load),
         "transport": transport,
         "stream": stream,
         "slo": dict(slo) if slo else None,  # JSON only
-        "concurrency": concurrency,
+        "concurrency": load.clients if load.kind == "closed" else None,  # an open loop has no fixed clients
         "dtype": dtype,
+        "load": str(load),
+        "offered_rate_rps": m.offered_rate_rps,
+        "load_window": dict(m.window) if m.window is not None else None,  # JSON only
         "repetition": repetition,
         "order": order,
-        "requests": len(m.outputs),
+        "requests": len(counted_outputs),
+        "requests_sent": len(m.outputs),
+        # an open loop: the requests its schedule released inside the measured window
+        "requests_offered": (m.window or {}).get("arrivals"),
         "new_tokens": new_tokens,
-        "tokens_generated": sum(len(o) for o in m.outputs),
+        "tokens_generated": sum(len(o) for o in counted_outputs),
         "prompt_tokens_mean": statistics.fmean(len(p) for p in prompt_ids) if prompt_ids else None,
         "time_s": m.time_s,
         "match_rate": rate,
@@ -212,9 +228,9 @@ def build_sample(*, run_id: str, machine: str, model: str, category: int | None,
         "error_prone": error_prone,
         **quality,
         **{k: v for k, v in m.meter_fields.items() if k != "meter_notes"},
-        "latencies_s": list(m.latencies_s),
-        "ttfts_s": list(m.ttfts_s),
-        **inter_token_latencies(m.token_times_s),
+        "latencies_s": counted(m.latencies_s),
+        "ttfts_s": counted(m.ttfts_s),
+        **inter_token_latencies(counted(m.token_times_s)),
         "token_ids_digest": hashlib.sha256(json.dumps(m.outputs).encode()).hexdigest()[:16],
         "versions": dict(versions),
         "threads": dict(threads) if threads is not None else None,

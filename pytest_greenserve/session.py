@@ -28,6 +28,7 @@ from .references import ReferenceStore
 from .results import ResultsStore, machine_info, machine_label, new_run_id, read_samples
 from . import roofline
 from .launch_profile import profile_in_child
+from .load import CLOSED_1, MAX_IN_FLIGHT, LoadShape, poisson, run_sweep, sweep_rates
 from .runner import Runner
 from .samples import build_sample, config_label
 
@@ -70,7 +71,9 @@ def run_options(s: Settings) -> dict:
     return {"models": list(s.models), "configs": [c.name for c in s.configs], "runs": s.runs,
             "prompts": s.prompts, "new_tokens": s.new_tokens, "seed": s.seed, "weights": s.weights,
             "warmup": s.warmup, "idle_s": s.idle_s, "settle_s": s.settle_s, "cooldown_s": s.cooldown_s,
-            "transport": s.transport, "concurrency": s.concurrency, "dtype": s.dtype, "stream": s.stream,
+            "transport": s.transport, "concurrency": s.concurrency, "load": str(s.load),
+            "load_warmup_frac": s.load_warmup_frac, "load_cooldown_frac": s.load_cooldown_frac,
+            "dtype": s.dtype, "stream": s.stream,
             "slo": s.slo, "threads": s.threads, "openvino_precision": s.openvino_precision,
             "ort_spinning": s.ort_spinning, "compile_mode": s.compile_mode}
 
@@ -123,6 +126,8 @@ class GreenserveSession:
         self._card: dict | None = None
         self._geometry: dict[str, roofline.ModelGeometry | str] = {}
         self._launches: dict[tuple[str, ServingConfig], roofline.LaunchCount | str] = {}
+        # --greenserve-load=sweep: per (model, configuration), the rates its first repetition ran
+        self._sweeps: dict[tuple[str, ServingConfig], tuple[float, ...]] = {}
 
     # -- what can run -------------------------------------------------------------------
     def unavailable_reason(self, config: ServingConfig) -> str | None:
@@ -152,11 +157,13 @@ class GreenserveSession:
         check = getattr(cls, "model_unavailable_reason", None)  # engines written against 0.1 lack it
         return check(self.handle(model).architecture) if check is not None else None
 
-    def label(self, config: ServingConfig) -> str:
+    def label(self, config: ServingConfig, load: LoadShape | None = None) -> str:
         """The ``config`` this session's samples of ``config`` carry (``torch-cpu:bf16``,
-        ``torch-cpu@http``): what reports, statistics and the gate key items by."""
+        ``torch-cpu@http``): what reports, statistics and the gate key items by. A sweep's
+        item is its closed:1 sample's label; each of its rates has its own (``load``)."""
         s = self.settings
-        return config_label(config, s.transport, s.concurrency, s.dtype, s.stream == "on")
+        load = load or (CLOSED_1 if s.load.sweep else s.load)
+        return config_label(config, s.transport, 1, s.dtype, s.stream == "on", load)
 
     def handle(self, model: str) -> ModelHandle:
         """Resolve (building a replica if needed) the model's weights; raises WeightsUnavailable."""
@@ -248,7 +255,7 @@ class GreenserveSession:
             return HttpTarget(handle, case.config.provider, cls, self._engine_options(case.config.variant),
                               config_name=case.config.name,
                               new_tokens_max=max(self.settings.new_tokens, 512),
-                              concurrency=self.settings.concurrency, stream=self.settings.stream == "on",
+                              concurrency=self.settings.concurrency or MAX_IN_FLIGHT, stream=self.settings.stream == "on",
                               python=python)
         return cls(handle, case.config.provider, self._engine_options(case.config.variant))
 
@@ -345,16 +352,57 @@ class GreenserveSession:
         handle = self.handle(case.model)
         texts, prompt_ids = self.prompts_for(case.model)
         label = f"{case.model} on {config}" + (" (A, other environment)" if python else "")
-        loaded = self.runner.ensure(
-            (case.model, config, role if python else None), label,
-            lambda: self._make_target(side, handle, python=python),
-            prompt_ids)
+        # scoring a sample's outputs may close the target (one model in memory): a sweep's next
+        # rate loads it again through the same call
+        def ensure():
+            return self.runner.ensure((case.model, config, role if python else None), label,
+                                      lambda: self._make_target(side, handle, python=python), prompt_ids)
+
+        loaded = ensure()
         case = side
         roof = self._roofline(case, handle, loaded.target, prompt_ids, label)  # outside the window
+        if not self.settings.load.sweep:
+            return self._measure_load(case, self.settings.load, ensure, handle, label, meters, store, reference,
+                                      native, native_nll, prompt_ids, roof, role, position, candidate, python)
+        return self._sweep(case, ensure, handle, label, meters, store, reference, native, native_nll, prompt_ids,
+                           roof)
+
+    def _sweep(self, case: Case, ensure, handle, label: str, meters, store, reference, native, native_nll,
+               prompt_ids, roof) -> dict:
+        """``--greenserve-load=sweep``: a closed:1 sample, then one Poisson sample per rate.
+
+        The first repetition of a (model, configuration) to run decides the rates (its own, or
+        ``load.SWEEP_FACTORS`` times this closed:1 sample's requests/s) and where the sweep stops:
+        at the first rate whose latency ran away (``load.runaway``: against this closed:1
+        sample's median latency), that rate included. Every later repetition offers the same
+        rates, all of them, so each rate's item has one sample per repetition and the same
+        label. Returns the closed:1 sample."""
+        args = (ensure, handle, label, meters, store, reference, native, native_nll, prompt_ids, roof)
+        base = self._measure_load(case, CLOSED_1, *args)
+        key = (case.model, case.config)
+        known = self._sweeps.get(key)
+        rates = known if known is not None else sweep_rates(self.settings.load, base.get("requests_per_s"))
+        if not rates:
+            self.progress(f"greenserve: {label}: no sweep (closed:1 gave no request rate)")
+        ran, why = run_sweep(rates, lambda rate: self._measure_load(case, poisson(rate), *args),
+                             base.get("latency_p50_s"), stop=known is None)
+        if why is not None:
+            self.progress(f"greenserve: {label}: sweep stops, latency ran away: {why}")
+        if known is None:
+            self._sweeps[key] = tuple(ran)
+        return base
+
+    def _measure_load(self, case: Case, load: LoadShape, ensure, handle, label: str, meters, store, reference,
+                      native, native_nll, prompt_ids, roof, role: str | None = None, position: int = 0,
+                      candidate: ServingConfig | None = None, python: str | None = None) -> dict:
+        """One sample of ``case`` under ``load``: its idle window, the measured requests, the sample saved."""
+        loaded = ensure()
         idle = self.runner.idle_baseline(label, meters)
+        s = self.settings
         try:
-            measurement = measure_prompts(loaded.target, prompt_ids, self.settings.new_tokens, meters, idle,
-                                          concurrency=self.settings.concurrency)
+            measurement = measure_prompts(loaded.target, prompt_ids, s.new_tokens, meters, idle, load=load,
+                                          seed=s.seed, repetition=case.repetition, warmup=s.load_warmup_frac,
+                                          cooldown=s.load_cooldown_frac)
         except EngineError as exc:
             self.runner.discard()
             raise EngineError(f"{label}: {exc}") from exc
@@ -365,13 +413,13 @@ class GreenserveSession:
         sample = build_sample(
             run_id=self.run_id, machine=machine_label(self._machine or machine_info()), model=case.model,
             category=self.models[case.model].category, weights=handle.weights, config=case.config,
-            repetition=case.repetition, order=len(self.samples) + 1, new_tokens=self.settings.new_tokens,
+            repetition=case.repetition, order=len(self.samples) + 1, new_tokens=s.new_tokens,
             prompt_ids=prompt_ids, measurement=measurement, reference=reference,
             versions=versions, metrics=self.metrics, threads=threads, placement=placement,
-            min_sample_s=self.settings.min_sample_s, tie_tolerance=self.settings.tie_tolerance,
-            transport=self.settings.transport, concurrency=self.settings.concurrency, dtype=self.settings.dtype,
-            roofline=roof, load_s=loaded.load_s, load_info=load_info, stream=self.settings.stream == "on",
-            slo=self.settings.slo, nll=nll, native_outputs=native, native_nll=native_nll)
+            min_sample_s=s.min_sample_s, tie_tolerance=s.tie_tolerance,
+            transport=s.transport, concurrency=load.clients, dtype=s.dtype, load=load,
+            roofline=roof, load_s=loaded.load_s, load_info=load_info, stream=s.stream == "on",
+            slo=s.slo, nll=nll, native_outputs=native, native_nll=native_nll)
         if role is not None:  # an interleaved A/B pair: which side, which pair, which came first
             sample.update(ab_role=role, ab_pair=case.repetition, ab_position=position,
                           ab_candidate=self.label(candidate or case.config), ab_environment=python)

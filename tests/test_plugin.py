@@ -116,6 +116,8 @@ NEW_SAMPLE_FIELDS = {
     "quality_matched", "ref_nll_nats_per_token", "nll_excess_nats_per_token",  # issue 19: output quality
     "native_nll_excess_nats_per_token", "nll_vs_native_nats_per_token", "nll_vs_native_low_nats_per_token",
     "ref_nll_per_prompt_nats",
+    "load", "load_window", "requests_sent", "requests_offered", "offered_rate_rps",  # issue 17: load shapes
+    "achieved_rate_pct",
 }
 RUN_TIMEOUT = 240  # seconds for one measured subprocess run; a hang fails instead of blocking CI
 

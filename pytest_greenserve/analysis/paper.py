@@ -121,7 +121,9 @@ def _prepare(rows) -> pd.DataFrame:
     df = df.copy()
     dtype = df["dtype"].fillna("fp32") if "dtype" in df.columns else pd.Series("fp32", index=df.index)
     conc = pd.to_numeric(df["concurrency"], errors="coerce").fillna(1) if "concurrency" in df.columns else 1
-    df = df.loc[(dtype == "fp32") & (conc <= 1)].copy()
+    # the paper sent one request at a time: closed:1 (samples written before --greenserve-load have no load)
+    load = df["load"].fillna("closed:1") if "load" in df.columns else pd.Series("closed:1", index=df.index)
+    df = df.loc[(dtype == "fp32") & (conc <= 1) & (load == "closed:1")].copy()
     if df.empty:
         return df
     df["base"] = df["engine"].astype(str) + "-" + df["provider"].astype(str)

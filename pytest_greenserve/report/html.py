@@ -210,8 +210,14 @@ def _model_section(analysis: Analysis, df: pd.DataFrame, machine: str, model: st
     if excluded:
         out.append(f'<p class="note">Excluded as error-prone (output quality worse than torch\'s in the same dtype, '
                    f'against the fp32 reference): {esc(", ".join(excluded))}</p>')
+    luri, lalt = plots.load_curve_plot(g, analysis.energy_metric, f"{model} — energy and latency against load")
+    if luri:
+        out.append(f'<figure><img alt="{esc(lalt)}" src="{luri}"><figcaption class="muted">Open-loop samples '
+                   "(--greenserve-load): per offered rate, the median over repetitions and the range; each rate's "
+                   "energy and latency are those of its measured window (warm-up and cool-down left out); grey: error-prone."
+                   "</figcaption></figure>")
     if good.empty:
-        out.append("<p>Every configuration of this model was error-prone: no plots and no comparison.</p>")
+        out.append("<p>Every configuration of this model was error-prone: no other plots and no comparison.</p>")
         return "\n".join(out)
     uri, skipped = plots.box_plots(good, f"{model} — box plots per configuration", metrics)
     if uri:

@@ -4,7 +4,9 @@
   energy per token against time per token, with the spread of the repetitions;
 * :func:`box_plots`: per model, one box per configuration for each ``plotted`` metric of the
   registry (the built-ins: energy, time and utilisation, the paper's Figures 6–8);
-* :func:`pareto_plot`: per model, median energy against median time with the Pareto front.
+* :func:`pareto_plot`: per model, median energy against median time with the Pareto front;
+* :func:`load_curve_plot`: per model, energy per token and median latency against the offered
+  request rate, where a configuration was measured at several open-loop rates (``--greenserve-load``).
 
 Axis labels and titles say *estimated* whenever an energy value comes from an estimate.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from typing import Iterable
 
 import pandas as pd
@@ -249,4 +252,68 @@ def overview_plot(samples: pd.DataFrame, energy_metric: str, flagged: set | None
                         wspace=0.3, hspace=0.55)
     alt = (f"overview: {words}{' (estimated)' if any_estimated else ''} against ms per token for "
            f"{len(panels)} model panel(s) and {len(configs)} configuration(s)")
+    return _to_uri(fig), alt
+
+
+# ---------------------------------------------------------------- energy against load (--greenserve-load)
+
+_RATE_SUFFIX = re.compile(r"/(poisson|constant)[0-9.eE+-]+$")
+
+
+def load_series(samples: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per configuration without its rate (``torch-cpu@http`` for ``torch-cpu@http/poisson2.5``),
+    its open-loop samples, where they offered at least two rates (a sweep, or several sessions'
+    rates in one report). Error-prone ones are kept: the plot draws them grey, named so."""
+    if samples.empty or "offered_rate_rps" not in samples:
+        return {}
+    rate = pd.to_numeric(samples["offered_rate_rps"], errors="coerce")
+    df = samples.assign(_rate=rate)[rate.notna()]
+    df = df.assign(_base=[_RATE_SUFFIX.sub("", str(c)) for c in df["config"]])
+    return {base: g for base, g in df.groupby("_base", sort=True) if g["_rate"].nunique() >= 2}
+
+
+def load_curve_plot(samples: pd.DataFrame, energy_metric: str, title: str) -> tuple[str | None, str]:
+    """Energy per token and median end-to-end latency against the offered request rate, one
+    line per configuration (medians over repetitions, bars from the least to the most), for
+    the configurations :func:`load_series` finds; an error-prone one grey with × markers. Energy from an estimate is labelled so;
+    a configuration without energy is named under the left panel. Returns (URI or None, alt)."""
+    series = load_series(samples)
+    if not series:
+        return None, ""
+    plt = _pyplot()
+    fig, (ax_e, ax_l) = plt.subplots(1, 2, figsize=(9.0, 3.6))
+    no_energy, estimated, words = [], False, "J/token"
+    for i, (base, g) in enumerate(series.items()):
+        per_token, words = overview_energy(g, energy_metric)
+        g = g.assign(_e=per_token, _lat=pd.to_numeric(g.get("latency_p50_s"), errors="coerce"))
+        est = any(is_estimated(row_energy_source(r)) for r in g.to_dict("records"))
+        bad = bool(g["error_prone"].fillna(False).astype(bool).any()) if "error_prone" in g else False
+        for ax, col, missing in ((ax_e, "_e", no_energy), (ax_l, "_lat", None)):
+            by = g.dropna(subset=[col]).groupby("_rate")[col]
+            if by.ngroups == 0:
+                if missing is not None:
+                    missing.append(base)
+                continue
+            med, lo, hi = by.median(), by.min(), by.max()
+            dashed = est and col == "_e"
+            estimated |= dashed
+            ax.errorbar(med.index, med.values, yerr=[med - lo, hi - med], marker="x" if bad else "o", capsize=2,
+                        color="0.55" if bad else f"C{i % 10}", linestyle="--" if dashed else "-",
+                        label=base + (" (estimated)" if dashed else "") + (" (error-prone)" if bad else ""))
+    ax_e.set_ylabel(words + (", estimated" if estimated else ""), fontsize=8)
+    ax_e.set_title("energy per token against load", fontsize=9)
+    if no_energy:
+        ax_e.text(0.02, 0.02, "no energy measured: " + ", ".join(no_energy), transform=ax_e.transAxes, fontsize=7,
+                  color="0.3")
+    ax_l.set_ylabel("median end-to-end latency (s)", fontsize=8)
+    ax_l.set_title("latency against load", fontsize=9)
+    for ax in (ax_e, ax_l):
+        ax.set_xlabel("offered rate (requests/s)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, loc="best")
+    fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.86, bottom=0.15, wspace=0.28)
+    alt = (f"{title}: {words}{' (estimated)' if estimated else ''} and median latency against offered rate for "
+           f"{', '.join(series)}")
     return _to_uri(fig), alt
