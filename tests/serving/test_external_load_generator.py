@@ -119,7 +119,7 @@ def lost_records(benchmark: dict, answered: float) -> int:
     scheduler still counted them pending or in progress when it shut down: the coordinator of
     guidellm 0.8.1 can handle a request's "completed" update before its "in_progress" one, drops
     the completion as a duplicate, and the run ends with the request stuck in flight (seen on the
-    2-core VM in 3 of 14 runs, the last request each time it was looked at). 0 when its counts add up."""
+    2-core VM in 4 of 17 runs, the last request each time it was looked at). 0 when its counts add up."""
     state = benchmark["scheduler_state"]
     stuck = state.get("processing_requests", 0) + state.get("pending_requests", 0)
     totals = benchmark["metrics"]["request_totals"]
