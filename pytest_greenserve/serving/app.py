@@ -252,7 +252,7 @@ def create_app(engine, *, model: str, config: str, handle=None, tokenizer=None,
             return JSONResponse({"error": {"message": failure_line("the engine failed", exc),
                                            "type": "server_error"}}, status_code=500)
         new = [int(i) for i in gen.token_ids]
-        st.counters.answered(len(ids), len(new))
+        st.counters.answered(len(ids), len(new), generation_s)
         text = st.tokenizer.decode(new) if st.tokenizer is not None else None
         # a JSONResponse as is: FastAPI validates and re-serialises a returned dict through the
         # response model, which costs more than the rest of the request (the schema still shows it)
@@ -326,7 +326,7 @@ def _stream(st, ids, max_tokens):
                 for token in new[len(sent):]:  # an engine that does not stream: every token now
                     yield chunk([token])
                 usage = {"prompt_tokens": len(ids), "completion_tokens": len(new), "total_tokens": len(ids) + len(new)}
-                st.counters.answered(len(ids), len(new))
+                st.counters.answered(len(ids), len(new), generation_s)
                 yield chunk([], "length", usage=usage, generation_s=generation_s, ttft_s=gen.ttft_s)
                 yield _sse("[DONE]")
                 return

@@ -6,6 +6,9 @@ What it reports, every value cumulative since the server started:
 
 - ``greenserve_requests_total`` (answered completions), ``greenserve_request_errors_total``,
   ``greenserve_prompt_tokens_total``, ``greenserve_completion_tokens_total``;
+- ``greenserve_generation_seconds_total``: the engine's own time for those completions (the sum
+  of each answer's ``generation_s``), so a scraper divides it by the requests' delta for the
+  server's mean time per request and compares its own client-side latency with it;
 - ``greenserve_process_cpu_seconds_total``: CPU time of the server's process tree (user +
   system, its children included; psutil);
 - ``greenserve_cpu_energy_estimated_joules_total``: that CPU time times the power model's watts
@@ -39,14 +42,16 @@ class ServerCounters:
     errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    generation_s: float = 0.0
     started_s: float = field(default_factory=time.time)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def answered(self, prompt_tokens: int, completion_tokens: int) -> None:
+    def answered(self, prompt_tokens: int, completion_tokens: int, generation_s: float = 0.0) -> None:
         with self._lock:
             self.requests += 1
             self.prompt_tokens += prompt_tokens
             self.completion_tokens += completion_tokens
+            self.generation_s += generation_s
 
     def failed(self) -> None:
         with self._lock:
@@ -124,6 +129,8 @@ def render(counters: ServerCounters, *, model: str, config: str, gpu: GpuEnergy 
            counters.prompt_tokens)
     metric("greenserve_completion_tokens_total", "counter", "Tokens generated for answered completions.",
            counters.completion_tokens)
+    metric("greenserve_generation_seconds_total", "counter",
+           "Seconds the engine spent generating answered completions (server-side).", round(counters.generation_s, 6))
     metric("greenserve_uptime_seconds", "gauge", "Seconds since the server started.",
            round(time.time() - counters.started_s, 3))
     cpu_s = process_tree_cpu_s() if cpu_s is None else cpu_s

@@ -199,13 +199,19 @@ def test_metrics_endpoint_counts_requests_tokens_and_estimated_cpu_energy(null_s
         return out
 
     before = scrape()
+    generation_s = 0.0
     for _ in range(3):
-        assert post(null_server, json={"prompt": [5, 6, 7], "max_tokens": 4}).status_code == 200
+        r = post(null_server, json={"prompt": [5, 6, 7], "max_tokens": 4})
+        assert r.status_code == 200
+        generation_s += r.json()["generation_s"]
     assert post(null_server, json={"prompt": [5], "max_tokens": 0}).status_code == 400  # refused: not counted
     after = scrape()
     assert after["greenserve_requests_total"] - before["greenserve_requests_total"] == 3
     assert after["greenserve_completion_tokens_total"] - before["greenserve_completion_tokens_total"] == 12
     assert after["greenserve_prompt_tokens_total"] - before["greenserve_prompt_tokens_total"] == 9
+    # the engine's time: the sum of the answers' generation_s (rounded to the microsecond)
+    served_s = after["greenserve_generation_seconds_total"] - before["greenserve_generation_seconds_total"]
+    assert served_s == pytest.approx(generation_s, abs=3e-6)
     cpu = after["greenserve_process_cpu_seconds_total"]
     assert cpu >= before["greenserve_process_cpu_seconds_total"] > 0
     assert after["greenserve_cpu_energy_estimated_joules_total"] == pytest.approx(cpu * 10, rel=1e-3)

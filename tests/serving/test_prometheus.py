@@ -19,8 +19,8 @@ def samples(text: str) -> dict:
 
 def test_render_counts_and_labels_estimates_and_devices():
     c = ServerCounters()
-    c.answered(12, 32)
-    c.answered(10, 32)
+    c.answered(12, 32, 0.25)
+    c.answered(10, 32, 0.5)
     c.failed()
     text = render(c, model='m"1', config="torch-cuda", gpu=FakeGpu({"0": 12.5, "1": 3.0}), cpu_s=2.0)
     got = samples(text)
@@ -29,6 +29,7 @@ def test_render_counts_and_labels_estimates_and_devices():
     assert got[f"greenserve_request_errors_total{{{labels}}}"] == 1
     assert got[f"greenserve_completion_tokens_total{{{labels}}}"] == 64
     assert got[f"greenserve_prompt_tokens_total{{{labels}}}"] == 22
+    assert got[f"greenserve_generation_seconds_total{{{labels}}}"] == 0.75
     assert got[f'greenserve_cpu_energy_estimated_joules_total{{{labels},source="estimated-cpu-time"}}'] == 20.0
     assert got[f'greenserve_gpu_energy_joules_total{{{labels},device="0",source="nvml-counter"}}'] == 12.5
     assert got[f'greenserve_gpu_energy_joules_total{{{labels},device="1",source="nvml-counter"}}'] == 3.0
