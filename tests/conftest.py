@@ -3,6 +3,12 @@ from pathlib import Path
 
 import pytest
 
+# The plugin's session end imports its reports (numpy, scipy, pandas). Imported here first, so
+# that pytester, which drops every module first imported during its test from sys.modules,
+# never drops numpy's C extensions: they cannot be loaded twice in one process, and the
+# session end of a file run alone would fail with "cannot load module more than once".
+import pytest_greenserve.report  # noqa: E402,F401
+
 pytest_plugins = ["pytester"]
 
 FAMILIES = ["gpt2", "gpt_bigcode", "gpt_neox", "bloom", "llama", "gemma", "phi", "stablelm"]
