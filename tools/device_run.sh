@@ -9,6 +9,7 @@
 #   bash tools/device_run.sh issue8-cv codeparrot-small   # torch-cuda and jit-cuda, 64 prompts x 5
 #   bash tools/device_run.sh issue11-http # torch-cuda in-process vs over HTTP; the null engine's HTTP overhead
 #   bash tools/device_run.sh issue17-http # keep-alive overhead table (cpu, torch-cuda, compile-cuda); compile's graphs under 1,000 lengths
+#   bash tools/device_run.sh issue17-sweep codeparrot-small  # torch-cuda, compile-cuda over HTTP: closed:1 and a Poisson sweep
 #   bash tools/device_run.sh issue10-probe cuda codeparrot-small graph inductor+graph  # compile modes vs torch
 #   bash tools/device_run.sh issue8-threads  # onnx-cpu vs torch-cpu thread settings, fresh process each
 #   bash tools/device_run.sh issue8-ortprof  # ONNX Runtime's operator profile; profiler after-effects
@@ -169,6 +170,15 @@ PYEOF
     tail -5 /tmp/ab-$config/session.log
     cp /tmp/ab-$config/samples.json "$OUT/ab-$config-samples.json" 2>/dev/null
     cp /tmp/ab-$config/calibration_ab.json "$OUT/ab-$config.json" 2>/dev/null; ls -la "$OUT" ;;
+  issue17-sweep)  # torch-cuda and compile-cuda over HTTP, closed:1 and a Poisson sweep, J/token per rate (carry .whl-serve)
+    [ -d $SITE/transformers ] || install .whl
+    [ -d $SITE/fastapi ] || install .whl-serve
+    model=${2:-codeparrot-small}
+    session "issue17-sweep-$model" 560 --greenserve-models="$model" --greenserve-configs="${3:-torch-cuda,compile-cuda}" \
+      --greenserve-transport=http --greenserve-load=sweep --greenserve-prompts="${4:-100}" --greenserve-runs="${5:-3}" \
+      --greenserve-idle=2 --greenserve-settle=1
+    $PY tools/load_curve.py "$REPORTS/issue17-sweep-$model/latest/samples.jsonl" | tee "$OUT/issue17-sweep-$model.md"
+    pack "issue17-sweep-$model" ;;
   issue10-probe)  # compile modes on one replica against torch, outside the meters (ARGS: provider model modes...)
     [ -d $SITE/transformers ] || install .whl
     $PY -c "import importlib.util as u, shutil; print('triton', u.find_spec('triton') is not None, 'cc', shutil.which('gcc'), shutil.which('g++'))"
