@@ -177,7 +177,7 @@ PYEOF
     session "issue17-sweep-$model" 560 --greenserve-models="$model" --greenserve-configs="${3:-torch-cuda,compile-cuda}" \
       --greenserve-transport=http --greenserve-load=sweep --greenserve-prompts="${4:-100}" --greenserve-runs="${5:-3}" \
       --greenserve-idle=2 --greenserve-settle=1
-    $PY tools/load_curve.py "$REPORTS/issue17-sweep-$model/latest/samples.jsonl" | tee "$OUT/issue17-sweep-$model.md"
+    $PY tools/load_curve.py "$REPORTS/issue17-sweep-$model/latest/samples.jsonl" | tee "$OUT/issue17-sweep-$model.txt"
     pack "issue17-sweep-$model" ;;
   issue10-probe)  # compile modes on one replica against torch, outside the meters (ARGS: provider model modes...)
     [ -d $SITE/transformers ] || install .whl
