@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -128,20 +127,24 @@ def group_name(model: str, config_name: str) -> str:
     return f"greenserve:{model}:{config_name}"
 
 
-def item_group(nodeid: str, groups: dict[str, str]) -> str | None:
-    """The group of a collected greenserve item, read from its parameter id, or None.
+def case_id_in(nodeid: str, ids) -> str | None:
+    """The greenserve case id (one of ``ids``) inside a collected node id
+    (``...[mini-gpt2-torch-cpu-r1]``, beside any parameter of the user's own, with or without
+    xdist's ``@group`` suffix), or None; the longest wins (``llamacpp-cpu:q8_0`` before
+    ``llamacpp-cpu``)."""
+    inside = nodeid[nodeid.find("[") + 1: nodeid.rfind("]")] if "[" in nodeid else ""
+    found = [i for i in ids if i == inside or inside.startswith(i + "-") or inside.endswith("-" + i)
+             or f"-{i}-" in inside]
+    return max(found, key=len) if found else None
 
-    ``groups`` maps each (model, configuration)'s case-id stem (``mini-gpt2-torch-cpu``) to its
-    :func:`group_name`; an item's id holds ``<stem>-r<repetition>`` between its brackets, beside
-    any parameter of the user's own. xdist's ``loadgroup`` suffix (``...]@group``) is not used:
-    pytest 9.2's structured node ids drop it silently (pytest-dev/pytest-xdist#1386)."""
-    if "[" not in nodeid:
-        return None
-    inside = nodeid[nodeid.find("[") + 1: nodeid.rfind("]")]
-    for stem in sorted(groups, key=len, reverse=True):  # llamacpp-cpu:q8_0 before llamacpp-cpu
-        if re.search(rf"(?:^|-){re.escape(stem)}-r\d+(?:-|$)", inside):
-            return groups[stem]
-    return None
+
+def item_group(nodeid: str, groups: dict[str, str]) -> str | None:
+    """The group of a collected greenserve item, or None: ``groups`` maps each case id
+    (``mini-gpt2-torch-cpu-r1``) to its :func:`group_name`. Read from the item's parameter id,
+    not from xdist's ``loadgroup`` suffix (``...]@group``), which pytest 9.2's structured node
+    ids drop silently (pytest-dev/pytest-xdist#1386)."""
+    case = case_id_in(nodeid, groups)
+    return groups[case] if case is not None else None
 
 
 def dist_given(args: Sequence[str]) -> bool:

@@ -661,8 +661,10 @@ class _XdistController:
         self.checked = True
         from . import baselines
 
+        from .distributed import case_id_in
+
         by_id = {c.id: (c.model, c.config.name) for c in plan(self.gs.settings)}
-        keys = {by_id[i] for i in (_case_id(n, by_id) for n in ids) if i is not None}
+        keys = {by_id[i] for i in (case_id_in(n, by_id) for n in ids) if i is not None}
         if keys:
             try:
                 baselines.check_matching(state.baseline, keys)
@@ -684,14 +686,6 @@ class _XdistController:
                 kept = 0
         report.longrepr = (f"{report.longrepr}\ngreenserve: worker {worker} died mid-item (killed, or out of memory); "
                            f"the {kept} sample(s) it finished are kept in {path}")
-
-
-def _case_id(nodeid: str, by_id: dict):
-    """The greenserve case id inside a collected node id (``...[mini-gpt2-torch-cpu-r1]@group``), or None."""
-    inside = nodeid[nodeid.find("[") + 1: nodeid.rfind("]")] if "[" in nodeid else ""
-    found = [i for i in by_id if i == inside or inside.startswith(i + "-") or inside.endswith("-" + i)
-             or f"-{i}-" in inside]
-    return max(found, key=len) if found else None
 
 
 #: the --dist modes under which every (model, configuration) stays on one worker
@@ -751,8 +745,7 @@ def _grouped_scheduling(config, log):
 
     from .distributed import group_name, item_group
 
-    settings = config.stash[SESSION_KEY].settings
-    groups = {f"{m}-{c.name}": group_name(m, c.name) for m in settings.models for c in settings.configs}
+    groups = {c.id: group_name(c.model, c.config.name) for c in plan(config.stash[SESSION_KEY].settings)}
 
     class GreenserveScheduling(LoadGroupScheduling):
         """loadgroup whose greenserve items are grouped by (model, configuration) read from their

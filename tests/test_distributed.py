@@ -152,8 +152,8 @@ def test_controller_merges_worker_outputs():
 
 
 def test_an_items_group_is_read_from_its_case_id_whatever_pytest_does_to_node_ids():
-    groups = {f"{m}-{c}": dist.group_name(m, c) for m in ("mini-gpt2", "mini-llama")
-              for c in ("torch-cpu", "llamacpp-cpu", "llamacpp-cpu:q8_0")}
+    groups = {f"{m}-{c}-r{k}": dist.group_name(m, c) for m in ("mini-gpt2", "mini-llama")
+              for c in ("torch-cpu", "llamacpp-cpu", "llamacpp-cpu:q8_0") for k in range(1, 13)}
     group = dist.item_group
     assert group("t.py::test_autocomplete[mini-gpt2-torch-cpu-r3]", groups) == "greenserve:mini-gpt2:torch-cpu"
     # the loadgroup suffix of older pytest, and a user's own parameter beside the case
