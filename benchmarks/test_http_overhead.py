@@ -53,7 +53,7 @@ def prompts_of(n):
     return [[rng.randrange(1, 2048) for _ in range(rng.randint(10, 15))] for _ in range(n)]
 
 
-def real_case(cache_dir):
+def real_case(cache_dir, weights):
     model, _, config = os.environ.get("GREENSERVE_OVERHEAD_REAL", "mini-gpt2:torch-cpu").partition(":")
     engines = {cls.name: cls for cls in BUILTIN}
     cfg = parse_config(config or "torch-cpu", engines)
@@ -61,7 +61,7 @@ def real_case(cache_dir):
     why = cls.unavailable_reason(cfg.provider)
     if why:
         pytest.skip(f"{cfg}: {why}")
-    handle = resolve(spec_for(model), "auto", None, cache_dir, 0)
+    handle = resolve(spec_for(model), weights, None, cache_dir, 0)
     return f"{model} {cfg}", cls, handle, cfg.provider
 
 
@@ -153,6 +153,7 @@ def test_http_overhead_null_engine(tmp_path):
 
 def test_http_overhead_real_model(request):
     cache = request.config.getoption("--greenserve-cache-dir", default=None) or default_cache_dir()
-    label, cls, handle, provider = real_case(__import__("pathlib").Path(cache))
+    weights = request.config.getoption("--greenserve-weights", default=None) or "auto"
+    label, cls, handle, provider = real_case(__import__("pathlib").Path(cache), weights)
     lat, transport = measure(label, cls, handle, provider, PROMPTS["real"])
     report(label, lat, transport)

@@ -131,7 +131,8 @@ case "$1" in
     [ -d $SITE/opentelemetry ] || install .whl-serve
     for real in mini-gpt2:torch-cpu codeparrot-small:torch-cuda codeparrot-small:compile-cuda; do
       GREENSERVE_OVERHEAD_REAL=$real timeout -s INT 280 $PY -m pytest benchmarks/test_http_overhead.py \
-        -p pytest_greenserve.plugin -q -s -p no:cacheprovider 2>&1 | grep -E "^\||requests per path|passed|failed|rror" \
+        -p pytest_greenserve.plugin -q -s -p no:cacheprovider --greenserve-weights=replica --greenserve-cache-dir=$CACHE \
+        2>&1 | grep -E "^\||requests per path|passed|failed|rror" \
         | tee -a "$OUT/issue17-http.txt"
     done
     timeout -s INT 200 $PY - <<'PYEOF' 2>&1 | tee -a "$OUT/issue17-compile-graphs.txt"
@@ -173,12 +174,13 @@ PYEOF
   issue17-sweep)  # torch-cuda and compile-cuda over HTTP, closed:1 and a Poisson sweep, J/token per rate (carry .whl-serve)
     [ -d $SITE/transformers ] || install .whl
     [ -d $SITE/fastapi ] || install .whl-serve
-    model=${2:-codeparrot-small}
-    session "issue17-sweep-$model" 560 --greenserve-models="$model" --greenserve-configs="${3:-torch-cuda,compile-cuda}" \
+    model=${2:-codeparrot-small} configs=${3:-torch-cuda,compile-cuda}
+    name="issue17-sweep-$model-${configs//,/-}"  # two sweeps (one per GPU) can run at once
+    session "$name" 560 --greenserve-models="$model" --greenserve-configs="$configs" \
       --greenserve-transport=http --greenserve-load=sweep --greenserve-prompts="${4:-100}" --greenserve-runs="${5:-3}" \
       --greenserve-idle=2 --greenserve-settle=1
-    $PY tools/load_curve.py "$REPORTS/issue17-sweep-$model/latest/samples.jsonl" | tee "$OUT/issue17-sweep-$model.txt"
-    pack "issue17-sweep-$model" ;;
+    $PY tools/load_curve.py "$REPORTS/$name/latest/samples.jsonl" | tee "$OUT/$name.txt"
+    (cd $REPORTS && tar czf "$OUT/reports-$name.tgz" "$name") ;;
   issue10-probe)  # compile modes on one replica against torch, outside the meters (ARGS: provider model modes...)
     [ -d $SITE/transformers ] || install .whl
     $PY -c "import importlib.util as u, shutil; print('triton', u.find_spec('triton') is not None, 'cc', shutil.which('gcc'), shutil.which('g++'))"
