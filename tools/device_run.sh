@@ -20,6 +20,7 @@
 #   bash tools/device_run.sh issue18-xdist 2   #   the same items with -n 1, then -n 2 (a call each: 10-minute limit)
 #   bash tools/device_run.sh issue18-compare   #   per item medians and GPU energy, -n 1 against -n 2, and the speed-up
 #   bash tools/device_run.sh issue18-study 2   # the whole 12-replica study with -n 2, capped (a projection if cut)
+#   bash tools/device_run.sh issue18-probe     # every replica x CUDA configuration once, 8 prompts: tools/project_study.py
 #   bash tools/device_run.sh issue19-engines codeparrot-small   # ovgenai, llamacpp f16/q8_0 vs torch on the 16 cores (not run yet)
 #   bash tools/device_run.sh issue19-engines tinyllama ortgenai-cpu,ortgenai-cuda,torch-cuda  # ortgenai (llama) on CPU and CUDA
 #   bash tools/device_run.sh issue19-quality codeparrot-small 64 3   # bf16 torch-cuda and compile-cuda, judged by quality
@@ -277,6 +278,13 @@ PY
     session "study-n$2" "${3:-570}" -n "$2" --greenserve-models=paper
     echo "study -n $2: $(( $(date +%s) - t0 )) s wall" | tee "$OUT/issue18-study.txt"
     pack "issue18-study-n$2" ;;
+  issue18-probe)  # every paper replica x torch-cuda, compile-cuda once on 8 prompts, -n 2, for tools/project_study.py
+    [ -d $SITE/transformers ] || install .whl
+    session study-probe "${2:-470}" -n 2 --greenserve-models=paper --greenserve-configs=torch-cuda,compile-cuda \
+      --greenserve-prompts=8 --greenserve-runs=1 --greenserve-idle=2 --greenserve-settle=1
+    $PY tools/project_study.py $REPORTS/study-probe/latest/samples.jsonl --prompts 164 --runs 3 --workers 2 \
+      | tee "$OUT/issue18-projection.txt"
+    pack study-probe ;;
   issue4)
     [ -d $SITE/transformers ] || install .whl
     session issue4 520 --greenserve-models=codeparrot-small,tiny-starcoder \
