@@ -52,7 +52,9 @@ def params_of(label: str) -> float:
 
 
 def run_start(run_id: str) -> float:
-    """The session's start, from its run id (``YYYYmmdd-HHMMSS-host-pid``, local time)."""
+    """The session's start, from its run id (``YYYYmmdd-HHMMSS-host-pid``). The id is in the
+    measuring machine's local time: read it under the same time zone (the lent machines and
+    the VM both run in UTC)."""
     stamp = "-".join(run_id.split("-")[:2])
     return dt.datetime.strptime(stamp, "%Y%m%d-%H%M%S").timestamp()
 
