@@ -4,11 +4,13 @@
 * :mod:`.server`: ``greenserve serve`` itself, and :class:`~.server.ServerProcess`, which starts
   it as a child process on a free port, waits for ``/health`` and stops it (no orphans);
 * :mod:`.client`: :class:`~.client.HttpTarget`, the measuring core's second target;
+* :mod:`.connections`: its kept-alive ``http.client`` connections, one per request in flight;
 * :mod:`.null`: an engine that answers at once, to measure what the transport itself costs.
 
-fastapi, uvicorn and httpx are the ``serve`` extra; nothing here is imported by the plugin
-until ``--greenserve-transport=http`` is used, so the plugin and ``greenserve report`` import
-without them.
+fastapi and uvicorn are the ``serve`` extra (with httpx, which only the benchmarks and tests
+use: the plugin's client is the standard library's ``http.client``); nothing here is imported
+by the plugin until ``--greenserve-transport=http`` is used, so the plugin and ``greenserve
+report`` import without them.
 """
 
 DEFAULT_NEW_TOKENS_MAX = 512  # the ceiling on a request's max_tokens
@@ -18,8 +20,8 @@ SERVE_EXTRA_HINT = "pip install 'pytest-greenserve[serve]'"
 
 
 def missing_serve_reason() -> str | None:
-    """Why HTTP serving cannot run here (fastapi, uvicorn or httpx missing), or None."""
+    """Why HTTP serving cannot run here (fastapi or uvicorn missing), or None."""
     import importlib.util
 
-    missing = [m for m in ("fastapi", "uvicorn", "httpx") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
     return f"{', '.join(missing)} not installed ({SERVE_EXTRA_HINT})" if missing else None

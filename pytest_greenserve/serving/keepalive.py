@@ -5,8 +5,10 @@ never waits on a delayed ACK, a reused one does (the ~40 ms of Nagle's algorithm
 client's delayed ACK). The transport test and the HTTP overhead benchmark send the same
 requests through each of them:
 
-* :class:`HttpClientClient`: the standard library's ``http.client.HTTPConnection``;
-* :class:`HttpxClient`: an ``httpx.Client`` (what the plugin's HTTP target uses);
+* :class:`HttpClientClient`: the standard library's ``http.client.HTTPConnection`` (what the
+  plugin's HTTP target uses, through :class:`~.connections.ConnectionPool`);
+* :class:`HttpxClient`: an ``httpx.Client`` (the plugin's HTTP target used it before; its
+  own client code costs ~0.6 ms more per request than ``http.client``);
 * :class:`RawSocketClient`: a bare socket with TCP_NODELAY, the request in one ``sendall``,
   the response read by its Content-Length: no client library at all.
 

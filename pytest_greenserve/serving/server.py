@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import http.client
 import importlib
 import json
 import os
@@ -33,6 +34,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -471,10 +473,11 @@ class ServerProcess:
         """The exit status if the child has ended (negative: killed by that signal), else None."""
         return None if self.proc is None else self.proc.poll()
 
-    def wait_healthy(self, client) -> None:
-        """Poll ``/health`` with the httpx ``client`` until it answers 200."""
-        import httpx
-
+    def wait_healthy(self, get_status: Callable[[str, float], int] | None = None) -> None:
+        """Poll ``/health`` until it answers 200, through ``get_status(path, timeout_s) -> HTTP
+        status`` (raising OSError or ``http.client.HTTPException`` when no answer comes), by
+        default :meth:`get_status`."""
+        get_status = get_status or self.get_status
         deadline = time.monotonic() + self.health_timeout_s
         while True:
             code = self.exited()
@@ -487,11 +490,23 @@ class ServerProcess:
                 raise ServeError(f"{self.label} did not become healthy within {self.health_timeout_s:g} s; "
                                  f"log tail: {self.log_tail()}")
             try:
-                if client.get(f"{self.url}/health", timeout=min(2.0, max(left, 0.05))).status_code == 200:
+                if get_status("/health", min(2.0, max(left, 0.05))) == 200:
                     return
-            except httpx.HTTPError:
+            except (OSError, http.client.HTTPException):
                 pass
             time.sleep(min(0.05, max(left, 0)))
+
+    def get_status(self, path: str, timeout_s: float) -> int:
+        """The HTTP status of ``GET path``, on a connection of its own (closed after): a poll
+        that timed out leaves nothing half-read behind."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout_s)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        finally:
+            conn.close()
 
     def log_tail(self, lines: int = 6, chars: int = 600) -> str:
         """The last lines of the child's log, on one line (`` | `` between them)."""

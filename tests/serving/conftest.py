@@ -18,7 +18,7 @@ def null_server(tiny_handle):
     server.start()
     client = httpx.Client(trust_env=False, timeout=30)
     try:
-        server.wait_healthy(client)
+        server.wait_healthy()
         yield server, client
     finally:
         client.close()

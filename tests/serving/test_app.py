@@ -131,7 +131,7 @@ def wide_null_server(tiny_handle):
     server.start()
     try:
         with httpx.Client(trust_env=False, timeout=30) as client:
-            server.wait_healthy(client)
+            server.wait_healthy()
             yield server, client
     finally:
         server.stop()
@@ -159,7 +159,7 @@ def test_an_engine_error_is_a_500_and_the_server_goes_on(tiny_handle):
     server.start()
     try:
         with httpx.Client(trust_env=False, timeout=30) as client:
-            server.wait_healthy(client)
+            server.wait_healthy()
             r = client.post(server.url + COMPLETIONS, json={"prompt": [1]})
             assert r.status_code == 500
             assert r.json()["error"]["message"] == "the engine failed: RuntimeError: planted failure"

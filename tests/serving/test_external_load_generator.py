@@ -71,7 +71,7 @@ def mini_server(tmp_path_factory):
     server.start()
     client = httpx.Client(trust_env=False, timeout=120)
     try:
-        server.wait_healthy(client)
+        server.wait_healthy()
         for _ in range(2):  # the first generations pay one-time costs: not the tool's business
             r = client.post(server.url + "/v1/completions", json={"prompt": "def warm(up):", "max_tokens": 16})
             assert r.status_code == 200, r.text

@@ -11,6 +11,7 @@ import transformers  # noqa: F401
 from pytest_greenserve.engines.base import EngineOptions
 from pytest_greenserve.engines.torch_eager import TorchEngine
 from pytest_greenserve.serving.client import HttpTarget, sse_events
+from pytest_greenserve.serving.keepalive import open_client
 
 PROMPT = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
 
@@ -36,8 +37,13 @@ def test_a_streamed_completion_is_openai_shaped_events_then_done(torch_target):
     assert len(tokens) == 6 and [c["choices"][0]["finish_reason"] for c in chunks] == [None] * 6 + ["length"]
     assert chunks[-1]["usage"] == {"prompt_tokens": 10, "completion_tokens": 6, "total_tokens": 16}
     text = "".join(c["choices"][0]["text"] for c in chunks)
-    unstreamed = torch_target._client.post(torch_target.url + "/v1/completions",
-                                           json={"prompt": PROMPT, "max_tokens": 6}).json()["choices"][0]
+    client = open_client("http.client", torch_target.url)
+    try:
+        status, raw = client.request("POST", "/v1/completions", json.dumps({"prompt": PROMPT, "max_tokens": 6}).encode())
+    finally:
+        client.close()
+    assert status == 200, raw[:200]
+    unstreamed = json.loads(raw)["choices"][0]
     assert tokens == unstreamed["token_ids"] and text == unstreamed["text"]
 
 
