@@ -3,7 +3,9 @@
 Pure: takes the samples DataFrame (``results.samples_frame``) and returns an :class:`Analysis`.
 No pytest, no plotting, no files.
 
-The path for each (machine, model, metric), as in the paper's Analysis section:
+The path for each (machine, model, metric), as in the paper's Analysis section (a "model" is a
+comparison unit: the model under one load, :mod:`pytest_greenserve.analysis.loads`; closed:1
+keeps the bare model name):
 
 * configurations marked error-prone by the consistency check are excluded (and listed);
 * configurations with fewer than ``MIN_REPS`` values are left out of the comparison with a
@@ -33,6 +35,7 @@ from .analysis.floats import as_float, as_numeric
 from .analysis.formatting import fmt_p, fmt_value
 from .analysis.guidelines import Guideline, build_guidelines
 from .analysis.hypothesis import ALPHA, MIN_REPS, STATS_COLUMNS, Decision, compare, stats_row
+from .analysis.loads import comparison_unit
 from .analysis.ordering import config_sort_key, sort_configs
 from .analysis.pareto import pareto_front
 from .analysis.placement import placement_notes
@@ -177,6 +180,9 @@ def analyze(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> Analy
     metrics = metrics_or_builtin(metrics)
     tested = analysed(metrics)
     df = prepare(df, metrics)
+    # configurations are compared only under the same load: a Poisson rate's time and energy are
+    # the offered load's as much as the configuration's (analysis/loads.py)
+    df["model"] = [comparison_unit(m, c) for m, c in zip(df["model"], df["config"])]
     stats_rows: list[dict] = []
     decisions: list[Decision] = []
     exclusions: list[Exclusion] = []

@@ -448,3 +448,30 @@ def test_the_resource_guideline_ranks_process_tree_figures_with_system_wide_as_c
         r["proc_cpu_pct"] = r["proc_ram_pct"] = None
     g = next(g for g in analyze(samples_frame(rows)).guidelines if g.shape == "resource-constrained")
     assert g.best_config == "torch-cpu" and "context, not ranked" not in " ".join(g.evidence)
+
+
+def test_configurations_are_compared_only_under_the_same_load():
+    """A Poisson rate's samples last as long as the offered rate makes them (a quarter of the
+    closed-loop rate: four times as long, on purpose): comparing them with closed:1, or with
+    another rate, would name a 'faster' rate. Each rate is its own comparison unit; two
+    configurations at the same rate are compared with each other."""
+    rows = make_rows(models=("mini-gpt2",), configs=("torch-cpu", "onnx-cpu"), reps=5)
+    slow_rate = make_rows(models=("mini-gpt2",), configs=("torch-cpu", "onnx-cpu"), reps=5, seed=1)
+    for r in slow_rate:  # a rate at which both configurations idle between arrivals: 10x the time
+        r["config"] += "@http/poisson2"
+        r["time_s"] *= 10
+    fast_rate = make_rows(models=("mini-gpt2",), configs=("torch-cpu",), reps=5, seed=2)
+    for r in fast_rate:
+        r["config"] += "@http/poisson8"
+    a = analyze(samples_frame(rows + slow_rate + fast_rate))
+    units = set(a.summary["model"])
+    assert units == {"mini-gpt2", "mini-gpt2 under poisson2", "mini-gpt2 under poisson8"}
+    pairs = a.stats[a.stats["test"].isin(["games_howell", "dunn"])]
+    compared = {frozenset((r.config_a, r.config_b)) for r in pairs.itertuples()}
+    assert frozenset(("torch-cpu", "onnx-cpu")) in compared
+    assert frozenset(("torch-cpu@http/poisson2", "onnx-cpu@http/poisson2")) in compared
+    for pair in compared:  # never a closed:1 configuration against a rate, nor two rates
+        assert len({c.partition("/")[2] for c in pair}) == 1, pair
+    for r in a.savings.itertuples():
+        assert r.config.partition("/")[2] == r.other.partition("/")[2], (r.config, r.other)
+    assert not any("poisson8" in line and "poisson2" in line for g in a.guidelines for line in g.evidence)

@@ -16,6 +16,7 @@ from importlib import metadata
 import pandas as pd
 
 from ..analysis.formatting import fmt_p
+from ..analysis.loads import comparison_unit, model_of_unit
 from ..analysis.metrics import Metric, metrics_or_builtin
 from ..analysis.placement import placement_notes
 from ..analysis.sources import source_note
@@ -158,7 +159,8 @@ def _notes(analysis: Analysis, df: pd.DataFrame, meta: dict | None = None) -> st
 
 def _overview(analysis: Analysis, df: pd.DataFrame) -> str:
     """The first figure: every model and configuration, energy and time per token."""
-    flagged = {(f.machine, f.model, f.config) for f in analysis.flags}
+    # flags name comparison units; the overview draws models (a rate's configuration label is its own)
+    flagged = {(f.machine, model_of_unit(f.model), f.config) for f in analysis.flags}
     uri, alt = plots.overview_plot(df, analysis.energy_metric, flagged)
     if uri is None:
         return '<p class="muted">No overview: no sample recorded a time per token.</p>'
@@ -201,16 +203,21 @@ def _stats_table(stats: pd.DataFrame) -> str:
 
 
 def _model_section(analysis: Analysis, df: pd.DataFrame, machine: str, model: str,
-                   metrics: dict[str, Metric]) -> str:
+                   metrics: dict[str, Metric], load_curve: bool = True) -> str:
+    """One comparison unit's section (the model under one load, analysis/loads.py: ``df``'s
+    ``_unit``); ``load_curve``: draw the model's energy against load here (its first unit)."""
     out = [f"<h3>{esc(model)}" + (f" <span class='muted'>on {esc(machine)}</span>" if len(analysis.machines) > 1 else "")
            + "</h3>"]
-    g = df[(df["machine"] == machine) & (df["model"] == model)]
+    g = df[(df["machine"] == machine) & (df["_unit"] == model)]
     good = g[~g["error_prone"]]
     excluded = sorted(set(g.loc[g["error_prone"], "config"]))
     if excluded:
         out.append(f'<p class="note">Excluded as error-prone (output quality worse than torch\'s in the same dtype, '
                    f'against the fp32 reference): {esc(", ".join(excluded))}</p>')
-    luri, lalt = plots.load_curve_plot(g, analysis.energy_metric, f"{model} — energy and latency against load")
+    every_load = df[(df["machine"] == machine) & (df["model"] == model_of_unit(model))]
+    luri, lalt = plots.load_curve_plot(every_load, analysis.energy_metric,
+                                       f"{model_of_unit(model)} — energy and latency against load") \
+        if load_curve else (None, "")
     if luri:
         out.append(f'<figure><img alt="{esc(lalt)}" src="{luri}"><figcaption class="muted">Open-loop samples '
                    "(--greenserve-load): per offered rate, the median over repetitions and the range; each rate's "
@@ -322,11 +329,17 @@ def render(analysis: Analysis, df: pd.DataFrame, meta: dict, metrics: dict[str, 
                      + "".join(f"<li>{esc(n)}</li>" for n in roofline_notes(df)) + "</ul>")
     parts.append(_paper_section(df))
     parts.append("<h2>Per model</h2>")
-    models = df[["machine", "model"]].drop_duplicates().sort_values(["machine", "model"]).to_records(index=False)
-    if len(models) == 0:
+    # one section per comparison unit (the model under one load), the model's closed:1 unit first
+    units = df.assign(_unit=[comparison_unit(m, c) for m, c in zip(df["model"], df["config"])])
+    order = units[["machine", "model", "_unit"]].drop_duplicates()
+    order = order.assign(_open=order["_unit"] != order["model"]).sort_values(["machine", "model", "_open", "_unit"])
+    if order.empty:
         parts.append("<p>No samples.</p>")
-    for machine, model in models:
-        parts.append(_model_section(analysis, df, machine, model, metrics))
+    curve_drawn = set()
+    for machine, model, unit in order[["machine", "model", "_unit"]].itertuples(index=False):
+        parts.append(_model_section(analysis, units, machine, unit, metrics,
+                                    load_curve=(machine, model) not in curve_drawn))
+        curve_drawn.add((machine, model))
     parts.append(_machines_section(meta, df))
     body = "\n".join(p for p in parts if p)
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
