@@ -475,3 +475,8 @@ def test_configurations_are_compared_only_under_the_same_load():
     for r in a.savings.itertuples():
         assert r.config.partition("/")[2] == r.other.partition("/")[2], (r.config, r.other)
     assert not any("poisson8" in line and "poisson2" in line for g in a.guidelines for line in g.evidence)
+    energy = next(g for g in a.guidelines if g.shape == "energy-constrained")
+    # a load with one configuration beats nothing: it is named, not counted as a win
+    assert "mini-gpt2 under poisson8" not in energy.per_model
+    assert any("mini-gpt2 under poisson8: torch-cpu@http/poisson8 is the only configuration measured" in e
+               for e in energy.evidence)

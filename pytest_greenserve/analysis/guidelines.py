@@ -80,7 +80,7 @@ def build_guidelines(valid: pd.DataFrame, stats: pd.DataFrame, energy_metric: st
         for shape, names, rule in shapes:
             if not names:  # a registry without resource metrics
                 continue
-            per_model, evidence, caveats, ranks, ties = {}, [], [], {}, {}
+            per_model, evidence, caveats, ranks, ties, alone = {}, [], [], {}, {}, {}
             for model, g in m.groupby("model", sort=True):
                 # the process tree's own CPU/RAM where every configuration has it; the system-wide
                 # figure (other processes included) is then context only
@@ -97,12 +97,14 @@ def build_guidelines(valid: pd.DataFrame, stats: pd.DataFrame, energy_metric: st
                     continue
                 ordered = sorted(rank.index, key=lambda c: (rank[c], config_sort_key(c)))
                 best = ordered[0]
+                if len(ordered) == 1:
+                    # nothing beaten: a win only where nothing else was compared (a load of its own)
+                    alone[model] = best
+                    evidence.append(f"{model}: {best} is the only configuration measured")
+                    continue
                 per_model[model] = best
                 for c in rank.index:
                     ranks.setdefault(c, []).append(rank[c])
-                if len(ordered) == 1:
-                    evidence.append(f"{model}: {best} is the only configuration measured")
-                    continue
                 second = ordered[1]
                 key = usable[0]
                 gi = g.set_index("config")
@@ -138,6 +140,9 @@ def build_guidelines(valid: pd.DataFrame, stats: pd.DataFrame, energy_metric: st
                         f"{registry[x].label} {fmt_value(gi.loc[best, x], registry[x].unit)} vs "
                         f"{fmt_value(gi.loc[second, x], registry[x].unit)}" for x in context)
                 evidence.append(line)
+            if not ranks and alone:  # no model had two configurations: each lone one stands
+                per_model = dict(alone)
+                ranks = {c: [1.0] for c in alone.values()}
             if ranks:
                 wins = pd.Series(per_model).value_counts()
                 best_config = sorted(ranks, key=lambda c: (-wins.get(c, 0), np.mean(ranks[c]), config_sort_key(c)))[0]
