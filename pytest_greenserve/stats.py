@@ -35,7 +35,7 @@ from .analysis.floats import as_float, as_numeric
 from .analysis.formatting import fmt_p, fmt_value
 from .analysis.guidelines import Guideline, build_guidelines
 from .analysis.hypothesis import ALPHA, MIN_REPS, STATS_COLUMNS, Decision, compare, stats_row
-from .analysis.loads import comparison_unit
+from .analysis.loads import comparison_units, workload
 from .analysis.ordering import config_sort_key, sort_configs
 from .analysis.pareto import pareto_front
 from .analysis.placement import placement_notes
@@ -170,6 +170,22 @@ def prepare(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> pd.Da
     return df
 
 
+def workload_column(df: pd.DataFrame) -> list[str]:
+    """Each sample's workload in words (analysis/loads.workload): its prompts (an open loop's
+    ``requests_sent``, else ``requests``) and new tokens per request."""
+    sent = df["requests_sent"] if "requests_sent" in df else pd.Series(np.nan, index=df.index)
+    requests = df["requests"] if "requests" in df else pd.Series(np.nan, index=df.index)
+    tokens = df["new_tokens"] if "new_tokens" in df else pd.Series(np.nan, index=df.index)
+    prompts = pd.to_numeric(sent, errors="coerce").fillna(pd.to_numeric(requests, errors="coerce"))
+    return [workload(p, t) for p, t in zip(prompts, pd.to_numeric(tokens, errors="coerce"))]
+
+
+def unit_column(df: pd.DataFrame) -> list[str]:
+    """Each sample's comparison unit (analysis/loads.py): its model under its load, and its
+    workload where its machine and model hold more than one."""
+    return comparison_units(zip(df["machine"], df["model"], df["config"], workload_column(df)))
+
+
 # ---------------------------------------------------------------- entry point
 
 def analyze(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> Analysis:
@@ -180,14 +196,19 @@ def analyze(df: pd.DataFrame, metrics: dict[str, Metric] | None = None) -> Analy
     metrics = metrics_or_builtin(metrics)
     tested = analysed(metrics)
     df = prepare(df, metrics)
-    # configurations are compared only under the same load: a Poisson rate's time and energy are
-    # the offered load's as much as the configuration's (analysis/loads.py)
-    df["model"] = [comparison_unit(m, c) for m, c in zip(df["model"], df["config"])]
+    # configurations are compared only under the same load and workload: a Poisson rate's time
+    # and energy are the offered load's as much as the configuration's (analysis/loads.py)
+    workloads = pd.Series(workload_column(df), index=df.index)
+    mixed = [(machine, model, sorted(set(w))) for (machine, model), w in
+             workloads.groupby([df["machine"], df["model"]], sort=True) if w.nunique() > 1]
+    df["model"] = comparison_units(zip(df["machine"], df["model"], df["config"], workloads))
     stats_rows: list[dict] = []
     decisions: list[Decision] = []
     exclusions: list[Exclusion] = []
     findings: dict[tuple[str, str], list[str]] = {}
-    notes: list[str] = []
+    notes: list[str] = [f"{machine} / {model}: samples of different workloads ({', '.join(w)}), as when runs are "
+                        "merged: a sample's time and energy are totals over its requests, so configurations are "
+                        "compared only within one workload" for machine, model, w in mixed]
     summary = summarise(df, metrics)
     machines = list(dict.fromkeys(df["machine"]))
     if df.empty:

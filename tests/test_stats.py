@@ -480,3 +480,20 @@ def test_configurations_are_compared_only_under_the_same_load():
     assert "mini-gpt2 under poisson8" not in energy.per_model
     assert any("mini-gpt2 under poisson8: torch-cpu@http/poisson8 is the only configuration measured" in e
                for e in energy.evidence)
+
+
+def test_runs_of_different_workloads_are_not_compared_and_a_note_says_why():
+    """Merged runs whose samples hold different prompt counts: a sample's time and energy are
+    totals over its requests, so the 48-prompt configuration would 'win' by having less to do."""
+    small = make_rows(models=("mini-gpt2",), configs=("torch-cpu",), reps=5)
+    for r in small:
+        r["requests"] = 48
+        r["time_s"] *= 48 / 164
+    full = make_rows(models=("mini-gpt2",), configs=("onnx-cpu", "openvino-cpu"), reps=5, seed=1)
+    a = analyze(samples_frame(small + full))
+    assert set(a.summary["model"]) == {"mini-gpt2 (48 prompts x 16 tokens)", "mini-gpt2 (164 prompts x 16 tokens)"}
+    pairs = a.stats[a.stats["test"].isin(["games_howell", "dunn"])]
+    assert "torch-cpu" not in set(pairs["config_a"]) | set(pairs["config_b"])
+    assert not pairs.empty  # onnx-cpu and openvino-cpu share a workload and are compared
+    assert any("different workloads (164 prompts x 16 tokens, 48 prompts x 16 tokens)" in n for n in a.notes)
+    assert a.savings.empty or "torch-cpu" not in set(a.savings["config"]) | set(a.savings["other"])

@@ -11,6 +11,11 @@ model name (the paper's samples and reports are unchanged); any other load is
 ``"<model> under <load>"``. How one configuration's energy moves with the load is the
 energy-against-load curve's job (report/plots.py), not the tests'.
 
+The same holds for the workload: a sample's time and energy are totals over its requests, so
+samples of one model measured on different prompt counts or token counts (runs merged by
+``greenserve report``) are not compared either. Where a model's samples hold more than one
+workload, the workload joins the unit's name (``"<model> (48 prompts x 32 tokens)"``).
+
 Pure: no pandas, nothing else from the package.
 """
 
@@ -37,5 +42,36 @@ def comparison_unit(model: str, config: str) -> str:
 
 
 def model_of_unit(unit: str) -> str:
-    """The model a comparison unit belongs to (the inverse of :func:`comparison_unit`'s naming)."""
-    return str(unit).split(UNDER, 1)[0]
+    """The model a comparison unit belongs to (the inverse of :func:`comparison_units`' naming)."""
+    return str(unit).split(UNDER, 1)[0].split(WORKLOAD, 1)[0]
+
+
+#: what separates the model from its workload in a unit's name, where a model has several
+WORKLOAD = " ("
+
+
+def workload(requests, new_tokens) -> str:
+    """A sample's workload in words: ``"48 prompts x 32 tokens"`` (missing parts: "?")."""
+    def whole(x):
+        try:
+            return str(int(x))
+        except (TypeError, ValueError):
+            return "?"
+    return f"{whole(requests)} prompts x {whole(new_tokens)} tokens"
+
+
+def comparison_units(rows) -> list[str]:
+    """The comparison unit of each ``(machine, model, config, workload)`` in ``rows``: the model
+    under the configuration's load (:func:`comparison_unit`), and its workload too where the
+    same machine and model hold samples of more than one workload."""
+    rows = list(rows)
+    seen: dict[tuple, set] = {}
+    for machine, model, _config, load_words in rows:
+        seen.setdefault((machine, model), set()).add(load_words)
+    units = []
+    for machine, model, config, load_words in rows:
+        unit = comparison_unit(model, config)
+        if len(seen[(machine, model)]) > 1:
+            unit = f"{model}{WORKLOAD}{load_words})" + unit[len(str(model)):]
+        units.append(unit)
+    return units

@@ -16,11 +16,11 @@ from importlib import metadata
 import pandas as pd
 
 from ..analysis.formatting import fmt_p
-from ..analysis.loads import comparison_unit, model_of_unit
+from ..analysis.loads import model_of_unit
 from ..analysis.metrics import Metric, metrics_or_builtin
 from ..analysis.placement import placement_notes
 from ..analysis.sources import source_note
-from ..stats import Analysis, prepare
+from ..stats import Analysis, prepare, unit_column
 from . import plots
 from .guidelines import guideline_text
 from .tables import (ROOFLINE_TITLE, SUMMARY_HEADERS, best_savings_lines, category_rows, html_table, power_model_lines,
@@ -330,7 +330,7 @@ def render(analysis: Analysis, df: pd.DataFrame, meta: dict, metrics: dict[str, 
     parts.append(_paper_section(df))
     parts.append("<h2>Per model</h2>")
     # one section per comparison unit (the model under one load), the model's closed:1 unit first
-    units = df.assign(_unit=[comparison_unit(m, c) for m, c in zip(df["model"], df["config"])])
+    units = df.assign(_unit=unit_column(df))
     order = units[["machine", "model", "_unit"]].drop_duplicates()
     order = order.assign(_open=order["_unit"] != order["model"]).sort_values(["machine", "model", "_open", "_unit"])
     if order.empty:
