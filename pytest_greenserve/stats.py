@@ -4,8 +4,8 @@ Pure: takes the samples DataFrame (``results.samples_frame``) and returns an :cl
 No pytest, no plotting, no files.
 
 The path for each (machine, model, metric), as in the paper's Analysis section (a "model" is a
-comparison unit: the model under one load, :mod:`pytest_greenserve.analysis.loads`; closed:1
-keeps the bare model name):
+comparison unit: the model under one load and one workload, :mod:`pytest_greenserve.analysis.loads`;
+closed:1 on one workload keeps the bare model name):
 
 * configurations marked error-prone by the consistency check are excluded (and listed);
 * configurations with fewer than ``MIN_REPS`` values are left out of the comparison with a
