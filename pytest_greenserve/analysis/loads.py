@@ -35,6 +35,11 @@ def load_label(config: str) -> str:
     return m.group(1) if m else ""
 
 
+def base_config(config: str) -> str:
+    """The configuration without its load: ``torch-cpu@http`` for ``torch-cpu@http/poisson2.5``."""
+    return _LOAD_SUFFIX.sub("", str(config))
+
+
 def comparison_unit(model: str, config: str) -> str:
     """The model under the configuration's load: ``model`` for closed:1, else ``model under LOAD``."""
     load = load_label(config)

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import base64
 import io
-import re
 from typing import Iterable
 
 import pandas as pd
 
+from ..analysis.loads import base_config
 from ..analysis.metrics import Metric, metrics_or_builtin, plotted
 from ..analysis.ordering import sort_configs
 from ..analysis.pareto import pareto_front
@@ -257,8 +257,6 @@ def overview_plot(samples: pd.DataFrame, energy_metric: str, flagged: set | None
 
 # ---------------------------------------------------------------- energy against load (--greenserve-load)
 
-_RATE_SUFFIX = re.compile(r"/(poisson|constant)[0-9.eE+-]+$")
-
 
 def load_series(samples: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per configuration without its rate (``torch-cpu@http`` for ``torch-cpu@http/poisson2.5``),
@@ -268,7 +266,7 @@ def load_series(samples: pd.DataFrame) -> dict[str, pd.DataFrame]:
         return {}
     rate = pd.to_numeric(samples["offered_rate_rps"], errors="coerce")
     df = samples.assign(_rate=rate)[rate.notna()]
-    df = df.assign(_base=[_RATE_SUFFIX.sub("", str(c)) for c in df["config"]])
+    df = df.assign(_base=[base_config(c) for c in df["config"]])
     return {base: g for base, g in df.groupby("_base", sort=True) if g["_rate"].nunique() >= 2}
 
 

@@ -31,3 +31,26 @@ class Raising(NullEngine):
 
     def generate(self, input_ids, new_tokens):
         raise RuntimeError("planted failure")
+
+
+def sleeping_engine_conftest(name: str, sleep_s: float) -> str:
+    """A conftest for a pytester session: registers engine ``name``, the null engine answering
+    each request after ``sleep_s`` seconds (a server that takes a known time per request)."""
+    cls = name.capitalize()
+    return f'''
+import time
+
+from pytest_greenserve.serving.null import NullEngine
+
+
+class {cls}(NullEngine):
+    name = "{name}"
+
+    def generate(self, input_ids, new_tokens):
+        time.sleep({sleep_s!r})
+        return super().generate(input_ids, new_tokens)
+
+
+def pytest_greenserve_register_engines(registry):
+    registry["{name}"] = {cls}
+'''

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch  # noqa: F401  imported before pytester snapshots sys.modules (numpy loads once)
 import transformers  # noqa: F401
+from serving_engines import sleeping_engine_conftest
 
 BENCHMARK = '''
 def test_autocomplete(greenserve):
@@ -17,23 +18,7 @@ def test_autocomplete(greenserve):
 # 20 ms a request: at 5 and 10 requests/s the server is 10-20% busy, so latency stays near
 # closed:1's and the sweep runs both rates (the null engine's ~2 ms would make the harness's
 # own jitter look like a runaway against closed:1's median)
-NULL_ENGINE = '''
-import time
-
-from pytest_greenserve.serving.null import NullEngine
-
-
-class Paced(NullEngine):
-    name = "paced"
-
-    def generate(self, input_ids, new_tokens):
-        time.sleep(0.02)
-        return super().generate(input_ids, new_tokens)
-
-
-def pytest_greenserve_register_engines(registry):
-    registry["paced"] = Paced
-'''
+NULL_ENGINE = sleeping_engine_conftest("paced", 0.02)
 
 
 def test_a_sweep_over_http_gives_one_sample_per_rate_and_a_load_curve(pytester, tiny_model, monkeypatch):

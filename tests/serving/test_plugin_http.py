@@ -14,6 +14,7 @@ import psutil
 import pytest
 import torch  # noqa: F401  imported before pytester snapshots sys.modules (numpy loads once)
 import transformers  # noqa: F401
+from serving_engines import sleeping_engine_conftest
 
 BENCHMARK = '''
 def test_autocomplete(greenserve):
@@ -84,23 +85,7 @@ def test_http_transport_survives_a_server_crash_and_leaves_no_orphans(pytester, 
     assert servers_of(model) == []  # no `greenserve serve` outlived the session
 
 
-SLOW_ENGINE = '''
-import time
-
-from pytest_greenserve.serving.null import NullEngine
-
-
-class Slow(NullEngine):
-    name = "slow"
-
-    def generate(self, input_ids, new_tokens):
-        time.sleep(0.5)
-        return super().generate(input_ids, new_tokens)
-
-
-def pytest_greenserve_register_engines(registry):
-    registry["slow"] = Slow
-'''
+SLOW_ENGINE = sleeping_engine_conftest("slow", 0.5)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
