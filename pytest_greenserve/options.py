@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .configs import ConfigError, ServingConfig, parse_config, parse_config_list
+from .engines.compile import MODES as COMPILE_MODES
 from .meters import MeterSettings, parse_cpu_watts
 from .gate import DEFAULT_FAIL
 from .metrics import DEFAULT_MIN_SAMPLE_S
@@ -273,10 +274,11 @@ OPTIONS: tuple[Option, ...] = (
            "others are skipped with the reason, openvino has --greenserve-openvino-precision); "
            "a bf16 sample's config is e.g. torch-cuda:bf16",
            choice("fp32", "bf16")),
-    Option("compile-mode", "auto|eager|graph|inductor|inductor+graph", "auto",
+    Option("compile-mode", "|".join(COMPILE_MODES), "auto",
            "how the compile engine captures its decode step: CUDA graph, torch.compile (inductor), both, "
-           "or neither; auto: inductor+graph on CUDA with Triton, inductor on CPU with a C++ compiler",
-           choice("auto", "eager", "graph", "inductor", "inductor+graph")),
+           "or neither; fused+graph: hand-fused Triton kernels captured (CUDA; gpt2, gpt_bigcode); "
+           "auto: inductor+graph on CUDA with Triton, inductor on CPU with a C++ compiler",
+           choice(*COMPILE_MODES)),
     Option("threads", "N", "", "CPU threads for the engines", _optional(whole(1)), readme_default="library default"),
     Option("ort-spinning", "on|off", "on",
            "ONNX Runtime's CPU thread pools spin between operators (its default); 'off' lets them sleep",

@@ -11,6 +11,7 @@ Variants:
   cdt-math  cdt, and one-token attention written as matmul + softmax + matmul, which inductor can
             fuse with the mask and the cache reads (SDPA is an opaque kernel to it)
   autotune  cdt, and inductor's max-autotune of the GEMMs (Triton templates with fused epilogues)
+  fused     the engine's fused+graph mode: hand-fused Triton kernels, five per layer (engines/fused_decoder.py)
 
 Per variant: ms/token (median request / new tokens, CUDA synchronised), the first request's
 tokens against the base variant's (exact; bf16 near-ties may differ, the plugin judges quality),
@@ -28,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("base", "cdt", "cdt-math", "autotune")
+VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused")
 
 
 def child(a) -> dict:
@@ -43,7 +44,7 @@ def child(a) -> dict:
     from pytest_greenserve.prompts import make_prompts
 
     v = a.variant
-    if v != "base":
+    if v not in ("base", "fused"):
         torch._inductor.config.coordinate_descent_tuning = True
     if v == "autotune":
         torch._inductor.config.max_autotune = True
@@ -64,7 +65,8 @@ def child(a) -> dict:
     prompts = [tok(p.text, add_special_tokens=False)["input_ids"] for p in make_prompts(tok, a.prompts, 0)]
     cuda = a.provider == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    eng = CompileEngine(handle, a.provider, EngineOptions(dtype=a.dtype, compile_mode="inductor+graph" if cuda else "inductor"))
+    mode = ("fused+graph" if v == "fused" else "inductor+graph") if cuda else "inductor"
+    eng = CompileEngine(handle, a.provider, EngineOptions(dtype=a.dtype, compile_mode=mode))
     t0 = time.perf_counter()
     eng.load()
     load_s = time.perf_counter() - t0
@@ -81,7 +83,7 @@ def child(a) -> dict:
         sync()
         times.append(time.perf_counter() - t)
         first = first or out
-    kernels = None
+    kernels, kernel_names = None, None
     try:
         if not cuda:
             raise RuntimeError("no CUDA graph to profile on CPU")
@@ -93,14 +95,19 @@ def child(a) -> dict:
                 eng.pos.zero_()
                 eng._decode_graph.replay()
             torch.cuda.synchronize()
-        n = sum(1 for e in prof.events() if e.device_type.name == "CUDA" and "memcpy" not in e.name.lower()
-                and "memset" not in e.name.lower())
-        kernels = n / replays if n else None
+        names = [e.name for e in prof.events() if e.device_type.name == "CUDA" and "memcpy" not in e.name.lower()
+                 and "memset" not in e.name.lower()]
+        kernels = len(names) / replays if names else None
+        # which kernels a step runs, by name (cut to 60 characters), per step
+        counts = {}
+        for name in names:
+            counts[name[:60]] = counts.get(name[:60], 0) + 1 / replays
+        kernel_names = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
     except Exception as exc:  # the profiler is a diagnostic: its failure costs nothing else
         print(f"profiler: {type(exc).__name__}: {exc}", file=sys.stderr)
     info = eng.load_info()
     return {"variant": v, "dtype": a.dtype, "model": a.model, "ms_per_token": 1e3 * statistics.median(times) / a.new_tokens,
-            "first_tokens": first, "kernels_per_decode_step": kernels, "load_s": load_s,
+            "first_tokens": first, "kernels_per_decode_step": kernels, "kernel_names": kernel_names, "load_s": load_s,
             "compile_mode": info["compile_mode"], "compile_fallback": info["compile_fallback"],
             "device": torch.cuda.get_device_name() if cuda else "cpu"}
 

@@ -14,6 +14,9 @@ greedy choice included, as one unit:
 * ``inductor+graph`` (CUDA): the decoder's forward compiled, then the whole step captured as
   a CUDA graph (what gpt-fast's ``mode="reduce-overhead"`` does, captured by hand so the step's
   state stays on the device);
+* ``fused+graph`` (CUDA, gpt2 and multi-query gpt_bigcode): the decode step as hand-fused
+  Triton kernels, five per layer (:mod:`.fused_decoder`), captured as a CUDA graph; prefill
+  as in ``graph``;
 * ``eager``: the static decoder without capture (a diagnostic: what the static cache alone gives);
 * ``auto`` (the default): ``inductor+graph`` on CUDA when Triton is installed, else ``graph``;
   ``inductor`` on CPU when a C++ compiler is found, else ``eager``. If compiling fails, ``auto``
@@ -49,7 +52,7 @@ from collections import OrderedDict
 from ..context_window import context_window
 from .base import Engine, EngineError, Generation, failure_line, load_torch_model, torch_unavailable_reason
 
-MODES = ("auto", "eager", "graph", "inductor", "inductor+graph")
+MODES = ("auto", "eager", "graph", "inductor", "inductor+graph", "fused+graph")
 #: KV cache positions allocated at load: prompt (10-15 tokens) + 32 new tokens fit with room
 INITIAL_CAPACITY = 64
 #: the prompt of the generation run at load, which compiles/captures before any request
@@ -71,6 +74,8 @@ def resolve_mode(mode: str, provider: str) -> str:
         return "inductor" if _cxx_compiler() else "eager"
     if "graph" in mode and provider != "cuda":
         raise EngineError(f"compile: mode {mode!r} needs CUDA (CUDA graphs); on cpu use inductor or eager")
+    if mode == "fused+graph" and importlib.util.find_spec("triton") is None:
+        raise EngineError("compile: mode 'fused+graph' needs Triton (pip install triton)")
     return mode
 
 
@@ -164,6 +169,11 @@ class CompileEngine(Engine):
         self.pos = torch.zeros(1, dtype=torch.long, device=dev)  # its position
         self.generated = torch.zeros(capacity, dtype=torch.long, device=dev)  # tokens by position
         forward, step = self.decoder.forward, self._eager_decode_step
+        self.fused = None
+        if self.mode == "fused+graph":
+            from .fused_decoder import FusedDecoder
+
+            self.fused = forward = FusedDecoder(self.decoder)  # ValueError for a family it cannot run
         if "inductor" in self.mode:
             torch._dynamo.reset()  # a rebuilt decoder must not reuse graphs guarded on the old one
             if "graph" in self.mode:
@@ -300,7 +310,7 @@ class CompileEngine(Engine):
     def close(self):
         import gc
 
-        self.decoder = self.torch_model = None
+        self.decoder = self.torch_model = self.fused = None
         self._decode_graph = None
         self._prefill_graphs = OrderedDict()
         self._decode_forward = self._decode_step = None

@@ -38,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from ..engines.compile import MODES as COMPILE_MODES
+
 __all__ = ["ServeError", "ServerProcess", "add_serve_arguments", "serve", "engine_class_ref", "tcp_socket"]
 
 EXIT_USAGE = 2
@@ -72,7 +74,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="ONNX Runtime's CPU thread pools spin between operators (its default) or sleep")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
                    help="weights and activations (bf16: engines that support it, e.g. torch, jit)")
-    p.add_argument("--compile-mode", default="auto", choices=("auto", "eager", "graph", "inductor", "inductor+graph"),
+    p.add_argument("--compile-mode", default="auto", choices=COMPILE_MODES,
                    help="how the compile engine captures its decode step (default: auto)")
     # what the plugin passes (not for users): the session's own handle and engine class, a socket
     p.add_argument("--handle-json", default=None, help=argparse.SUPPRESS)

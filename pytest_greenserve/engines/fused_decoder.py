@@ -1,0 +1,118 @@
+"""The decode step of a :class:`~.static_decoder.StaticDecoder` as hand-fused Triton kernels.
+
+inductor makes 130-150 kernels of one decode step of codeparrot-small (12 layers): layer
+norms, GEMVs, bias adds, cache writes and attention each stay separate around cuBLAS calls,
+and at one token the step costs the kernels' count, not their bytes. Here each layer is five
+kernels (:mod:`.fused_kernels`): the layer norms and the GELU run inside the GEMVs that read
+their output, the bias and the residual add inside the GEMVs that write them, and attention
+reads the cache only up to the current position. About 5 × layers + 8 kernels per token.
+
+Families: gpt2 (codeparrot) and multi-query gpt_bigcode (starcoder, santacoder): a sequential
+residual, layer norms, a learned position table and a GELU MLP. Others are refused with the
+reason (:func:`unsupported_reason`); the ``compile`` engine then uses inductor.
+
+The weights are the transformers model's own tensors, except gpt2's Conv1D matrices, stored
+(K, N), which are copied once transposed to (N, K), the layout the kernels read row by row.
+The KV cache is the static decoder's, so prefill (the eager decoder, captured) and this step
+share it. Activations are fp32 in every dtype, so bf16 reads bf16 weights and cache but
+rounds nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def unsupported_reason(config) -> str | None:
+    """Why the fused step cannot run a model of this transformers ``config``, or None."""
+    family = config.model_type
+    if family not in ("gpt2", "gpt_bigcode"):
+        return f"the fused decode step serves gpt2 and gpt_bigcode, not {family}"
+    if family == "gpt_bigcode" and not config.multi_query:
+        return "the fused decode step serves multi-query gpt_bigcode only"
+    from .fused_kernels import GELUS
+
+    if config.activation_function not in GELUS:
+        return f"the fused decode step has no {config.activation_function!r} activation"
+    return None
+
+
+@dataclass
+class _Layer:
+    ln_1: tuple  # (weight, bias, eps)
+    qkv_w: torch.Tensor  # (q + 2 kv, hidden), rows of K contiguous
+    qkv_b: torch.Tensor
+    out_w: torch.Tensor
+    out_b: torch.Tensor
+    ln_2: tuple
+    fc_w: torch.Tensor
+    fc_b: torch.Tensor
+    proj_w: torch.Tensor
+    proj_b: torch.Tensor
+    scaling: float
+
+
+def _ln(module) -> tuple:
+    return module.weight, module.bias, module.eps
+
+
+class FusedDecoder:
+    """``decoder_step(tok (1, 1), pos (1,))`` -> logits (1, vocab) fp32, writing the step's key
+    and value into ``decoder``'s cache at ``pos``. Raises ValueError for a model it cannot run."""
+
+    def __init__(self, decoder):
+        from . import fused_kernels
+
+        self.kernels = fused_kernels
+        model = decoder.model
+        cfg = model.config
+        reason = unsupported_reason(cfg)
+        if reason:
+            raise ValueError(reason)
+        gpt2 = cfg.model_type == "gpt2"
+        base = model.transformer
+        w = decoder.w
+        self.heads, self.kv_heads, self.head_dim = w.heads, w.kv_heads, w.head_dim
+        self.keys, self.values = decoder.keys, decoder.values
+        self.gelu = fused_kernels.GELUS[cfg.activation_function]
+
+        def rows(linear) -> torch.Tensor:  # (N, K): nn.Linear as it is, gpt2's Conv1D transposed once
+            return linear.weight.detach().t().contiguous() if gpt2 else linear.weight.detach()
+
+        self.layers = [
+            _Layer(_ln(b.ln_1), rows(b.attn.c_attn), b.attn.c_attn.bias, rows(b.attn.c_proj), b.attn.c_proj.bias,
+                   _ln(b.ln_2), rows(b.mlp.c_fc), b.mlp.c_fc.bias, rows(b.mlp.c_proj), b.mlp.c_proj.bias,
+                   layer.scaling)
+            for b, layer in zip(base.h, w.layers)]
+        self.wte, self.wpe = base.wte.weight, base.wpe.weight
+        self.ln_f = _ln(base.ln_f)
+        self.lm_head = model.lm_head.weight  # (vocab, hidden); tied to wte in gpt2
+        device = self.wte.device
+        hidden = cfg.hidden_size
+        qkv_size = (self.heads + 2 * self.kv_heads) * self.head_dim
+
+        def buffer(n):  # the step's activations: fp32, fixed addresses (a CUDA graph reads them)
+            return torch.zeros(n, device=device, dtype=torch.float32)
+
+        self.x, self.qkv, self.attn = buffer(hidden), buffer(qkv_size), buffer(self.heads * self.head_dim)
+        self.mlp = buffer(self.layers[0].fc_w.shape[0])
+        self.logits = buffer(self.lm_head.shape[0])
+        #: bytes of gpt2's transposed matrix copies (device memory beyond the model's own)
+        self.copied_weight_bytes = sum(t.numel() * t.element_size() for layer in self.layers
+                                       for t in (layer.qkv_w, layer.out_w, layer.fc_w, layer.proj_w)) if gpt2 else 0
+
+    @torch.no_grad()
+    def __call__(self, tok, pos):
+        k, x = self.kernels, self.x
+        k.embed(tok, pos, self.wte, self.wpe, x)
+        for i, layer in enumerate(self.layers):
+            k.gemv(x, layer.qkv_w, self.qkv, bias=layer.qkv_b, ln=layer.ln_1)
+            k.decode_attention(self.qkv, self.keys[i], self.values[i], pos, self.attn, heads=self.heads,
+                               kv_heads=self.kv_heads, head_dim=self.head_dim, scale=layer.scaling)
+            k.gemv(self.attn, layer.out_w, x, bias=layer.out_b, residual=True)
+            k.gemv(x, layer.fc_w, self.mlp, bias=layer.fc_b, ln=layer.ln_2, gelu=self.gelu)
+            k.gemv(self.mlp, layer.proj_w, x, bias=layer.proj_b, residual=True)
+        k.gemv(x, self.lm_head, self.logits, ln=self.ln_f)
+        return self.logits.view(1, -1)

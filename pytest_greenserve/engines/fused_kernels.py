@@ -1,0 +1,179 @@
+"""Triton kernels of the fused decode step (``compile``'s ``fused+graph`` mode).
+
+One generated token of a gpt2-style decoder runs, per layer, five kernels:
+
+1. ``gemv`` with a layer-norm prologue: ln_1(x) @ W_qkv + b;
+2. ``decode_attention``: one query per head over the static KV cache up to the current
+   position (online softmax, the cache read only as far as the position held on the device),
+   which also writes the step's key and value into the cache;
+3. ``gemv`` with a residual epilogue: x += attn @ W_o + b;
+4. ``gemv`` with a layer-norm prologue and a GELU epilogue: h = gelu(ln_2(x) @ W_fc + b);
+5. ``gemv`` with a residual epilogue: x += h @ W_proj + b.
+
+Activations stay in fp32 (the residual stream, the layer norms' statistics, every
+accumulation); weights and the KV cache are read in the model's dtype. Weights are (N, K)
+row-major (nn.Linear's layout), so each program reads whole rows of K contiguously.
+
+Everything a step reads (the token, its position) is a device tensor, so the step can be
+captured as a CUDA graph. With ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors
+(numpy underneath), which is how the tests check them without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+#: The interpreter (TRITON_INTERPRET=1) runs kernels on CPU tensors; it cannot autotune
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+GELU_NONE, GELU_TANH, GELU_ERF = 0, 1, 2
+#: transformers' activation names -> the GELU the kernel applies
+GELUS = {"gelu_new": GELU_TANH, "gelu_pytorch_tanh": GELU_TANH, "gelu_fast": GELU_TANH, "gelu": GELU_ERF}
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, res_ptr, ln_w_ptr, ln_b_ptr, N, K, stride_wn, eps,
+                 LN: tl.constexpr, GELU: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """y[n] = act(sum_k f(x)[k] * w[n, k] + bias[n]) (+ res[n]) for BLOCK_N rows n;
+    f is the layer norm over all K inputs where LN, else the identity."""
+    pid = tl.program_id(0)
+    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = rn < N
+    mean = 0.0
+    rstd = 1.0
+    if LN:  # the statistics over the whole input (x is small: K floats, cached)
+        total = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            total += tl.load(x_ptr + rk, mask=rk < K, other=0.0).to(tl.float32)
+        mean = tl.sum(total, axis=0) / K
+        squares = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            d = tl.where(rk < K, tl.load(x_ptr + rk, mask=rk < K, other=0.0).to(tl.float32) - mean, 0.0)
+            squares += d * d
+        rstd = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / K + eps)
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        k_mask = rk < K
+        xk = tl.load(x_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
+        if LN:
+            g = tl.load(ln_w_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
+            b = tl.load(ln_b_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
+            xk = tl.where(k_mask, (xk - mean) * rstd * g + b, 0.0)
+        w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+        acc += w.to(tl.float32) * xk[None, :]
+    y = tl.sum(acc, axis=1)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
+    if GELU == 1:  # tanh approximation (gpt2's gelu_new): 0.5 y (1 + tanh(u)) = y sigmoid(2u)
+        u = 0.7978845608028654 * (y + 0.044715 * y * y * y)
+        y = y * tl.sigmoid(2.0 * u)
+    if GELU == 2:  # exact GELU
+        y = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))
+    if RESIDUAL:
+        y += tl.load(res_ptr + rn, mask=n_mask, other=0.0)
+    tl.store(y_ptr + rn, y, mask=n_mask)
+
+
+def _gemv_configs():
+    shapes = [(2, 1024, 4), (4, 256, 4), (4, 512, 4), (4, 1024, 8), (8, 256, 4), (8, 512, 8), (16, 256, 8), (16, 128, 4)]
+    return [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w) for n, k, w in shapes]
+
+
+# Tuned once per (N, K, flags) in the eager warm-up before a CUDA graph capture, never inside
+# it. A tuning run repeats in-place residual updates: harmless, as every step rebuilds the
+# residual stream from the embedding, and the KV cache is not written by this kernel.
+_gemv_tuned = _gemv_kernel if INTERPRETED else triton.autotune(
+    configs=_gemv_configs(), key=["N", "K", "LN", "GELU", "RESIDUAL"])(_gemv_kernel)
+
+
+def gemv(x, w, y, *, bias=None, ln=None, gelu=GELU_NONE, residual=False):
+    """``y = act(f(x) @ w.T + bias)`` (``+ y`` where ``residual``), y an fp32 vector of w's rows.
+
+    ``ln``: (weight, bias, eps) of a layer norm applied to ``x`` first, or None.
+    """
+    n, k = w.shape
+    ln_w, ln_b, eps = ln if ln is not None else (x, x, 0.0)
+    args = (x, w, y, bias if bias is not None else y, y, ln_w, ln_b, n, k, w.stride(0), eps)
+    flags = dict(LN=ln is not None, GELU=gelu, HAS_BIAS=bias is not None, RESIDUAL=residual)
+    if INTERPRETED:
+        block_n, block_k = 4, min(256, triton.next_power_of_2(k))
+        _gemv_kernel[(triton.cdiv(n, block_n),)](*args, **flags, BLOCK_N=block_n, BLOCK_K=block_k)
+    else:
+        _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **flags)
+
+
+@triton.jit
+def _embed_kernel(tok_ptr, pos_ptr, wte_ptr, wpe_ptr, x_ptr, H, stride_te, stride_pe,
+                  HAS_POS: tl.constexpr, BLOCK: tl.constexpr):
+    tok = tl.load(tok_ptr)
+    pos = tl.load(pos_ptr)
+    for h0 in range(0, H, BLOCK):
+        rh = h0 + tl.arange(0, BLOCK)
+        m = rh < H
+        v = tl.load(wte_ptr + tok * stride_te + rh, mask=m, other=0.0).to(tl.float32)
+        if HAS_POS:
+            v += tl.load(wpe_ptr + pos * stride_pe + rh, mask=m, other=0.0).to(tl.float32)
+        tl.store(x_ptr + rh, v, mask=m)
+
+
+def embed(tok, pos, wte, wpe, x):
+    """``x = wte[tok] + wpe[pos]`` in fp32 (``wpe`` None: no learned positions)."""
+    hidden = wte.shape[1]
+    _embed_kernel[(1,)](tok, pos, wte, wpe if wpe is not None else wte, x, hidden, wte.stride(0),
+                        wpe.stride(0) if wpe is not None else 0, HAS_POS=wpe is not None,
+                        BLOCK=min(1024, triton.next_power_of_2(hidden)))
+
+
+@triton.jit
+def _decode_attention_kernel(qkv_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, out_ptr, scale, q_size, kv_size,
+                             group, head_stride, D, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Head ``h``: softmax(q . K[:pos+1]) V[:pos+1], the current position's key and value taken
+    from the projection (fp32), earlier ones from the cache; the first head of each key/value
+    group then writes them into the cache at ``pos`` (no program reads that slot this step)."""
+    h = tl.program_id(0)
+    kv = h // group
+    pos = tl.load(pos_ptr)
+    rd = tl.arange(0, BLOCK_D)
+    d_mask = rd < D
+    q = tl.load(qkv_ptr + h * D + rd, mask=d_mask, other=0.0) * scale
+    k_new = tl.load(qkv_ptr + q_size + kv * D + rd, mask=d_mask, other=0.0)
+    v_new = tl.load(qkv_ptr + q_size + kv_size + kv * D + rd, mask=d_mask, other=0.0)
+    m_i = tl.sum(q * k_new, axis=0)  # running maximum, from the current position's score
+    l_i = m_i * 0.0 + 1.0  # running sum of exp(score - m_i)
+    acc = v_new  # running sum of exp(score - m_i) * value
+    base = kv * head_stride
+    for t0 in range(0, pos, BLOCK_T):
+        rt = t0 + tl.arange(0, BLOCK_T)
+        t_mask = rt < pos
+        tile = base + rt[:, None] * D + rd[None, :]
+        both = t_mask[:, None] & d_mask[None, :]
+        keys = tl.load(k_cache_ptr + tile, mask=both, other=0.0).to(tl.float32)
+        s = tl.where(t_mask, tl.sum(keys * q[None, :], axis=1), float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=0))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new)
+        values = tl.load(v_cache_ptr + tile, mask=both, other=0.0).to(tl.float32)
+        acc = acc * alpha + tl.sum(p[:, None] * values, axis=0)
+        l_i = l_i * alpha + tl.sum(p, axis=0)
+        m_i = m_new
+    tl.store(out_ptr + h * D + rd, acc / l_i, mask=d_mask)
+    if h % group == 0:
+        tl.store(k_cache_ptr + base + pos * D + rd, k_new.to(k_cache_ptr.dtype.element_ty), mask=d_mask)
+        tl.store(v_cache_ptr + base + pos * D + rd, v_new.to(v_cache_ptr.dtype.element_ty), mask=d_mask)
+
+
+def decode_attention(qkv, keys, values, pos, out, *, heads, kv_heads, head_dim, scale):
+    """One decode step's attention over the static cache ``keys``/``values`` (1, kv_heads,
+    capacity, head_dim), contiguous; ``qkv`` holds q (heads × head_dim), then k, then v
+    (kv_heads × head_dim each), fp32; ``out`` (heads × head_dim) fp32."""
+    capacity = keys.shape[2]
+    _decode_attention_kernel[(heads,)](qkv, keys, values, pos, out, scale, heads * head_dim, kv_heads * head_dim,
+                                       heads // kv_heads, capacity * head_dim, head_dim,
+                                       BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_T=32)
