@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements of every issue, as run on the lent GPU machines (see tools/README.md).
-#   bash tools/device_run.sh install-ov   # first call: carries .whl-ov (openvino wheel alone)
+#   bash tools/device_run.sh install-ov   # first call: carries .whl-ov alone (openvino, -telemetry, -tokenizers)
 #   bash tools/device_run.sh issue3       # carries .whl: torch-cpu vs torch-cuda on two replicas
 #   bash tools/device_run.sh issue4       # torch-cpu, torch-cuda, onnx-cpu, openvino-cpu on two replicas
 #   bash tools/device_run.sh ort-part aa  # issue 8: each 55 MB part of onnxruntime-gpu in a call of its own,
@@ -21,8 +21,10 @@
 #   bash tools/device_run.sh issue18-compare   #   per item medians and GPU energy, -n 1 against -n 2, and the speed-up
 #   bash tools/device_run.sh issue18-study 2   # the whole 12-replica study with -n 2, capped (a projection if cut)
 #   bash tools/device_run.sh issue18-probe     # every replica x CUDA configuration once, 8 prompts: tools/project_study.py
-#   bash tools/device_run.sh issue19-engines codeparrot-small   # ovgenai, llamacpp f16/q8_0 vs torch on the 16 cores (not run yet)
-#   bash tools/device_run.sh issue19-engines tinyllama ortgenai-cpu,ortgenai-cuda,torch-cuda  # ortgenai (llama) on CPU and CUDA
+#   bash tools/device_run.sh install-ov                        # issue 19, call 1: carry .whl-ov alone (58.2 MiB)
+#   bash tools/device_run.sh issue19-engines codeparrot-small  # call 2, at once (same warm machine): carry .whl,
+#     .whl-engines and .llama.cpp (52.3 MiB); ovgenai, llamacpp f16/q8_0 vs torch on the 16 cores
+#   bash tools/device_run.sh issue19-engines tinyllama ortgenai-cpu,torch-cpu,torch-cuda  # ortgenai (llama; no openvino needed)
 #   bash tools/device_run.sh issue19-quality codeparrot-small 64 3   # bf16 torch-cuda and compile-cuda, judged by quality
 #   bash tools/device_run.sh issue19-paper codeparrot-small 64 3     # the paper's five configurations, then greenserve paper
 #   bash tools/device_run.sh issue19-variants codeparrot-small bf16,fp32  # compile-cuda's inductor settings (tools/compile_variants.py)
@@ -211,13 +213,21 @@ PYEOF
     session "$name" "$cap" --greenserve-models="$model" --greenserve-configs="$configs" \
       --greenserve-prompts="$prompts" --greenserve-runs="$runs" --greenserve-idle=2 --greenserve-settle=1
     pack "$name" ;;
-  issue19-engines)  # the engines deployed today (ARGS: model [configs] [runs] [prompts]). Carry .whl-engines:
-    # onnxruntime-genai 0.15 (-cuda for ortgenai-cuda), onnx-ir, openvino-genai 2026.4.1, a llama-cpp-python
-    # wheel built from its sdist (CMAKE_ARGS=-DGGML_CUDA=on for llamacpp-cuda), sentencepiece, diskcache;
-    # and .llama.cpp (the converter: convert_hf_to_gguf.py, conversion/, gguf-py/ from the same sdist)
+  issue19-engines)  # the engines deployed today (ARGS: model [configs] [runs] [prompts]). Carry .whl (transformers
+    # 4.57: optimum-intel's export), .whl-engines (cp312, CPU builds: onnxruntime-genai 0.15.2, onnx-ir, onnx,
+    # ml_dtypes, protobuf; openvino-genai 2026.4.1, optimum, optimum-intel, optimum-onnx; llama-cpp-python
+    # 0.3.36 built here from its sdist (AVX-512 native build, libgomp beside it), sentencepiece, diskcache)
+    # and .llama.cpp (the converter: convert_hf_to_gguf.py, conversion/, gguf-py/ from the same sdist).
+    # openvino itself (.whl-ov, 58 MiB) does not fit beside them: install-ov first, on the same warm machine.
+    # ortgenai-cuda and llamacpp-cuda need onnxruntime-genai-cuda and a -DGGML_CUDA=on build: not carried.
     [ -d $SITE/transformers ] || install .whl
     [ -d $SITE/onnxruntime_genai ] || install .whl-engines
+    [ -d $SITE/openvino ] || echo "openvino is not in $SITE (a fresh machine): ovgenai will be skipped; run install-ov first"
     export GREENSERVE_LLAMA_CPP=$PWD/.llama.cpp
+    for m in onnxruntime onnxruntime_genai openvino openvino_genai llama_cpp transformers; do
+      $PY -c "import $m as x; print('$m', getattr(x, '__version__', '?'))" 2>&1 | tail -1
+    done
+    grep -qw avx512_bf16 /proc/cpuinfo || echo "no avx512_bf16 on this CPU: the carried llama-cpp-python build may fault"
     model=$2 configs=${3:-torch-cpu,ovgenai-cpu,llamacpp-cpu:f16,llamacpp-cpu:q8_0} runs=${4:-3} prompts=${5:-64}
     session "issue19-$model" 560 --greenserve-models="$model" --greenserve-configs="$configs" \
       --greenserve-prompts="$prompts" --greenserve-runs="$runs" --greenserve-idle=2 --greenserve-settle=1
@@ -244,7 +254,7 @@ PY
       --greenserve-prompts="${3:-64}" --greenserve-runs="${4:-3}" --greenserve-idle=2 --greenserve-settle=1
     $PY -m pytest_greenserve paper "$REPORTS/$name/latest" | tee "$OUT/paper-$model.txt"
     pack "$name" ;;
-  install-ov)
+  install-ov)  # carry .whl-ov alone (openvino 2026.4.1, openvino-telemetry, openvino-tokenizers: 58.2 MiB)
     install .whl-ov; probe ;;
   issue3)
     install .whl; probe
