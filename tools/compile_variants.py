@@ -83,7 +83,7 @@ def child(a) -> dict:
         sync()
         times.append(time.perf_counter() - t)
         first = first or out
-    kernels, kernel_names = None, None
+    kernels, kernel_names = None, {}
     try:
         if not cuda:
             raise RuntimeError("no CUDA graph to profile on CPU")
@@ -95,14 +95,15 @@ def child(a) -> dict:
                 eng.pos.zero_()
                 eng._decode_graph.replay()
             torch.cuda.synchronize()
-        names = [e.name for e in prof.events() if e.device_type.name == "CUDA" and "memcpy" not in e.name.lower()
-                 and "memset" not in e.name.lower()]
-        kernels = len(names) / replays if names else None
-        # which kernels a step runs, by name (cut to 60 characters), per step
-        counts = {}
-        for name in names:
-            counts[name[:60]] = counts.get(name[:60], 0) + 1 / replays
-        kernel_names = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+        events = [e for e in prof.events() if e.device_type.name == "CUDA" and "memcpy" not in e.name.lower()
+                  and "memset" not in e.name.lower()]
+        kernels = len(events) / replays if events else None
+        # which kernels a step runs, by name (cut to 60 characters): [count, GPU µs] per step
+        for e in events:
+            row = kernel_names.setdefault(e.name[:60], [0.0, 0.0])
+            row[0] += 1 / replays
+            row[1] += (getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0)) / replays
+        kernel_names = dict(sorted(kernel_names.items(), key=lambda kv: -kv[1][1]))
     except Exception as exc:  # the profiler is a diagnostic: its failure costs nothing else
         print(f"profiler: {type(exc).__name__}: {exc}", file=sys.stderr)
     info = eng.load_info()

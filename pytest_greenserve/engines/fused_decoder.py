@@ -15,7 +15,8 @@ The weights are the transformers model's own tensors, except gpt2's Conv1D matri
 (K, N), which are copied once transposed to (N, K), the layout the kernels read row by row.
 The KV cache is the static decoder's, so prefill (the eager decoder, captured) and this step
 share it. Activations are fp32 in every dtype, so bf16 reads bf16 weights and cache but
-rounds nothing else.
+rounds nothing else. A layer norm's bias and its weights' row sums are folded once at load
+(fp32 vectors, one float per output row), so the GEMV after it reads its input once.
 """
 
 from __future__ import annotations
@@ -41,21 +42,35 @@ def unsupported_reason(config) -> str | None:
 
 @dataclass
 class _Layer:
-    ln_1: tuple  # (weight, bias, eps)
+    ln_1: tuple  # what gemv applies the layer norm with: (weight, rowsum of the folded matrix, eps)
     qkv_w: torch.Tensor  # (q + 2 kv, hidden), rows of K contiguous
-    qkv_b: torch.Tensor
+    qkv_b: torch.Tensor  # fp32, with ln_1's bias folded in
     out_w: torch.Tensor
     out_b: torch.Tensor
     ln_2: tuple
     fc_w: torch.Tensor
-    fc_b: torch.Tensor
+    fc_b: torch.Tensor  # fp32, with ln_2's bias folded in
     proj_w: torch.Tensor
     proj_b: torch.Tensor
     scaling: float
 
 
-def _ln(module) -> tuple:
-    return module.weight, module.bias, module.eps
+def _folded(norm, weight, bias=None) -> tuple:
+    """((norm's weight, rowsum, eps), the folded bias): a layer norm ``norm`` applied inside the
+    GEMV by ``weight`` (see fused_kernels.fold_layer_norm)."""
+    from .fused_kernels import fold_layer_norm
+
+    rowsum, folded_bias = fold_layer_norm(weight, norm.weight.detach(), norm.bias.detach(), bias)
+    return (norm.weight, rowsum, norm.eps), folded_bias
+
+
+def _layer(block, rows, scaling: float) -> _Layer:
+    attn, mlp = block.attn, block.mlp
+    qkv_w, fc_w = rows(attn.c_attn), rows(mlp.c_fc)
+    ln_1, qkv_b = _folded(block.ln_1, qkv_w, attn.c_attn.bias)
+    ln_2, fc_b = _folded(block.ln_2, fc_w, mlp.c_fc.bias)
+    return _Layer(ln_1, qkv_w, qkv_b, rows(attn.c_proj), attn.c_proj.bias, ln_2, fc_w, fc_b, rows(mlp.c_proj),
+                  mlp.c_proj.bias, scaling)
 
 
 class FusedDecoder:
@@ -81,14 +96,10 @@ class FusedDecoder:
         def rows(linear) -> torch.Tensor:  # (N, K): nn.Linear as it is, gpt2's Conv1D transposed once
             return linear.weight.detach().t().contiguous() if gpt2 else linear.weight.detach()
 
-        self.layers = [
-            _Layer(_ln(b.ln_1), rows(b.attn.c_attn), b.attn.c_attn.bias, rows(b.attn.c_proj), b.attn.c_proj.bias,
-                   _ln(b.ln_2), rows(b.mlp.c_fc), b.mlp.c_fc.bias, rows(b.mlp.c_proj), b.mlp.c_proj.bias,
-                   layer.scaling)
-            for b, layer in zip(base.h, w.layers)]
+        self.layers = [_layer(b, rows, layer.scaling) for b, layer in zip(base.h, w.layers)]
         self.wte, self.wpe = base.wte.weight, base.wpe.weight
-        self.ln_f = _ln(base.ln_f)
         self.lm_head = model.lm_head.weight  # (vocab, hidden); tied to wte in gpt2
+        self.ln_f, self.lm_bias = _folded(base.ln_f, self.lm_head.detach())
         device = self.wte.device
         hidden = cfg.hidden_size
         qkv_size = (self.heads + 2 * self.kv_heads) * self.head_dim
@@ -114,5 +125,5 @@ class FusedDecoder:
             k.gemv(self.attn, layer.out_w, x, bias=layer.out_b, residual=True)
             k.gemv(x, layer.fc_w, self.mlp, bias=layer.fc_b, ln=layer.ln_2, gelu=self.gelu)
             k.gemv(self.mlp, layer.proj_w, x, bias=layer.proj_b, residual=True)
-        k.gemv(x, self.lm_head, self.logits, ln=self.ln_f)
+        k.gemv(x, self.lm_head, self.logits, bias=self.lm_bias, ln=self.ln_f)
         return self.logits.view(1, -1)

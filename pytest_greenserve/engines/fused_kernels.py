@@ -2,12 +2,13 @@
 
 One generated token of a gpt2-style decoder runs, per layer, five kernels:
 
-1. ``gemv`` with a layer-norm prologue: ln_1(x) @ W_qkv + b;
+1. ``gemv`` with a layer norm folded in: ln_1(x) @ W_qkv + b (the statistics gathered in the
+   pass that reads the weights, :func:`fold_layer_norm`);
 2. ``decode_attention``: one query per head over the static KV cache up to the current
    position (online softmax, the cache read only as far as the position held on the device),
    which also writes the step's key and value into the cache;
 3. ``gemv`` with a residual epilogue: x += attn @ W_o + b;
-4. ``gemv`` with a layer-norm prologue and a GELU epilogue: h = gelu(ln_2(x) @ W_fc + b);
+4. ``gemv`` with a layer norm folded in and a GELU epilogue: h = gelu(ln_2(x) @ W_fc + b);
 5. ``gemv`` with a residual epilogue: x += h @ W_proj + b.
 
 Activations stay in fp32 (the residual stream, the layer norms' statistics, every
@@ -35,40 +36,38 @@ GELUS = {"gelu_new": GELU_TANH, "gelu_pytorch_tanh": GELU_TANH, "gelu_fast": GEL
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, res_ptr, ln_w_ptr, ln_b_ptr, N, K, stride_wn, eps,
+def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, ln_w_ptr, ln_rowsum_ptr, N, K, stride_wn, eps,
                  LN: tl.constexpr, GELU: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """y[n] = act(sum_k f(x)[k] * w[n, k] + bias[n]) (+ res[n]) for BLOCK_N rows n;
-    f is the layer norm over all K inputs where LN, else the identity."""
+    """y[n] = act(sum_k f(x)[k] w[n, k] + bias[n]) (+ y[n] where RESIDUAL), for BLOCK_N rows n.
+
+    f is the identity, or where LN a layer norm over all K inputs, in one pass over x: with
+    f(x)[k] = (x[k] - mean) rstd g[k] + b[k], sum_k f(x)[k] w[n, k] is
+    rstd (sum_k x[k] g[k] w[n, k] - mean rowsum[n]) + sum_k b[k] w[n, k], where
+    rowsum[n] = sum_k g[k] w[n, k] and the last term (folded into ``bias``) are fixed at load;
+    the statistics accumulate in the same loop that reads the weights.
+    """
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = rn < N
-    mean = 0.0
-    rstd = 1.0
-    if LN:  # the statistics over the whole input (x is small: K floats, cached)
-        total = tl.zeros([BLOCK_K], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            rk = k0 + tl.arange(0, BLOCK_K)
-            total += tl.load(x_ptr + rk, mask=rk < K, other=0.0).to(tl.float32)
-        mean = tl.sum(total, axis=0) / K
-        squares = tl.zeros([BLOCK_K], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            rk = k0 + tl.arange(0, BLOCK_K)
-            d = tl.where(rk < K, tl.load(x_ptr + rk, mask=rk < K, other=0.0).to(tl.float32) - mean, 0.0)
-            squares += d * d
-        rstd = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / K + eps)
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    total = tl.zeros([BLOCK_K], dtype=tl.float32)
+    squares = tl.zeros([BLOCK_K], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         k_mask = rk < K
         xk = tl.load(x_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
         if LN:
-            g = tl.load(ln_w_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
-            b = tl.load(ln_b_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
-            xk = tl.where(k_mask, (xk - mean) * rstd * g + b, 0.0)
+            total += xk
+            squares += xk * xk
+            xk = xk * tl.load(ln_w_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
         w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
         acc += w.to(tl.float32) * xk[None, :]
     y = tl.sum(acc, axis=1)
+    if LN:
+        mean = tl.sum(total, axis=0) / K
+        rstd = 1.0 / tl.sqrt(tl.maximum(tl.sum(squares, axis=0) / K - mean * mean, 0.0) + eps)
+        y = rstd * (y - mean * tl.load(ln_rowsum_ptr + rn, mask=n_mask, other=0.0))
     if HAS_BIAS:
         y += tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
     if GELU == 1:  # tanh approximation (gpt2's gelu_new): 0.5 y (1 + tanh(u)) = y sigmoid(2u)
@@ -77,12 +76,13 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, res_ptr, ln_w_ptr, ln_b_ptr, N, 
     if GELU == 2:  # exact GELU
         y = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))
     if RESIDUAL:
-        y += tl.load(res_ptr + rn, mask=n_mask, other=0.0)
+        y += tl.load(y_ptr + rn, mask=n_mask, other=0.0)
     tl.store(y_ptr + rn, y, mask=n_mask)
 
 
 def _gemv_configs():
-    shapes = [(2, 1024, 4), (4, 256, 4), (4, 512, 4), (4, 1024, 8), (8, 256, 4), (8, 512, 8), (16, 256, 8), (16, 128, 4)]
+    shapes = [(2, 1024, 4), (4, 256, 4), (4, 512, 4), (4, 1024, 8), (8, 256, 4), (8, 512, 8), (16, 256, 8),
+              (16, 128, 4), (32, 128, 4), (32, 256, 8)]
     return [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w) for n, k, w in shapes]
 
 
@@ -93,14 +93,26 @@ _gemv_tuned = _gemv_kernel if INTERPRETED else triton.autotune(
     configs=_gemv_configs(), key=["N", "K", "LN", "GELU", "RESIDUAL"])(_gemv_kernel)
 
 
+def fold_layer_norm(weight, ln_weight, ln_bias, bias=None):
+    """What :func:`gemv` needs to apply a layer norm (``ln_weight``, ``ln_bias``) to its input
+    before ``weight`` (N, K): (rowsum[n] = sum_k g[k] w[n, k], the bias with sum_k b[k] w[n, k]
+    added), both fp32, computed once at load."""
+    w = weight.float()
+    folded = w @ ln_bias.float()
+    if bias is not None:
+        folded += bias.float()
+    return (w * ln_weight.float()).sum(dim=1), folded
+
+
 def gemv(x, w, y, *, bias=None, ln=None, gelu=GELU_NONE, residual=False):
     """``y = act(f(x) @ w.T + bias)`` (``+ y`` where ``residual``), y an fp32 vector of w's rows.
 
-    ``ln``: (weight, bias, eps) of a layer norm applied to ``x`` first, or None.
+    ``ln``: (layer norm weight, rowsum, eps), with ``bias`` and rowsum from
+    :func:`fold_layer_norm`, or None (no layer norm).
     """
     n, k = w.shape
-    ln_w, ln_b, eps = ln if ln is not None else (x, x, 0.0)
-    args = (x, w, y, bias if bias is not None else y, y, ln_w, ln_b, n, k, w.stride(0), eps)
+    ln_w, ln_rowsum, eps = ln if ln is not None else (x, x, 0.0)
+    args = (x, w, y, bias if bias is not None else y, ln_w, ln_rowsum, n, k, w.stride(0), eps)
     flags = dict(LN=ln is not None, GELU=gelu, HAS_BIAS=bias is not None, RESIDUAL=residual)
     if INTERPRETED:
         block_n, block_k = 4, min(256, triton.next_power_of_2(k))
