@@ -61,7 +61,9 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, ln_w_ptr, ln_rowsum_ptr, N, K, s
             total += xk
             squares += xk * xk
             xk = xk * tl.load(ln_w_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+        # the weights are read once per step: keep them from evicting x (and the cache) from L2
+        w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0,
+                    eviction_policy="evict_first")
         acc += w.to(tl.float32) * xk[None, :]
     y = tl.sum(acc, axis=1)
     if LN:
@@ -81,8 +83,11 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, ln_w_ptr, ln_rowsum_ptr, N, K, s
 
 
 def _gemv_configs():
-    shapes = [(2, 1024, 4), (4, 256, 4), (4, 512, 4), (4, 1024, 8), (8, 256, 4), (8, 512, 8), (16, 256, 8),
-              (16, 128, 4), (32, 128, 4), (32, 256, 8)]
+    # (rows per program, K per iteration, warps): few rows and long K chunks put many loads in
+    # flight per program (what a GEMV at one token needs); more rows read x fewer times
+    shapes = [(1, 1024, 4), (1, 2048, 8), (2, 512, 4), (2, 1024, 4), (2, 2048, 8), (4, 256, 4), (4, 512, 4),
+              (4, 1024, 8), (4, 2048, 8), (8, 256, 4), (8, 512, 8), (8, 1024, 8), (16, 128, 4), (16, 256, 8),
+              (32, 128, 4), (32, 256, 8)]
     return [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w) for n, k, w in shapes]
 
 
