@@ -235,7 +235,7 @@ PYEOF
   issue19-quality)  # bf16 judged by quality against fp32 (ARGS: [model] [prompts] [runs] [configs])
     [ -d $SITE/transformers ] || install .whl
     model=${2:-codeparrot-small}; name=issue19-bf16-$model
-    session "$name" 560 --greenserve-models="$model" --greenserve-configs="${5:-torch-cuda,compile-cuda}" \
+    session "$name" "${CAP:-560}" --greenserve-models="$model" --greenserve-configs="${5:-torch-cuda,compile-cuda}" \
       --greenserve-dtype=bf16 --greenserve-prompts="${3:-64}" --greenserve-runs="${4:-3}" --greenserve-idle=2 --greenserve-settle=1
     $PY - "$REPORTS/$name/latest/samples.jsonl" <<'PY'
 import json, sys
