@@ -130,3 +130,19 @@ def test_a_run_with_nothing_the_paper_compared_says_so(tmp_path):
     html = write_reports(rows, tmp_path, {"run_id": "bf16"})["html"].read_text(encoding="utf-8")
     assert "The paper, side by side" not in html
     assert main(["paper", str(write_run(tmp_path / "runs", rows, "bf16"))]) == 0
+
+
+def test_quantised_configurations_are_left_out_of_the_paper_ratios(tmp_path):
+    """llamacpp-cpu:q8_0 is a quantisation, not a transport: the paper served unquantised
+    weights, so it neither forms a comparison group of its own nor adds notes about one."""
+    from pytest_greenserve.results import read_run
+
+    rows = run_rows(reps=3)
+    for config in ("llamacpp-cpu:q8_0", "llamacpp-cpu:f16"):
+        for rep in range(3):  # as the engine saves them: the quantisation in the label, not the provider
+            rows.append({**sample("codeparrot-small", config, rep, time_s=50.0, energy_j=900.0, cpu_source="rapl",
+                                  gpu_source="nvml-counter"), "engine": "llamacpp", "provider": "cpu"})
+    compared, notes = compare(read_run(write_run(tmp_path, rows, "run-q"))[0])
+    assert {r.transport for r in compared} == {""}
+    assert not [n for n in notes if "q8_0" in n or "f16" in n], notes
+    assert by(compared, "all models", "TORCH-CPU/TORCH-CUDA", "time").verdict == "agrees"

@@ -131,6 +131,11 @@ def _prepare(rows) -> pd.DataFrame:
     if df.empty:
         return df
     df["transport"] = [str(c)[len(b):] for c, b in zip(df["config"], df["base"])]
+    # what follows the base is the transport (compile-cuda@http) or a quantisation
+    # (llamacpp-cpu:q8_0); the paper served unquantised weights, so only transports compare
+    df = df.loc[[t == "" or t.startswith("@") for t in df["transport"]]].copy()
+    if df.empty:
+        return df
     df["machine"] = df["machine"].fillna("unknown").astype(str) if "machine" in df.columns else "unknown"
     if "category" not in df.columns:
         df["category"] = None
