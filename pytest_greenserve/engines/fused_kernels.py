@@ -120,7 +120,8 @@ def gemv(x, w, y, *, bias=None, ln=None, gelu=GELU_NONE, residual=False):
     args = (x, w, y, bias if bias is not None else y, ln_w, ln_rowsum, n, k, w.stride(0), eps)
     flags = dict(LN=ln is not None, GELU=gelu, HAS_BIAS=bias is not None, RESIDUAL=residual)
     if INTERPRETED:
-        block_n, block_k = 4, min(256, triton.next_power_of_2(k))
+        # each program is emulated in Python: few, wide ones
+        block_n, block_k = min(64, triton.next_power_of_2(n)), min(256, triton.next_power_of_2(k))
         _gemv_kernel[(triton.cdiv(n, block_n),)](*args, **flags, BLOCK_N=block_n, BLOCK_K=block_k)
     else:
         _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **flags)

@@ -1,0 +1,60 @@
+"""The fused decode step (``compile``'s ``fused+graph`` mode): its Triton kernels give the static
+decoder's logits, step after step, on the two families it serves, in fp32 and bf16.
+
+The kernels run under Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors), in a fresh
+process because Triton reads that variable when the kernels are defined. On the GPU machine the
+same step is captured as a CUDA graph (``tools/compile_variants.py``, variant ``fused``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed (pip install triton): the fused kernels cannot run", allow_module_level=True)
+
+SCRIPT = Path(__file__).with_name("fused_interpreted.py")
+STEPS = 6
+
+
+def fused_against_static(model_dir: Path, dtype: str) -> list[dict]:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, str(SCRIPT), str(model_dir), dtype, str(STEPS)], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_bigcode"])
+def test_fused_step_gives_the_static_decoders_logits_in_fp32(family, tiny_model):
+    steps = fused_against_static(tiny_model(family), "float32")
+    assert len(steps) == STEPS
+    for i, step in enumerate(steps):
+        assert step["max_abs_diff"] <= 1e-4 * max(1.0, step["scale"]), (family, i, step)
+        assert step["fused_token"] == step["static_token"], (family, i, step)
+
+
+def test_fused_step_in_bf16_stays_within_bf16_rounding(tiny_model):
+    """bf16 weights and cache, fp32 activations: within bf16's rounding of the eager bf16 step
+    (which rounds every activation too), not bit-equal to it."""
+    for step in fused_against_static(tiny_model("gpt2"), "bfloat16"):
+        assert step["max_abs_diff"] <= 0.05 * max(1.0, step["scale"]), step
+
+
+def test_families_without_a_fused_step_are_refused_with_the_reason(tiny_model):
+    from transformers import AutoConfig
+
+    from pytest_greenserve.engines.fused_decoder import unsupported_reason
+
+    assert unsupported_reason(AutoConfig.from_pretrained(tiny_model("gpt2"))) is None
+    assert unsupported_reason(AutoConfig.from_pretrained(tiny_model("gpt_bigcode"))) is None
+    reason = unsupported_reason(AutoConfig.from_pretrained(tiny_model("gpt_neox")))
+    assert reason == "the fused decode step serves gpt2 and gpt_bigcode, not gpt_neox"
