@@ -11,6 +11,7 @@ written before it existed have none and read as version 0. :func:`read_run` and
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import platform
@@ -219,7 +220,8 @@ def _schema_version(obj: dict, where: str) -> int:
 
 
 def read_sample_file(path: Path, note: Callable[[str], None] | None = None) -> list[dict]:
-    """The samples of one run directory or samples.jsonl file, as saved.
+    """The samples of one run directory or samples.jsonl file, as saved (a ``.gz`` file, as the
+    measurements in docs/data are kept, is read through gzip).
 
     Only a torn *last* line (a session interrupted mid-write) is tolerated: it is skipped
     and ``note`` (default: a line on stderr) says so. Any other line that is not a JSON
@@ -231,8 +233,10 @@ def read_sample_file(path: Path, note: Callable[[str], None] | None = None) -> l
     file = samples_file(path)
     try:
         data = file.read_bytes()
-    except OSError as exc:
-        raise SamplesError(f"{file}: cannot read ({exc.__class__.__name__}: {exc.strerror or exc})") from None
+        if file.suffix == ".gz":
+            data = gzip.decompress(data)
+    except (OSError, EOFError) as exc:  # gzip: BadGzipFile is an OSError, a cut file an EOFError
+        raise SamplesError(f"{file}: cannot read ({exc.__class__.__name__}: {getattr(exc, 'strerror', None) or exc})") from None
     numbered = [(n, line.strip()) for n, line in enumerate(data.split(b"\n"), 1) if line.strip()]
     rows = []
     for i, (n, raw) in enumerate(numbered):

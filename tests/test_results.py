@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pytest_greenserve.results import (SCHEMA_VERSION, ResultsStore, SamplesError, read_meta, read_run,
+from pytest_greenserve.results import (SCHEMA_VERSION, ResultsStore, SamplesError, read_meta, read_run, read_sample_file,
                                        read_samples)
 
 A = {"model": "mini-gpt2", "config": "torch-cpu", "repetition": 0, "time_s": 1.5}
@@ -169,3 +169,20 @@ def test_appends_from_several_processes_stay_whole_lines(tmp_path):
         p.join(60)
     rows = read_run(store.run_dir, note=pytest.fail)[0]
     assert sorted((r["worker"], r["i"]) for r in rows) == [(f"gw{k}", i) for k in range(3) for i in range(20)]
+
+
+def test_a_gzipped_samples_file_reads_as_the_plain_one(tmp_path):
+    """Measurements kept compressed (docs/data/*.samples.jsonl.gz) read directly; a cut one is
+    one line naming the file, not a traceback."""
+    import gzip
+
+    lines = [json.dumps({"model": "m", "config": "torch-cpu", "repetition": r, "time_s": 1.0 + r}) for r in range(3)]
+    plain = tmp_path / "samples.jsonl"
+    plain.write_text("\n".join(lines) + "\n")
+    packed = tmp_path / "kept.samples.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert read_sample_file(packed) == read_sample_file(plain) and len(read_sample_file(packed)) == 3
+    cut = tmp_path / "cut.samples.jsonl.gz"
+    cut.write_bytes(packed.read_bytes()[:-12])
+    with pytest.raises(SamplesError, match="cut.samples.jsonl.gz: cannot read"):
+        read_sample_file(cut)
