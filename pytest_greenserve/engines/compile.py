@@ -305,13 +305,16 @@ class CompileEngine(Engine):
         its first generation, which compiles (inductor) and captures (CUDA graphs) the decode
         step; ``capture_s``, CUDA graph captures since (one per new prompt length, in the
         runner's warm-up, never inside a measured request); the cache size; the graphs (captured
-        in all, prefill graphs held now, and dropped as least recently used)."""
+        in all, prefill graphs held now, and dropped as least recently used); the fused step's
+        weight copies."""
         return {"compile_mode": self.mode, "load_s": getattr(self, "load_s", None),
                 "compile_s": getattr(self, "compile_s", None),
                 "capture_s": self.capture_s,
                 "compile_fallback": self.fallback, "kv_capacity": self.capacity,
                 "cuda_graphs_captured": self.captures, "prefill_graphs_held": len(self._prefill_graphs),
-                "prefill_graphs_dropped": self.prefill_graphs_dropped, "context_tokens": self.context_tokens}
+                "prefill_graphs_dropped": self.prefill_graphs_dropped, "context_tokens": self.context_tokens,
+                # fused+graph: device memory of gpt2's transposed weight copies, MiB (0: none made)
+                "fused_weight_copy_mib": self.fused.copied_weight_bytes / 2**20 if self.fused else None}
 
     def close(self):
         import gc

@@ -120,14 +120,15 @@ def test_unsupported_architecture_is_skipped_with_the_reason():
 
 
 def test_cuda_graph_modes_are_refused_on_cpu():
-    with pytest.raises(EngineError, match="^compile: mode 'graph' needs CUDA"):
-        resolve_mode("graph", "cpu")
+    for mode in ("graph", "inductor+graph", "fused+graph"):
+        with pytest.raises(EngineError, match=f"^compile: mode '{mode}' needs CUDA"):
+            resolve_mode(mode, "cpu")
     with pytest.raises(EngineError, match="unknown mode 'fast'"):
         resolve_mode("fast", "cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA device")
-@pytest.mark.parametrize("mode", ["graph", "inductor+graph"])
+@pytest.mark.parametrize("mode", ["graph", "inductor+graph", "fused+graph"])
 def test_captured_decode_step_gives_torch_tokens_on_cuda(mode, tiny_handle, prompt_ids):
     handle = tiny_handle("gpt_bigcode")
     ref_engine = TorchEngine(handle, "cuda", EngineOptions())
