@@ -61,8 +61,8 @@ probe() {
   $PY -c "import pynvml as n; n.nvmlInit(); h=n.nvmlDeviceGetHandleByIndex(0); print('energy counter mJ', n.nvmlDeviceGetTotalEnergyConsumption(h))"
 }
 
-pack() {
-  (cd $REPORTS && tar czf "$OUT/reports-$1.tgz" --exclude=latest .) && ls -la "$OUT"
+pack() {  # the device tool returns only plain names: a model list's commas become underscores
+  (cd $REPORTS && tar czf "$OUT/reports-${1//[^A-Za-z0-9._-]/_}.tgz" --exclude=latest .) && ls -la "$OUT"
 }
 
 # issue 18: a fixed replica set, every model x CUDA configuration, 164 prompts, 3 runs (override with
