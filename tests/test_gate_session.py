@@ -299,7 +299,9 @@ def test_ctrl_c_during_a_save_leaves_the_old_baseline_byte_identical(suite, monk
     runs_before = set((suite.path / "reports").glob("*/samples.jsonl"))
     monkeypatch.setenv("GS_PACE", "0.3")  # slow enough to interrupt mid-session
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", *ARGS, "--greenserve-runs=6", "--greenserve-save=main"],
+    # 20 samples of ~1.5 s: the interrupt lands mid-session even when a busy machine delays this
+    # loop by seconds (with 6, a CI run once saw the session finish before its SIGINT came)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *ARGS, "--greenserve-runs=20", "--greenserve-save=main"],
                             cwd=suite.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:  # wait for the new session's first sample
