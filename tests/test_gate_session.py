@@ -299,10 +299,12 @@ def test_ctrl_c_during_a_save_leaves_the_old_baseline_byte_identical(suite, monk
     runs_before = set((suite.path / "reports").glob("*/samples.jsonl"))
     monkeypatch.setenv("GS_PACE", "0.3")  # slow enough to interrupt mid-session
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    # 20 samples of ~1.5 s: the interrupt lands mid-session even when a busy machine delays this
-    # loop by seconds (with 6, a CI run once saw the session finish before its SIGINT came)
+    # 20 samples of ~1.5 s: the interrupt lands mid-session even when a busy machine delays this loop
+    # the session a user would Ctrl-C: SIGINT at its default, even where this test runs as a
+    # background job (a shell starts those with SIGINT ignored, and children inherit that)
     proc = subprocess.Popen([sys.executable, "-m", "pytest", *ARGS, "--greenserve-runs=20", "--greenserve-save=main"],
-                            cwd=suite.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=suite.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:  # wait for the new session's first sample
         new = set((suite.path / "reports").glob("*/samples.jsonl")) - runs_before
