@@ -9,6 +9,7 @@ import pytest
 
 from pytest_greenserve.meters import MeterSet, MeterSettings
 from pytest_greenserve.meters.wattmeter import NetioWattmeter, netio_url, parse_netio
+from stub_http import answer_json
 
 
 def netio_doc(total_load_w=120.0, total_energy_wh=2253, outputs=((1, 100.0, 172),)):
@@ -36,12 +37,7 @@ def netio():
                 self.send_error(404)
                 return
             state["gets"] += 1
-            body = json.dumps(state["doc"]).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            answer_json(self, json.dumps(state["doc"]).encode())
 
         def log_message(self, *args):
             pass

@@ -20,6 +20,7 @@ from pytest_greenserve.engines.base import EngineError
 from pytest_greenserve.serving.client import HttpTarget
 from pytest_greenserve.serving.connections import ConnectionPool, _Connection
 from pytest_greenserve.serving.null import NullEngine
+from stub_http import answer_json
 
 
 def server_connections(target) -> int:
@@ -124,18 +125,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.requests in self.server.unanswered:  # closed as the request arrived
             self.close_connection = True
             return
-        self._answer(body)
+        answer_json(self, body)
         # closed after answering, as a server's keep-alive timeout closes an idle connection
         self.close_connection = self.server.requests in self.server.close_after
 
     do_GET = do_POST
-
-    def _answer(self, body: bytes) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def log_message(self, *args):
         pass
