@@ -12,6 +12,7 @@ Variants:
             fuse with the mask and the cache reads (SDPA is an opaque kernel to it)
   autotune  cdt, and inductor's max-autotune of the GEMMs (Triton templates with fused epilogues)
   fused     the engine's fused+graph mode: hand-fused Triton kernels, five per layer (engines/fused_decoder.py)
+  fused-nopdl  the same, every kernel launched without programmatic dependent launch
 
 Per variant: ms/token (median request / new tokens, CUDA synchronised), the first request's
 tokens against the base variant's (exact; bf16 near-ties may differ, the plugin judges quality),
@@ -29,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused")
+VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl")
 
 
 def child(a) -> dict:
@@ -44,7 +45,12 @@ def child(a) -> dict:
     from pytest_greenserve.prompts import make_prompts
 
     v = a.variant
-    if v not in ("base", "fused"):
+    fused = v.startswith("fused")
+    if fused:
+        from pytest_greenserve.engines import fused_kernels
+
+        fused_kernels.USE_PDL = fused_kernels.USE_PDL and v != "fused-nopdl"
+    if v != "base" and not fused:
         torch._inductor.config.coordinate_descent_tuning = True
     if v == "autotune":
         torch._inductor.config.max_autotune = True
@@ -65,7 +71,7 @@ def child(a) -> dict:
     prompts = [tok(p.text, add_special_tokens=False)["input_ids"] for p in make_prompts(tok, a.prompts, 0)]
     cuda = a.provider == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    mode = ("fused+graph" if v == "fused" else "inductor+graph") if cuda else "inductor"
+    mode = ("fused+graph" if fused else "inductor+graph") if cuda else "inductor"
     eng = CompileEngine(handle, a.provider, EngineOptions(dtype=a.dtype, compile_mode=mode))
     t0 = time.perf_counter()
     eng.load()
@@ -107,14 +113,13 @@ def child(a) -> dict:
     except Exception as exc:  # the profiler is a diagnostic: its failure costs nothing else
         print(f"profiler: {type(exc).__name__}: {exc}", file=sys.stderr)
     tuned = None
-    if v == "fused":  # the GEMV launch configuration the autotuner chose per (N, K, flags)
-        from pytest_greenserve.engines import fused_kernels
-
+    if fused:  # the GEMV launch configuration the autotuner chose per (N, K, flags)
         tuned = {str(k): str(c) for k, c in getattr(fused_kernels._gemv_tuned, "cache", {}).items()}
     info = eng.load_info()
     return {"variant": v, "dtype": a.dtype, "model": a.model, "ms_per_token": 1e3 * statistics.median(times) / a.new_tokens,
             "first_tokens": first, "kernels_per_decode_step": kernels, "kernel_names": kernel_names, "gemv_configs": tuned, "load_s": load_s,
             "compile_mode": info["compile_mode"], "compile_fallback": info["compile_fallback"],
+            "pdl": fused and fused_kernels.USE_PDL,
             "device": torch.cuda.get_device_name() if cuda else "cpu"}
 
 

@@ -179,7 +179,9 @@ class CompileEngine(Engine):
         if self.mode == "fused+graph":
             from .fused_decoder import FusedDecoder
 
-            self.fused = forward = FusedDecoder(self.decoder)  # ValueError for a family it cannot run
+            # ValueError for a family it cannot run; the greedy choice is its own (EOS forbidden)
+            self.fused = forward = FusedDecoder(self.decoder, forbidden=self.model.eos_token_ids)
+            step = lambda: self.fused.step(self.tok, self.pos, self.generated)  # noqa: E731
         if "inductor" in self.mode:
             torch._dynamo.reset()  # a rebuilt decoder must not reuse graphs guarded on the old one
             if "graph" in self.mode:

@@ -5,8 +5,9 @@ norms, GEMVs, bias adds, cache writes and attention each stay separate around cu
 and at one token the step costs the kernels' count, not their bytes. Here each layer is five
 kernels (:mod:`.fused_kernels`): the layer norms and the GELU run inside the GEMVs that read
 their output, the bias and the residual add inside the GEMVs that write them, and attention
-reads the cache only up to the current position. 5 × layers + 7 kernels per token (the
-embedding, the final GEMV, the greedy choice and its state updates): 67 on codeparrot-small.
+reads the cache only up to the current position. 5 × layers + 3 kernels per token (the
+embedding, the final GEMV, which also folds the greedy choice into one atomic maximum, and the
+kernel that turns that choice into the next token and position): 63 on codeparrot-small.
 
 Families: gpt2 (codeparrot) and multi-query gpt_bigcode (starcoder, santacoder): a sequential
 residual, layer norms, a learned position table and a GELU MLP. Others are refused with the
@@ -76,9 +77,11 @@ def _layer(block, rows, scaling: float) -> _Layer:
 
 class FusedDecoder:
     """``decoder_step(tok (1, 1), pos (1,))`` -> logits (1, vocab) fp32, writing the step's key
-    and value into ``decoder``'s cache at ``pos``. Raises ValueError for a model it cannot run."""
+    and value into ``decoder``'s cache at ``pos``; :meth:`step` also makes the greedy choice.
+    ``forbidden``: token ids that may never be chosen (EOS): their logits are -inf. Raises
+    ValueError for a model it cannot run."""
 
-    def __init__(self, decoder):
+    def __init__(self, decoder, forbidden=()):
         from . import fused_kernels
 
         self.kernels = fused_kernels
@@ -101,6 +104,8 @@ class FusedDecoder:
         self.wte, self.wpe = base.wte.weight, base.wpe.weight
         self.lm_head = model.lm_head.weight  # (vocab, hidden); tied to wte in gpt2
         self.ln_f, self.lm_bias = _folded(base.ln_f, self.lm_head.detach())
+        forbidden = [i for i in forbidden if 0 <= i < self.lm_bias.numel()]
+        self.lm_bias[forbidden] = float("-inf")
         device = self.wte.device
         hidden = cfg.hidden_size
         qkv_size = (self.heads + 2 * self.kv_heads) * self.head_dim
@@ -111,12 +116,21 @@ class FusedDecoder:
         self.x, self.qkv, self.attn = buffer(hidden), buffer(qkv_size), buffer(self.heads * self.head_dim)
         self.mlp = buffer(self.layers[0].fc_w.shape[0])
         self.logits = buffer(self.lm_head.shape[0])
+        # the greedy choice, packed (fused_kernels.gemv's ``best``); consumed and reset each step
+        self.best = torch.full((1,), fused_kernels.NO_BEST, dtype=torch.long, device=device)
         #: bytes of gpt2's transposed matrix copies (device memory beyond the model's own)
         self.copied_weight_bytes = sum(t.numel() * t.element_size() for layer in self.layers
                                        for t in (layer.qkv_w, layer.out_w, layer.fc_w, layer.proj_w)) if gpt2 else 0
 
     @torch.no_grad()
-    def __call__(self, tok, pos):
+    def step(self, tok, pos, generated) -> None:
+        """One decode step on the device state: ``tok`` (1, 1) at ``pos`` (1,) in; the greedy
+        next token out, as ``pos += 1; generated[pos] = tok = choice`` (no host involved)."""
+        self(tok, pos, best=self.best)
+        self.kernels.greedy_advance(self.best, tok, pos, generated)
+
+    @torch.no_grad()
+    def __call__(self, tok, pos, best=None):
         k, x = self.kernels, self.x
         k.embed(tok, pos, self.wte, self.wpe, x)
         for i, layer in enumerate(self.layers):
@@ -126,5 +140,5 @@ class FusedDecoder:
             k.gemv(self.attn, layer.out_w, x, bias=layer.out_b, residual=True)
             k.gemv(x, layer.fc_w, self.mlp, bias=layer.fc_b, ln=layer.ln_2, gelu=self.gelu)
             k.gemv(self.mlp, layer.proj_w, x, bias=layer.proj_b, residual=True)
-        k.gemv(x, self.lm_head, self.logits, bias=self.lm_bias, ln=self.ln_f)
+        k.gemv(x, self.lm_head, self.logits, bias=self.lm_bias, ln=self.ln_f, best=best)
         return self.logits.view(1, -1)

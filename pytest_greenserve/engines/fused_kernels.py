@@ -15,9 +15,20 @@ Activations stay in fp32 (the residual stream, the layer norms' statistics, ever
 accumulation); weights and the KV cache are read in the model's dtype. Weights are (N, K)
 row-major (nn.Linear's layout), so each program reads whole rows of K contiguously.
 
+The greedy choice needs no kernel of its own over the logits: the last GEMV's programs each
+fold their rows' best (logit, index) into one int64 with an atomic max (:func:`pack_best`), and
+one single-program kernel (:func:`greedy_advance`) turns it into the next token and position.
+
 Everything a step reads (the token, its position) is a device tensor, so the step can be
 captured as a CUDA graph. With ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors
 (numpy underneath), which is how the tests check them without a GPU.
+
+On Hopper and later (:data:`USE_PDL`) every kernel is launched with programmatic dependent
+launch: it may start while the kernel before it is still running, reads what never changes
+(its first block of weights) and only then waits for that kernel's results (``gdc_wait``), so
+the ~1 µs launch gap between two of the step's 120-odd kernels overlaps work. Only constant
+weights are read before the wait and nothing is written before it, so the order of results
+is that of a plain launch.
 """
 
 from __future__ import annotations
@@ -30,15 +41,49 @@ import triton.language as tl
 #: The interpreter (TRITON_INTERPRET=1) runs kernels on CPU tensors; it cannot autotune
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
+
+def _pdl_supported() -> bool:
+    """Programmatic dependent launch: compute capability 9.0 or later, compiled kernels only."""
+    if INTERPRETED:
+        return False
+    try:
+        import torch
+
+        return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+    except Exception:  # no usable CUDA: the kernels will not be launched on it anyway
+        return False
+
+
+#: Launch every kernel of the step with programmatic dependent launch (read at each launch, so
+#: tools/compile_variants.py can compare it off)
+USE_PDL = _pdl_supported()
+#: What :func:`greedy_advance`'s slot holds before a step's first atomic max (the int64 minimum)
+NO_BEST = -(2**63)
+_NO_BEST = tl.constexpr(NO_BEST)  # the same, for the kernels (a global they read must be constexpr)
+_LOW_WORD = tl.constexpr(0xFFFFFFFF)
+
 GELU_NONE, GELU_TANH, GELU_ERF = 0, 1, 2
 #: transformers' activation names -> the GELU the kernel applies
 GELUS = {"gelu_new": GELU_TANH, "gelu_pytorch_tanh": GELU_TANH, "gelu_fast": GELU_TANH, "gelu": GELU_ERF}
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, ln_w_ptr, ln_rowsum_ptr, N, K, stride_wn, eps,
+def _gemv_chunk(x_ptr, w, rk, k_mask, ln_w_ptr, acc, total, squares, LN: tl.constexpr):
+    """One BLOCK_K chunk of :func:`_gemv_kernel`'s loop: x's chunk (layer-normed where LN) times
+    the weights ``w`` already loaded, and the layer norm's running statistics."""
+    xk = tl.load(x_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
+    if LN:
+        total += xk
+        squares += xk * xk
+        xk = xk * tl.load(ln_w_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
+    acc += w.to(tl.float32) * xk[None, :]
+    return acc, total, squares
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, ln_w_ptr, ln_rowsum_ptr, best_ptr, N, K, stride_wn, eps,
                  LN: tl.constexpr, GELU: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 ARGMAX: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """y[n] = act(sum_k f(x)[k] w[n, k] + bias[n]) (+ y[n] where RESIDUAL), for BLOCK_N rows n.
 
     f is the identity, or where LN a layer norm over all K inputs, in one pass over x: with
@@ -46,25 +91,33 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, ln_w_ptr, ln_rowsum_ptr, N, K, s
     rstd (sum_k x[k] g[k] w[n, k] - mean rowsum[n]) + sum_k b[k] w[n, k], where
     rowsum[n] = sum_k g[k] w[n, k] and the last term (folded into ``bias``) are fixed at load;
     the statistics accumulate in the same loop that reads the weights.
+
+    ARGMAX: also fold the rows' best (y, lowest index) into ``best_ptr`` (:func:`pack_best`).
     """
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = rn < N
+    rk = tl.arange(0, BLOCK_K)
+    k_mask = rk < K
+    # the weights are read once per step: keep them from evicting x (and the cache) from L2
+    w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0,
+                eviction_policy="evict_first")
+    if PDL:  # the first weights are in flight; x is the kernel before's result: wait for it now
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     total = tl.zeros([BLOCK_K], dtype=tl.float32)
     squares = tl.zeros([BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        k_mask = rk < K
-        xk = tl.load(x_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
-        if LN:
-            total += xk
-            squares += xk * xk
-            xk = xk * tl.load(ln_w_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
-        # the weights are read once per step: keep them from evicting x (and the cache) from L2
-        w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0,
-                    eviction_policy="evict_first")
-        acc += w.to(tl.float32) * xk[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        # the next chunk's weights are loaded before this one's are used: two chunks in flight
+        # per thread (Triton does not pipeline a loop without a dot on its own)
+        rk_next = k0 + tl.arange(0, BLOCK_K)
+        k_mask_next = rk_next < K
+        w_next = tl.load(w_ptr + rn[:, None] * stride_wn + rk_next[None, :],
+                         mask=n_mask[:, None] & k_mask_next[None, :], other=0.0, eviction_policy="evict_first")
+        acc, total, squares = _gemv_chunk(x_ptr, w, rk, k_mask, ln_w_ptr, acc, total, squares, LN)
+        w, rk, k_mask = w_next, rk_next, k_mask_next
+    acc, total, squares = _gemv_chunk(x_ptr, w, rk, k_mask, ln_w_ptr, acc, total, squares, LN)
     y = tl.sum(acc, axis=1)
     if LN:
         mean = tl.sum(total, axis=0) / K
@@ -80,22 +133,37 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, ln_w_ptr, ln_rowsum_ptr, N, K, s
     if RESIDUAL:
         y += tl.load(y_ptr + rn, mask=n_mask, other=0.0)
     tl.store(y_ptr + rn, y, mask=n_mask)
+    if ARGMAX:
+        tl.atomic_max(best_ptr, tl.max(_pack_best(tl.where(n_mask, y, float("-inf")), rn), axis=0))
+
+
+@triton.jit
+def _pack_best(value, index):
+    """(value, index) as one int64 whose signed order is value's, then the lower index first:
+    the float's bits made order-preserving as an int32 in the high word, ~index in the low."""
+    bits = value.to(tl.int32, bitcast=True)
+    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return (key.to(tl.int64) << 32) | (tl.full(index.shape, _LOW_WORD, tl.int64) - index.to(tl.int64))
 
 
 def _gemv_configs():
     # (rows per program, K per iteration, warps): few rows and long K chunks put many loads in
-    # flight per program (what a GEMV at one token needs); more rows read x fewer times
+    # flight per program (what a GEMV at one token needs); more rows read x fewer times. The
+    # last ones give each thread 64 bf16 weights (128 bytes) in flight per chunk: bf16 read at
+    # 2.9 TB/s where fp32, twice the bytes per chunk, reached 3.5 (docs/measurements.md)
     shapes = [(1, 1024, 4), (1, 2048, 8), (2, 512, 4), (2, 1024, 4), (2, 2048, 8), (4, 256, 4), (4, 512, 4),
               (4, 1024, 8), (4, 2048, 8), (8, 256, 4), (8, 512, 8), (8, 1024, 8), (16, 128, 4), (16, 256, 8),
-              (32, 128, 4), (32, 256, 8)]
+              (32, 128, 4), (32, 256, 8),
+              (4, 2048, 4), (8, 1024, 4), (8, 2048, 8), (16, 512, 4), (16, 1024, 8)]
     return [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w) for n, k, w in shapes]
 
 
 # Tuned once per (N, K, flags) in the eager warm-up before a CUDA graph capture, never inside
 # it. A tuning run repeats in-place residual updates: harmless, as every step rebuilds the
-# residual stream from the embedding, and the KV cache is not written by this kernel.
+# residual stream from the embedding, and the KV cache is not written by this kernel; its
+# repeated atomic maxima leave the same best, which the greedy kernel then consumes.
 _gemv_tuned = _gemv_kernel if INTERPRETED else triton.autotune(
-    configs=_gemv_configs(), key=["N", "K", "LN", "GELU", "RESIDUAL"])(_gemv_kernel)
+    configs=_gemv_configs(), key=["N", "K", "LN", "GELU", "RESIDUAL", "ARGMAX", "PDL"])(_gemv_kernel)
 
 
 def fold_layer_norm(weight, ln_weight, ln_bias, bias=None):
@@ -109,27 +177,58 @@ def fold_layer_norm(weight, ln_weight, ln_bias, bias=None):
     return (w * ln_weight.float()).sum(dim=1), folded
 
 
-def gemv(x, w, y, *, bias=None, ln=None, gelu=GELU_NONE, residual=False):
+def gemv(x, w, y, *, bias=None, ln=None, gelu=GELU_NONE, residual=False, best=None):
     """``y = act(f(x) @ w.T + bias)`` (``+ y`` where ``residual``), y an fp32 vector of w's rows.
 
     ``ln``: (layer norm weight, rowsum, eps), with ``bias`` and rowsum from
-    :func:`fold_layer_norm`, or None (no layer norm).
+    :func:`fold_layer_norm`, or None (no layer norm). ``best``: an int64 slot holding
+    :data:`NO_BEST`, into which y's greedy choice is folded (for :func:`greedy_advance`).
     """
     n, k = w.shape
     ln_w, ln_rowsum, eps = ln if ln is not None else (x, x, 0.0)
-    args = (x, w, y, bias if bias is not None else y, ln_w, ln_rowsum, n, k, w.stride(0), eps)
-    flags = dict(LN=ln is not None, GELU=gelu, HAS_BIAS=bias is not None, RESIDUAL=residual)
+    args = (x, w, y, bias if bias is not None else y, ln_w, ln_rowsum, best if best is not None else y, n, k,
+            w.stride(0), eps)
+    flags = dict(LN=ln is not None, GELU=gelu, HAS_BIAS=bias is not None, RESIDUAL=residual, ARGMAX=best is not None)
     if INTERPRETED:
         # each program is emulated in Python: few, wide ones
         block_n, block_k = min(64, triton.next_power_of_2(n)), min(256, triton.next_power_of_2(k))
-        _gemv_kernel[(triton.cdiv(n, block_n),)](*args, **flags, BLOCK_N=block_n, BLOCK_K=block_k)
+        _gemv_kernel[(triton.cdiv(n, block_n),)](*args, **flags, PDL=False, BLOCK_N=block_n, BLOCK_K=block_k)
     else:
-        _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **flags)
+        _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **flags, **_pdl())
+
+
+def _pdl() -> dict:
+    """The launch arguments of programmatic dependent launch, where :data:`USE_PDL`."""
+    return {"PDL": True, "launch_pdl": True} if USE_PDL else {"PDL": False}
+
+
+@triton.jit
+def _greedy_kernel(best_ptr, tok_ptr, pos_ptr, generated_ptr, PDL: tl.constexpr):
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+    packed = tl.load(best_ptr)
+    low_word = tl.full([], _LOW_WORD, tl.int64)
+    token = low_word - (packed & low_word)
+    pos = tl.load(pos_ptr) + 1
+    tl.store(pos_ptr, pos)
+    tl.store(generated_ptr + pos, token)
+    tl.store(tok_ptr, token)
+    tl.store(best_ptr, tl.full([], _NO_BEST, tl.int64))  # ready for the next step's maxima
+
+
+def greedy_advance(best, tok, pos, generated):
+    """The step's greedy choice (folded into ``best`` by :func:`gemv`) becomes the next token:
+    ``pos += 1; generated[pos] = tok = choice``; ``best`` is reset to :data:`NO_BEST`."""
+    _greedy_kernel[(1,)](best, tok, pos, generated, **_pdl())
 
 
 @triton.jit
 def _embed_kernel(tok_ptr, pos_ptr, wte_ptr, wpe_ptr, x_ptr, H, stride_te, stride_pe,
-                  HAS_POS: tl.constexpr, BLOCK: tl.constexpr):
+                  HAS_POS: tl.constexpr, PDL: tl.constexpr, BLOCK: tl.constexpr):
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     tok = tl.load(tok_ptr)
     pos = tl.load(pos_ptr)
     for h0 in range(0, H, BLOCK):
@@ -146,15 +245,19 @@ def embed(tok, pos, wte, wpe, x):
     hidden = wte.shape[1]
     _embed_kernel[(1,)](tok, pos, wte, wpe if wpe is not None else wte, x, hidden, wte.stride(0),
                         wpe.stride(0) if wpe is not None else 0, HAS_POS=wpe is not None,
-                        BLOCK=min(1024, triton.next_power_of_2(hidden)))
+                        BLOCK=min(1024, triton.next_power_of_2(hidden)), **_pdl())
 
 
 @triton.jit
 def _decode_attention_kernel(qkv_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, out_ptr, scale, q_size, kv_size,
-                             group, head_stride, D, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+                             group, head_stride, D, PDL: tl.constexpr, BLOCK_D: tl.constexpr,
+                             BLOCK_T: tl.constexpr):
     """Head ``h``: softmax(q . K[:pos+1]) V[:pos+1], the current position's key and value taken
     from the projection (fp32), earlier ones from the cache; the first head of each key/value
     group then writes them into the cache at ``pos`` (no program reads that slot this step)."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     h = tl.program_id(0)
     kv = h // group
     pos = tl.load(pos_ptr)
@@ -194,4 +297,4 @@ def decode_attention(qkv, keys, values, pos, out, *, heads, kv_heads, head_dim, 
     capacity = keys.shape[2]
     _decode_attention_kernel[(heads,)](qkv, keys, values, pos, out, scale, heads * head_dim, kv_heads * head_dim,
                                        heads // kv_heads, capacity * head_dim, head_dim,
-                                       BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_T=32)
+                                       BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_T=32, **_pdl())

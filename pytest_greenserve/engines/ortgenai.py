@@ -7,6 +7,9 @@ not grow per step, which is what lets ONNX Runtime capture CUDA graphs). The bui
 on disk per provider, keyed like every export (``exports.export_dir``). On CUDA the build asks
 for CUDA graphs (``enable_cuda_graph=1``).
 
+Dtypes: fp32, and bf16 (the builder's ``-p bf16``: bf16 weights and activations, for CUDA;
+the CPU provider has no bf16 kernels for the model's fused operators, so bf16 is CUDA only).
+
 The builder knows a list of architectures (its ``builder.py`` dispatches on the model's
 ``architectures[0]``): of the paper's models it builds llama (TinyLlama), gemma (codegemma) and
 phi (phi-2), and refuses gpt2 (codeparrot), gpt_bigcode (starcoder), gpt_neox (pythia,
@@ -44,6 +47,7 @@ GENAI_PROVIDERS = {"cpu": "cpu", "cuda": "cuda"}
 
 class OrtGenaiEngine(Engine):
     name = "ortgenai"
+    dtypes = ("fp32", "bf16")
     libraries = ("onnxruntime-genai", "onnxruntime-genai-cuda", "onnxruntime", "onnx-ir", "torch", "transformers")
 
     @classmethod
@@ -57,6 +61,11 @@ class OrtGenaiEngine(Engine):
             reason = cuda_unavailable_reason()
         return reason
 
+    def _dtype_reason(self) -> str | None:
+        if self.options.dtype == "bf16" and self.provider != "cuda":
+            return "ortgenai serves bf16 on CUDA only (the model builder's bf16 models have no CPU kernels)"
+        return None
+
     @classmethod
     def model_unavailable_reason(cls, architecture):
         if architecture in BUILDER_ARCHITECTURES:
@@ -69,7 +78,7 @@ class OrtGenaiEngine(Engine):
         a failure there must not take this process with it)."""
         source = ["-i", self.model.ref] if os.path.isdir(self.model.ref) else ["-m", self.model.ref]
         extra = ["--extra_options", "enable_cuda_graph=1"] if self.provider == "cuda" else []
-        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", *source, "-o", str(tmp), "-p", "fp32",
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", *source, "-o", str(tmp), "-p", self.options.dtype,
                "-e", GENAI_PROVIDERS[self.provider], "-c", str(self.model.cache_dir / "ortgenai-builder"), *extra]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
@@ -79,16 +88,22 @@ class OrtGenaiEngine(Engine):
     def load(self):
         import onnxruntime_genai as og
 
-        why = self.model_unavailable_reason(self.model.architecture)
+        why = self.model_unavailable_reason(self.model.architecture) or self._dtype_reason()
         if why:
             raise EngineError(why)
-        target = export_dir(self.model, f"{self.name}-{self.provider}", self.versions())
+        suffix = "" if self.options.dtype == "fp32" else f"-{self.options.dtype}"  # fp32 builds keep their old key
+        target = export_dir(self.model, f"{self.name}-{self.provider}{suffix}", self.versions())
         try:
             cached_export(target, self._build, self.options.progress)
         except EngineError as exc:
             raise EngineError(f"ortgenai build of {self.model.name} failed: {exc}") from exc
         except Exception as exc:
             raise EngineError(f"ortgenai build of {self.model.name} failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        if self.provider == "cuda":
+            import onnxruntime
+
+            # the CUDA and cuDNN libraries of pip's nvidia packages (torch's), for the CUDA provider
+            getattr(onnxruntime, "preload_dlls", lambda: None)()
         config = og.Config(str(target))
         config.clear_providers()
         if self.provider == "cuda":

@@ -4,7 +4,10 @@ step by step, on a tiny model.
 
     TRITON_INTERPRET=1 python tests/engines/fused_interpreted.py MODEL_DIR DTYPE STEPS
 
-Prints one JSON line: per step, the largest logit difference and both greedy tokens.
+The token the eager greedy choice would take first is forbidden (as EOS is in the engine), so
+the fused greedy choice must skip it. Prints one JSON line: per step, the largest logit
+difference (forbidden token left out), both greedy tokens, and whether the fused step moved the
+position on by one and wrote its token at it.
 """
 import json
 import sys
@@ -22,21 +25,33 @@ def main(model_dir: str, dtype: str, steps: int) -> None:
     vocab = model.config.vocab_size
     prompt = torch.tensor([[(7 * i + 3) % vocab for i in range(11)]])
     static = StaticDecoder(model, 64)
-    fused = FusedDecoder(static)
+    n = prompt.shape[1]
     out = []
     with torch.no_grad():
-        n = prompt.shape[1]
-        logits = static(prompt, torch.arange(n))  # prefill: the eager decoder fills the cache
+        logits = static(prompt, torch.arange(n))[0].float()  # prefill: the eager decoder fills the cache
+        forbidden = int(logits.argmax())
+        fused = FusedDecoder(static, forbidden=[forbidden])
+
+        def choice(row):
+            row = row.clone()
+            row[forbidden] = float("-inf")
+            return int(row.argmax())
+
+        tok = torch.tensor([[choice(logits)]])
+        pos = torch.tensor([n])
+        generated = torch.zeros(64, dtype=torch.long)
         for step in range(steps):
-            tok = logits.float().argmax(-1).view(1, 1)
-            pos = torch.tensor([n + step])
+            here, token = n + step, tok.clone()
             # the fused step first (it writes the cache at pos); the eager step then rewrites the
             # same slot from the same token, and reads what both agree the cache holds
-            got = fused(tok, pos)[0].clone()
-            logits = static(tok, pos)
-            want = logits[0].float()
-            out.append({"max_abs_diff": (got - want).abs().max().item(), "scale": want.abs().max().item(),
-                        "fused_token": int(got.argmax()), "static_token": int(want.argmax())})
+            fused.step(tok, pos, generated)
+            got = fused.logits.clone()
+            want = static(token, torch.tensor([here]))[0].float()
+            keep = torch.arange(vocab) != forbidden
+            out.append({"max_abs_diff": (got[keep] - want[keep]).abs().max().item(), "scale": want.abs().max().item(),
+                        "forbidden_logit": got[forbidden].item(),
+                        "fused_token": int(tok), "static_token": choice(want),
+                        "position_advanced": int(pos) == here + 1, "token_written": int(generated[here + 1]) == int(tok)})
     print(json.dumps(out))
 
 

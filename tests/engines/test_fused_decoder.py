@@ -8,6 +8,7 @@ same step is captured as a CUDA graph (``tools/compile_variants.py``, variant ``
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -25,6 +26,7 @@ SCRIPT = Path(__file__).with_name("fused_interpreted.py")
 STEPS = 6
 
 
+@functools.lru_cache(maxsize=None)  # two tests read the same interpreted run (tens of seconds)
 def fused_against_static(model_dir: Path, dtype: str) -> list[dict]:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, str(SCRIPT), str(model_dir), dtype, str(STEPS)], capture_output=True,
@@ -39,7 +41,17 @@ def test_fused_step_gives_the_static_decoders_logits_in_fp32(family, tiny_model)
     assert len(steps) == STEPS
     for i, step in enumerate(steps):
         assert step["max_abs_diff"] <= 1e-4 * max(1.0, step["scale"]), (family, i, step)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_bigcode"])
+def test_fused_greedy_choice_takes_the_best_allowed_token_and_advances(family, tiny_model):
+    """The last GEMV's atomic maximum and the greedy kernel choose as the eager argmax does, with
+    the forbidden token (EOS in the engine: here the one the eager choice would take first)
+    never chosen, and move the device state on: position + 1, the token written there."""
+    for i, step in enumerate(fused_against_static(tiny_model(family), "float32")):
         assert step["fused_token"] == step["static_token"], (family, i, step)
+        assert step["forbidden_logit"] == float("-inf"), (family, i, step)
+        assert step["position_advanced"] and step["token_written"], (family, i, step)
 
 
 def test_fused_step_in_bf16_stays_within_bf16_rounding(tiny_model):

@@ -127,6 +127,18 @@ def test_ortgenai_builds_the_papers_llama_gemma_and_phi(architecture):
     assert OrtGenaiEngine.model_unavailable_reason(architecture) is None
 
 
+def test_ortgenai_refuses_bf16_on_cpu_in_one_line_before_building(tiny_handle, tmp_path):
+    """bf16 is the builder's CUDA precision: on CPU the engine says so instead of building a
+    model the CPU provider cannot run (no builder runs: the cache directory stays empty)."""
+    handle = dataclasses.replace(tiny_handle("llama"), cache_dir=tmp_path)
+    engine = OrtGenaiEngine(handle, "cpu", EngineOptions(dtype="bf16"))
+    pytest.importorskip("onnxruntime_genai")
+    with pytest.raises(base.EngineError, match="bf16 on CUDA only") as err:
+        engine.load()
+    assert "\n" not in str(err.value)
+    assert not any(tmp_path.iterdir())
+
+
 def test_llamacpp_without_its_converter_fails_with_the_way_forward(monkeypatch, tmp_path, tiny_handle):
     monkeypatch.delenv("GREENSERVE_LLAMA_CPP", raising=False)
     handle = tiny_handle("gpt2")
