@@ -88,10 +88,18 @@ def test_numbers_and_directions_from_a_saved_run(tmp_path):
 
 def test_verdicts_say_cannot_tell_when_the_run_cannot():
     assert verdict(2.0, 1.5, None, None, "A", "B", "energy")[0] == "cannot tell"
-    v, words = verdict(2.0, 1.05, 0.9, 1.2, "A", "B", "time")
-    assert v == "cannot tell" and "neither direction is confirmed" in words
     assert verdict(2.0, None, None, None, "A", "B", "time") == ("cannot tell", "the paper: A slower than B (×2); "
                                                                               "not measured here")
+
+
+def test_no_difference_shown_still_disagrees_with_a_paper_gap_outside_the_interval():
+    """ONNX-CUDA/TORCH-CUDA on the H200: the paper's ×3.03, this run ×0.905 (0.61-1.04). No
+    difference is shown, but a gap as large as the paper's is ruled out: a disagreement."""
+    v, words = verdict(3.03, 0.905, 0.61, 1.04, "ONNX-CUDA", "TORCH-CUDA", "time")
+    assert v == "disagrees in size" and "no difference shown here" in words
+    assert "one as large as the paper's is outside the interval" in words
+    # the interval spans 1 and holds the paper's ratio: that is agreement, not a disagreement
+    assert verdict(1.1, 1.05, 0.9, 1.2, "A", "B", "time")[0] == "agrees"
 
 
 def test_greenserve_paper_prints_the_table_and_the_disagreements(tmp_path, capsys):

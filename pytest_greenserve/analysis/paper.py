@@ -17,9 +17,10 @@ OV-CPU/TORCH-CPU, ONNX-CUDA/TORCH-CUDA, for energy and time — against the same
 
 The paper publishes per-category medians for TORCH-CUDA only, so every ratio is the paper's
 over all 12 models; a category row compares with that and says so. Verdicts: *agrees* (the
-paper's ratio is inside the run's interval), *disagrees in size* (same direction, outside),
-*disagrees in direction*, or *cannot tell* (too few samples for an interval, or an interval
-that spans 1 while the paper's ratio is outside it).
+paper's ratio is inside the run's interval), *disagrees in size* (the paper's ratio is outside
+the interval, which lies on the paper's side of 1, or spans 1: then no difference is shown here,
+and one as large as the paper's is ruled out), *disagrees in direction*, or *cannot tell* (not
+measured, or too few samples for an interval).
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def verdict(paper: float, run: float | None, low: float | None, high: float | No
     if low <= paper <= high:
         return "agrees", f"{said}; {here}"
     if low <= 1 <= high:
-        return "cannot tell", f"{said}; {here}: no difference shown here, so neither direction is confirmed"
+        return "disagrees in size", (f"{said}; {here}: no difference shown here, and one as large as the paper's "
+                                     "is outside the interval")
     if (paper > 1) == (low > 1):
         gap = "a wider" if abs(math.log(run)) > abs(math.log(paper)) else "a narrower"
         return "disagrees in size", f"{said}; {here}: the same direction, {gap} gap than the paper's"
