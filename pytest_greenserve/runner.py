@@ -53,6 +53,10 @@ class Runner:
         self._failed: dict[Hashable, str] = {}
         self._ever_loaded = False
 
+    def failures(self) -> list[str]:
+        """One line per target that could not be loaded or warmed up, in the order they failed."""
+        return list(self._failed.values())
+
     def ensure(self, key: Hashable, label: str, make_target: Callable[[], Target],
                warmup_prompts: Sequence[Sequence[int]]) -> Loaded:
         """The loaded, warmed-up target for ``key``, loading it (and closing another) if needed.

@@ -211,6 +211,8 @@ class GreenserveSession:
             "versions": library_versions(LIBRARIES),
             "options": run_options(s),
             "meter_notes": self.meters.notes() if self.meters is not None else [],
+            # the configurations that ran no sample, and why (their samples are missing, not 0)
+            "not_served": self.runner.failures(),
             "metrics": metrics_to_json(self.metrics),
             **self.meta_extra,
         }

@@ -483,6 +483,38 @@ def test_an_engine_raising_mid_sample_fails_that_item_alone(bench):
     assert (bench.latest / "report.html").is_file()  # the session still reached its reports
 
 
+BROKEN_ENGINE = '''
+from pytest_greenserve.engines.torch_eager import TorchEngine
+
+
+class BrokenTorch(TorchEngine):
+    name = "brokentorch"
+
+    def load(self):
+        raise RuntimeError("Graph output (present.0.key) does not exist in the graph (planted)")
+
+
+def pytest_greenserve_register_engines(registry):
+    registry["brokentorch"] = BrokenTorch
+'''
+
+
+def test_a_configuration_that_cannot_load_is_named_in_the_reports(bench):
+    """The other configuration's samples are kept, and run.json, summary.md and report.html
+    say which configuration ran no sample and why, instead of leaving it out silently."""
+    bench.pytester.makeconftest(BROKEN_ENGINE)
+    result = bench.run(configs="torch-cpu,brokentorch-cpu", runs=2, prompts=2, new_tokens=4)
+    result.assert_outcomes(passed=2, failed=2)
+    assert {s["config"] for s in bench.samples()} == {"torch-cpu"}
+    reason = "present.0.key) does not exist in the graph (planted)"
+    run_meta = json.loads((bench.latest / "run.json").read_text(encoding="utf-8"))
+    assert len(run_meta["not_served"]) == 1 and reason in run_meta["not_served"][0]
+    assert "brokentorch-cpu" in run_meta["not_served"][0]
+    summary = (bench.latest / "summary.md").read_text(encoding="utf-8")
+    assert "## Not served (no samples)" in summary and reason in summary
+    assert reason in (bench.latest / "report.html").read_text(encoding="utf-8")
+
+
 # ------------------------------------------------------------------ metrics from the hook
 
 USER_METRIC = '''

@@ -32,6 +32,8 @@ def summary_markdown(analysis: Analysis, meta: dict, metrics: dict[str, Metric] 
     for machine in analysis.machines:
         s = analysis.summary[analysis.summary["machine"] == machine]
         out += [f"## {machine}", "", markdown_table(SUMMARY_HEADERS, summary_rows(s)), ""]
+    if meta.get("not_served"):
+        out += ["## Not served (no samples)", ""] + [f"- {line}" for line in meta["not_served"]] + [""]
     if analysis.exclusions:
         out += ["## Excluded configurations", ""]
         out += [f"- {e.machine} / {e.model}: {e.config} — {e.reason}" for e in analysis.exclusions] + [""]

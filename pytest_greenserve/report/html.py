@@ -105,8 +105,8 @@ def _machines_section(meta: dict, df: pd.DataFrame) -> str:
 
 
 #: the kinds of notes, in the order the folded line names them
-NOTE_KINDS = ("flagged samples", "error-prone configurations", "how energy is counted", "metrics not recorded",
-              "ONNX placement", "other")
+NOTE_KINDS = ("not served", "flagged samples", "error-prone configurations", "how energy is counted",
+              "metrics not recorded", "ONNX placement", "other")
 
 
 def note_items(analysis: Analysis, df: pd.DataFrame, meta: dict | None = None) -> list[tuple[str, str]]:
@@ -119,6 +119,8 @@ def note_items(analysis: Analysis, df: pd.DataFrame, meta: dict | None = None) -
                 else "metrics not recorded" if "was not recorded in any sample" in n
                 else "how energy is counted" if "energy" in n else "other")
         items.append((kind, n))
+    for line in (meta or {}).get("not_served") or []:
+        items.append(("not served", f"{line} (no samples: its values are missing, not 0)"))
     for e in analysis.exclusions:
         items.append(("error-prone configurations",
                       f"{e.machine} / {e.model}: {e.config} excluded as error-prone — {e.reason}"))
