@@ -32,7 +32,7 @@
 #   bash tools/device_run.sh ort-part aa ... ae; install-ort     # onnxruntime-gpu 1.31.1, as above
 #   bash tools/device_run.sh install-ov                         # carry .whl-ov alone
 #   bash tools/device_run.sh issue19-paper codeparrot-small 32 3  # carry .whl-engines: onnx-cuda in the paper's five
-#   bash tools/device_run.sh issue19-genai tinyllama 32 3 fp32  # carry .whl-genai: ortgenai-cuda beside torch-cuda
+#   bash tools/device_run.sh issue19-genai tinyllama 16 2 bf16  # carry .whl-genai: ortgenai-cuda beside torch-cuda
 # DRY=1 runs a tiny CPU-only version of the same sessions locally to check the script.
 # Each session is capped with SIGINT (pytest then finishes cleanly); finished samples are
 # never lost. Results: one tarball of the report directories under $OUT.
@@ -262,16 +262,12 @@ PY
     $PY -m pytest_greenserve paper "$REPORTS/$name/latest" | tee "$OUT/paper-$model.txt"
     pack "$name" ;;
   issue19-genai)  # ortgenai-cuda beside torch-cuda (ARGS: [model] [prompts] [runs] [dtype]). After install-ort on
-    # the same warm machine; carry .whl-genai (onnxruntime-genai-cuda 0.18, onnx, onnx-ir, ml_dtypes, protobuf).
-    # onnxruntime-genai 0.16 and later build with transformers 5 (the image's own), so this session
-    # runs without the carried transformers 4.57: its own site, with onnxruntime-gpu installed again
-    G=/tmp/site-genai
-    if [ ! -d $G/onnxruntime_genai ]; then
-      $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $G \
-        /tmp/$(awk '{print $2}' .ortparts/SHA256) .whl-genai/*.whl || exit 3
-    fi
-    model=${2:-tinyllama} dtype=${5:-fp32}
-    export PYTHONPATH=$G:$PWD
+    # the same warm machine; carry .whl-genai (onnxruntime-genai-cuda 0.15.2, the ortgenai-gpu extra's
+    # pin, whose builder runs on the carried transformers 4.57; onnx, onnx-ir, ml_dtypes, protobuf).
+    # fp32: the builder's CUDA model is invalid (docs/measurements.md); bf16 is its CUDA precision
+    [ -d $SITE/transformers ] || install .whl
+    [ -d $SITE/onnxruntime_genai ] || install .whl-genai
+    model=${2:-tinyllama} dtype=${5:-bf16}
     $PY -c "import onnxruntime_genai as g, onnxruntime as o, transformers as t; print('onnxruntime-genai', g.__version__, 'cuda', g.is_cuda_available(), 'onnxruntime', o.__version__, 'transformers', t.__version__)"
     session "issue19-genai-$model-$dtype" 540 --greenserve-models="$model" --greenserve-configs=torch-cuda,ortgenai-cuda \
       --greenserve-dtype="$dtype" --greenserve-prompts="${3:-32}" --greenserve-runs="${4:-3}" --greenserve-idle=2 --greenserve-settle=1

@@ -19,6 +19,12 @@ Version: onnxruntime-genai 0.16 and later import transformers 5 classes in the b
 (``Qwen3_5ForConditionalGeneration``), while optimum-onnx 0.1 (the ``onnx`` engine) needs
 transformers below 4.58; 0.15 is the newest whose builder runs next to the other engines.
 
+A built model is checked before ONNX Runtime loads it: every graph output must be produced by
+some node (:func:`unproduced_outputs`). The builder's fp32 CUDA model fails that check (its
+fp32 ``Attention`` nodes leave the ``present.*`` KV-cache outputs unproduced: seen with 0.15.2
+and 0.18.0), so ``ortgenai-cuda`` in fp32 stops with that reason in one line; bf16 builds
+``GroupQueryAttention`` and runs.
+
 Tokens: greedy (``do_sample=False``), ``min_length`` = prompt + new tokens, which masks EOS at
 every step exactly as the torch engine's ``min_new_tokens`` does.
 """
@@ -43,6 +49,17 @@ BUILDER_ARCHITECTURES = frozenset({
 })
 #: onnxruntime-genai's name of each provider, for the builder (-e) and the runtime config
 GENAI_PROVIDERS = {"cpu": "cpu", "cuda": "cuda"}
+
+
+def unproduced_outputs(model_path) -> list[str]:
+    """The ONNX model's graph outputs that no node, graph input or initializer produces (an
+    invalid model, which ONNX Runtime refuses with a long message); the weights are not read."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    made = {name for node in graph.node for name in node.output}
+    made |= {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    return [o.name for o in graph.output if o.name not in made]
 
 
 class OrtGenaiEngine(Engine):
@@ -99,6 +116,7 @@ class OrtGenaiEngine(Engine):
             raise EngineError(f"ortgenai build of {self.model.name} failed: {exc}") from exc
         except Exception as exc:
             raise EngineError(f"ortgenai build of {self.model.name} failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        self._check_built(target)
         if self.provider == "cuda":
             import onnxruntime
 
@@ -115,6 +133,20 @@ class OrtGenaiEngine(Engine):
         self.target_dir = target
         self.og = og
         self.og_model = og.Model(config)
+
+    def _check_built(self, target) -> None:
+        """One line, instead of ONNX Runtime's load error, for a model the builder wrote invalid."""
+        try:
+            decoder = json.loads((target / "genai_config.json").read_text())["model"]["decoder"]["filename"]
+        except (OSError, ValueError, KeyError, TypeError):
+            decoder = "model.onnx"
+        missing = unproduced_outputs(target / decoder)
+        if missing:
+            hint = ("; its fp32 CUDA attention drops the KV cache: use --greenserve-dtype=bf16"
+                    if self.provider == "cuda" and self.options.dtype == "fp32" else "")
+            raise EngineError(f"onnxruntime-genai's model builder wrote an invalid {self.options.dtype} "
+                              f"{self.provider} model of {self.model.name}: no node produces its output "
+                              f"{', '.join(missing[:2])}{' and others' if len(missing) > 2 else ''}{hint}")
 
     def generate(self, input_ids: Sequence[int], new_tokens: int) -> Generation:
         og = self.og

@@ -139,6 +139,47 @@ def test_ortgenai_refuses_bf16_on_cpu_in_one_line_before_building(tiny_handle, t
     assert not any(tmp_path.iterdir())
 
 
+def _write_onnx(path, outputs):
+    """An ONNX model of one Identity node x -> y, declaring ``outputs`` as the graph's outputs."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    value = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1])  # noqa: E731
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [value("x")],
+                              [value(name) for name in outputs])
+    onnx.save(helper.make_model(graph), str(path))
+
+
+def test_an_output_no_node_produces_is_found(tmp_path):
+    from pytest_greenserve.engines.ortgenai import unproduced_outputs
+
+    _write_onnx(tmp_path / "ok.onnx", ["y"])
+    _write_onnx(tmp_path / "broken.onnx", ["y", "present.0.key", "present.0.value"])
+    assert unproduced_outputs(tmp_path / "ok.onnx") == []
+    assert unproduced_outputs(tmp_path / "broken.onnx") == ["present.0.key", "present.0.value"]
+
+
+def test_ortgenai_refuses_a_built_model_that_drops_its_kv_cache_in_one_line(tiny_handle, tmp_path, monkeypatch):
+    """As the builder's fp32 CUDA model does: the engine names the missing outputs and the way
+    forward, instead of passing ONNX Runtime's load error on."""
+    pytest.importorskip("onnxruntime_genai")
+    handle = dataclasses.replace(tiny_handle("llama"), cache_dir=tmp_path)
+
+    def build(self, out):
+        out.mkdir(parents=True, exist_ok=True)
+        _write_onnx(out / "model.onnx", ["y", "present.0.key", "present.0.value", "present.1.key"])
+        (out / "genai_config.json").write_text('{"model": {"decoder": {"filename": "model.onnx"}}}')
+
+    monkeypatch.setattr(OrtGenaiEngine, "_build", build)
+    engine = OrtGenaiEngine(handle, "cuda", EngineOptions())
+    with pytest.raises(base.EngineError) as err:
+        engine.load()
+    message = str(err.value)
+    assert "\n" not in message
+    assert "no node produces its output present.0.key, present.0.value and others" in message
+    assert message.endswith("use --greenserve-dtype=bf16")
+
+
 def test_llamacpp_without_its_converter_fails_with_the_way_forward(monkeypatch, tmp_path, tiny_handle):
     monkeypatch.delenv("GREENSERVE_LLAMA_CPP", raising=False)
     handle = tiny_handle("gpt2")
