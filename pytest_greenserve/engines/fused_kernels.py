@@ -16,7 +16,7 @@ accumulation); weights and the KV cache are read in the model's dtype. Weights a
 row-major (nn.Linear's layout), so each program reads whole rows of K contiguously.
 
 The greedy choice needs no kernel of its own over the logits: the last GEMV's programs each
-fold their rows' best (logit, index) into one int64 with an atomic max (:func:`pack_best`), and
+fold their rows' best (logit, index) into one int64 with an atomic max (:func:`_pack_best`), and
 one single-program kernel (:func:`greedy_advance`) turns it into the next token and position.
 
 Everything a step reads (the token, its position) is a device tensor, so the step can be
@@ -92,7 +92,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, ln_w_ptr, ln_rowsum_ptr, best_pt
     rowsum[n] = sum_k g[k] w[n, k] and the last term (folded into ``bias``) are fixed at load;
     the statistics accumulate in the same loop that reads the weights.
 
-    ARGMAX: also fold the rows' best (y, lowest index) into ``best_ptr`` (:func:`pack_best`).
+    ARGMAX: also fold the rows' best (y, lowest index) into ``best_ptr`` (:func:`_pack_best`).
     """
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)

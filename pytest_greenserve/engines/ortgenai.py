@@ -7,8 +7,9 @@ not grow per step, which is what lets ONNX Runtime capture CUDA graphs). The bui
 on disk per provider, keyed like every export (``exports.export_dir``). On CUDA the build asks
 for CUDA graphs (``enable_cuda_graph=1``).
 
-Dtypes: fp32, and bf16 (the builder's ``-p bf16``: bf16 weights and activations, for CUDA;
-the CPU provider has no bf16 kernels for the model's fused operators, so bf16 is CUDA only).
+Dtypes: fp32, and bf16 (the builder's ``-p bf16``: bf16 weights and activations) on CUDA only:
+ONNX Runtime's CPU provider cannot load the builder's bf16 model ("Could not find an
+implementation for Where(16) node", onnxruntime 1.32, tried on the tests' tiny llama).
 
 The builder knows a list of architectures (its ``builder.py`` dispatches on the model's
 ``architectures[0]``): of the paper's models it builds llama (TinyLlama), gemma (codegemma) and
@@ -80,7 +81,7 @@ class OrtGenaiEngine(Engine):
 
     def _dtype_reason(self) -> str | None:
         if self.options.dtype == "bf16" and self.provider != "cuda":
-            return "ortgenai serves bf16 on CUDA only (the model builder's bf16 models have no CPU kernels)"
+            return "ortgenai serves bf16 on CUDA only (ONNX Runtime's CPU provider cannot run the builder's bf16 model)"
         return None
 
     @classmethod
