@@ -2,7 +2,9 @@
 # A CUDA build of llama-cpp-python on a machine without a CUDA toolkit or GPU (how the wheel for
 # the lent H200 was made): the toolkit is put together from NVIDIA's pip wheels, and the driver
 # library, which no wheel ships, is a link-time stand-in (the real libcuda.so.1 comes from the
-# driver at run time). sm_90 (Hopper) only by default; 26 min 49 s on the 2-core VM.
+# driver at run time). sm_90 (Hopper) only by default. On the 2-core VM: 45 min of CPU time (27 min
+# of wall time for the same build alone); the wheel is 251 MiB, as pip stores each library three
+# times (the one carried to the H200 kept one copy of each: 44.8 MiB).
 #
 #   tools/build_llamacpp_cuda.sh [OUT_DIR]        # the wheel goes to OUT_DIR (default ./dist-llamacpp-cuda)
 #   CUDA_ARCHS=80;90 tools/build_llamacpp_cuda.sh  # other GPUs (a longer build)
