@@ -33,6 +33,7 @@
 #   bash tools/device_run.sh install-ov                         # carry .whl-ov alone
 #   bash tools/device_run.sh issue19-paper codeparrot-small 32 3  # carry .whl-engines: onnx-cuda in the paper's five
 #   bash tools/device_run.sh issue19-genai tinyllama 16 2 bf16  # carry .whl-genai: ortgenai-cuda beside torch-cuda
+#   bash tools/device_run.sh llamacpp-cuda-check mini-gpt2-f16.gguf  # carry .whl-llamacuda, .whl-llamacuda-test
 # DRY=1 runs a tiny CPU-only version of the same sessions locally to check the script.
 # Each session is capped with SIGINT (pytest then finishes cleanly); finished samples are
 # never lost. Results: one tarball of the report directories under $OUT.
@@ -266,12 +267,19 @@ PY
     # pin, whose builder runs on the carried transformers 4.57; onnx, onnx-ir, ml_dtypes, protobuf).
     # fp32: the builder's CUDA model is invalid (docs/measurements.md); bf16 is its CUDA precision
     [ -d $SITE/transformers ] || install .whl
-    [ -d $SITE/onnxruntime_genai ] || install .whl-genai
+    # the CUDA build (issue19-paper's .whl-engines brings the CPU one under the same module name)
+    ls -d $SITE/onnxruntime_genai_cuda-*.dist-info >/dev/null 2>&1 || install .whl-genai
     model=${2:-tinyllama} dtype=${5:-bf16}
     $PY -c "import onnxruntime_genai as g, onnxruntime as o, transformers as t; print('onnxruntime-genai', g.__version__, 'cuda', g.is_cuda_available(), 'onnxruntime', o.__version__, 'transformers', t.__version__)"
     session "issue19-genai-$model-$dtype" 540 --greenserve-models="$model" --greenserve-configs=torch-cuda,ortgenai-cuda \
       --greenserve-dtype="$dtype" --greenserve-prompts="${3:-32}" --greenserve-runs="${4:-3}" --greenserve-idle=2 --greenserve-settle=1
     pack "issue19-genai-$model-$dtype" ;;
+  llamacpp-cuda-check)  # a CUDA llama-cpp-python (tools/build_llamacpp_cuda.sh) offloads, and gives the CPU's greedy
+    # text: carry .whl-llamacuda (the wheel) and .whl-llamacuda-test (diskcache's wheel and a GGUF, ARGS: its name)
+    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/lc .whl-llamacuda/*.whl .whl-llamacuda-test/*.whl || exit 3
+    sp=$($PY -c "import torch, os; print(os.path.dirname(os.path.dirname(torch.__file__)))")
+    LD_LIBRARY_PATH=$sp/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} PYTHONPATH=/tmp/lc \
+      $PY tools/llamacpp_cuda_check.py ".whl-llamacuda-test/${2:-mini-gpt2-f16.gguf}" 2>&1 | grep -E "llama_cpp|CUDA0|n_gpu_layers|equal" ;;
   install-ov)  # carry .whl-ov alone (openvino 2026.4.1, openvino-telemetry, openvino-tokenizers: 58.2 MiB)
     install .whl-ov; probe ;;
   issue3)
