@@ -179,8 +179,8 @@ class CompileEngine(Engine):
         if self.mode == "fused+graph":
             from .fused_decoder import FusedDecoder
 
-            # ValueError for a family it cannot run; the greedy choice is its own (EOS forbidden)
-            self.fused = forward = FusedDecoder(self.decoder, forbidden=self.model.eos_token_ids)
+            # ValueError for a family it cannot run; its step makes the greedy choice itself
+            self.fused = FusedDecoder(self.decoder, logit_bias=self.eos_bias)
             step = lambda: self.fused.step(self.tok, self.pos, self.generated)  # noqa: E731
         if "inductor" in self.mode:
             torch._dynamo.reset()  # a rebuilt decoder must not reuse graphs guarded on the old one

@@ -78,10 +78,10 @@ def _layer(block, rows, scaling: float) -> _Layer:
 class FusedDecoder:
     """``decoder_step(tok (1, 1), pos (1,))`` -> logits (1, vocab) fp32, writing the step's key
     and value into ``decoder``'s cache at ``pos``; :meth:`step` also makes the greedy choice.
-    ``forbidden``: token ids that may never be chosen (EOS): their logits are -inf. Raises
-    ValueError for a model it cannot run."""
+    ``logit_bias``: an fp32 vector added to the logits (the engine's EOS bias: -inf where a
+    token may never be chosen). Raises ValueError for a model it cannot run."""
 
-    def __init__(self, decoder, forbidden=()):
+    def __init__(self, decoder, logit_bias=None):
         from . import fused_kernels
 
         self.kernels = fused_kernels
@@ -104,8 +104,8 @@ class FusedDecoder:
         self.wte, self.wpe = base.wte.weight, base.wpe.weight
         self.lm_head = model.lm_head.weight  # (vocab, hidden); tied to wte in gpt2
         self.ln_f, self.lm_bias = _folded(base.ln_f, self.lm_head.detach())
-        forbidden = [i for i in forbidden if 0 <= i < self.lm_bias.numel()]
-        self.lm_bias[forbidden] = float("-inf")
+        if logit_bias is not None:
+            self.lm_bias += logit_bias.to(self.lm_bias)  # folded into the last GEMV's bias
         device = self.wte.device
         hidden = cfg.hidden_size
         qkv_size = (self.heads + 2 * self.kv_heads) * self.head_dim

@@ -68,6 +68,15 @@ GELUS = {"gelu_new": GELU_TANH, "gelu_pytorch_tanh": GELU_TANH, "gelu_fast": GEL
 
 
 @triton.jit
+def _wait_for_previous(PDL: tl.constexpr):
+    """Under programmatic dependent launch: wait until the kernel before has finished (its
+    results visible), and let the next one launch."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
 def _gemv_chunk(x_ptr, w, rk, k_mask, ln_w_ptr, acc, total, squares, LN: tl.constexpr):
     """One BLOCK_K chunk of :func:`_gemv_kernel`'s loop: x's chunk (layer-normed where LN) times
     the weights ``w`` already loaded, and the layer norm's running statistics."""
@@ -102,9 +111,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, ln_w_ptr, ln_rowsum_ptr, best_pt
     # the weights are read once per step: keep them from evicting x (and the cache) from L2
     w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0,
                 eviction_policy="evict_first")
-    if PDL:  # the first weights are in flight; x is the kernel before's result: wait for it now
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    _wait_for_previous(PDL)  # the first weights are in flight; x is the kernel before's result
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     total = tl.zeros([BLOCK_K], dtype=tl.float32)
     squares = tl.zeros([BLOCK_K], dtype=tl.float32)
@@ -192,7 +199,7 @@ def gemv(x, w, y, *, bias=None, ln=None, gelu=GELU_NONE, residual=False, best=No
     if INTERPRETED:
         # each program is emulated in Python: few, wide ones
         block_n, block_k = min(64, triton.next_power_of_2(n)), min(256, triton.next_power_of_2(k))
-        _gemv_kernel[(triton.cdiv(n, block_n),)](*args, **flags, PDL=False, BLOCK_N=block_n, BLOCK_K=block_k)
+        _gemv_kernel[(triton.cdiv(n, block_n),)](*args, **flags, **_pdl(), BLOCK_N=block_n, BLOCK_K=block_k)
     else:
         _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **flags, **_pdl())
 
@@ -204,9 +211,7 @@ def _pdl() -> dict:
 
 @triton.jit
 def _greedy_kernel(best_ptr, tok_ptr, pos_ptr, generated_ptr, PDL: tl.constexpr):
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    _wait_for_previous(PDL)
     packed = tl.load(best_ptr)
     low_word = tl.full([], _LOW_WORD, tl.int64)
     token = low_word - (packed & low_word)
@@ -226,9 +231,7 @@ def greedy_advance(best, tok, pos, generated):
 @triton.jit
 def _embed_kernel(tok_ptr, pos_ptr, wte_ptr, wpe_ptr, x_ptr, H, stride_te, stride_pe,
                   HAS_POS: tl.constexpr, PDL: tl.constexpr, BLOCK: tl.constexpr):
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    _wait_for_previous(PDL)
     tok = tl.load(tok_ptr)
     pos = tl.load(pos_ptr)
     for h0 in range(0, H, BLOCK):
@@ -255,9 +258,7 @@ def _decode_attention_kernel(qkv_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, out_ptr
     """Head ``h``: softmax(q . K[:pos+1]) V[:pos+1], the current position's key and value taken
     from the projection (fp32), earlier ones from the cache; the first head of each key/value
     group then writes them into the cache at ``pos`` (no program reads that slot this step)."""
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    _wait_for_previous(PDL)
     h = tl.program_id(0)
     kv = h // group
     pos = tl.load(pos_ptr)

@@ -30,7 +30,9 @@ def main(model_dir: str, dtype: str, steps: int) -> None:
     with torch.no_grad():
         logits = static(prompt, torch.arange(n))[0].float()  # prefill: the eager decoder fills the cache
         forbidden = int(logits.argmax())
-        fused = FusedDecoder(static, forbidden=[forbidden])
+        bias = torch.zeros(vocab)
+        bias[forbidden] = float("-inf")
+        fused = FusedDecoder(static, logit_bias=bias)
 
         def choice(row):
             row = row.clone()
