@@ -34,6 +34,7 @@
 #   bash tools/device_run.sh issue19-paper codeparrot-small 32 3  # carry .whl-engines: onnx-cuda in the paper's five
 #   bash tools/device_run.sh issue19-genai tinyllama 16 2 bf16  # carry .whl-genai: ortgenai-cuda beside torch-cuda
 #   bash tools/device_run.sh llamacpp-cuda-check mini-gpt2-f16.gguf  # carry .whl-llamacuda, .whl-llamacuda-test
+#   bash tools/device_run.sh issue19-gemv starcoderbase-1b bf16  # carry .whl: the GEMVs' launch configurations, then the step
 # DRY=1 runs a tiny CPU-only version of the same sessions locally to check the script.
 # Each session is capped with SIGINT (pytest then finishes cleanly); finished samples are
 # never lost. Results: one tarball of the report directories under $OUT.
@@ -201,6 +202,14 @@ PYEOF
     probe
     timeout -s INT 570 $PY tools/compile_variants.py "$2" --dtypes "${3:-bf16,fp32}" --variants "${4:-base,cdt,cdt-math,autotune}" \
       --budget-s "${5:-520}" --cache $CACHE --out "$OUT/variants-$2.json" 2>&1 | grep -vE "Warning|warnings.warn" | tail -30 ;;
+  issue19-gemv)  # the fused step's GEMVs alone, every launch configuration (tools/gemv_bench.py), then the fused
+    # step outside the meters (ARGS: [model] [dtype] [variants])
+    [ -d $SITE/transformers ] || install .whl
+    model=${2:-starcoderbase-1b} dtype=${3:-bf16}
+    timeout -s INT 330 $PY tools/gemv_bench.py "$model" --dtype "$dtype" --out "$OUT/gemv-$model-$dtype.json" 2>&1 \
+      | grep -vE "Warning|warnings.warn" | tail -60
+    timeout -s INT 230 $PY tools/compile_variants.py "$model" --dtypes "$dtype" --variants "${4:-fused}" \
+      --budget-s 200 --cache $CACHE --out "$OUT/variants-$model.json" 2>&1 | grep -vE "Warning|warnings.warn" | tail -20 ;;
   issue8-threads)  # onnx-cpu vs torch-cpu on the 16 cores, each thread setting in a fresh process (ARGS: models)
     [ -d $SITE/transformers ] || install .whl
     shift; $PY -c "import onnxruntime as o; print('onnxruntime', o.__version__)"

@@ -116,6 +116,8 @@ class FusedDecoder:
         self.x, self.qkv, self.attn = buffer(hidden), buffer(qkv_size), buffer(self.heads * self.head_dim)
         self.mlp = buffer(self.layers[0].fc_w.shape[0])
         self.logits = buffer(self.lm_head.shape[0])
+        # what GEMVs that split K across programs share (they run one after another)
+        self.scratch = fused_kernels.GemvScratch(max(self.logits.numel(), self.mlp.numel(), qkv_size), device)
         # the greedy choice, packed (fused_kernels.gemv's ``best``); consumed and reset each step
         self.best = torch.full((1,), fused_kernels.NO_BEST, dtype=torch.long, device=device)
         #: bytes of gpt2's transposed matrix copies (device memory beyond the model's own)
@@ -131,14 +133,14 @@ class FusedDecoder:
 
     @torch.no_grad()
     def __call__(self, tok, pos, best=None):
-        k, x = self.kernels, self.x
+        k, x, scratch = self.kernels, self.x, self.scratch
         k.embed(tok, pos, self.wte, self.wpe, x)
         for i, layer in enumerate(self.layers):
-            k.gemv(x, layer.qkv_w, self.qkv, bias=layer.qkv_b, ln=layer.ln_1)
+            k.gemv(x, layer.qkv_w, self.qkv, bias=layer.qkv_b, ln=layer.ln_1, scratch=scratch)
             k.decode_attention(self.qkv, self.keys[i], self.values[i], pos, self.attn, heads=self.heads,
                                kv_heads=self.kv_heads, head_dim=self.head_dim, scale=layer.scaling)
-            k.gemv(self.attn, layer.out_w, x, bias=layer.out_b, residual=True)
-            k.gemv(x, layer.fc_w, self.mlp, bias=layer.fc_b, ln=layer.ln_2, gelu=self.gelu)
-            k.gemv(self.mlp, layer.proj_w, x, bias=layer.proj_b, residual=True)
-        k.gemv(x, self.lm_head, self.logits, bias=self.lm_bias, ln=self.ln_f, best=best)
+            k.gemv(self.attn, layer.out_w, x, bias=layer.out_b, residual=True, scratch=scratch)
+            k.gemv(x, layer.fc_w, self.mlp, bias=layer.fc_b, ln=layer.ln_2, gelu=self.gelu, scratch=scratch)
+            k.gemv(self.mlp, layer.proj_w, x, bias=layer.proj_b, residual=True, scratch=scratch)
+        k.gemv(x, self.lm_head, self.logits, bias=self.lm_bias, ln=self.ln_f, best=best, scratch=scratch)
         return self.logits.view(1, -1)

@@ -90,9 +90,10 @@ def _gemv_chunk(x_ptr, w, rk, k_mask, ln_w_ptr, acc, total, squares, LN: tl.cons
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, ln_w_ptr, ln_rowsum_ptr, best_ptr, N, K, stride_wn, eps,
-                 LN: tl.constexpr, GELU: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
-                 ARGMAX: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, ln_w_ptr, ln_rowsum_ptr, best_ptr, partial_ptr, arrived_ptr, N, K,
+                 stride_wn, eps, LN: tl.constexpr, GELU: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
+                 ARGMAX: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 SPLIT_K: tl.constexpr):
     """y[n] = act(sum_k f(x)[k] w[n, k] + bias[n]) (+ y[n] where RESIDUAL), for BLOCK_N rows n.
 
     f is the identity, or where LN a layer norm over all K inputs, in one pass over x: with
@@ -102,11 +103,18 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, ln_w_ptr, ln_rowsum_ptr, best_pt
     the statistics accumulate in the same loop that reads the weights.
 
     ARGMAX: also fold the rows' best (y, lowest index) into ``best_ptr`` (:func:`_pack_best`).
+
+    SPLIT_K > 1: the SPLIT_K programs of a row block (program_id(1)) each take every SPLIT_K-th
+    BLOCK_K chunk, so a matrix of few rows still has programs enough to fill the card. Each
+    writes its partial sums (and layer-norm statistics) to ``partial_ptr``; the last of them
+    to arrive (a counter per row block in ``arrived_ptr``, reset by that program) adds them in
+    split order and applies the epilogue, so the result does not depend on which finished first.
     """
     pid = tl.program_id(0)
+    split = tl.program_id(1)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = rn < N
-    rk = tl.arange(0, BLOCK_K)
+    rk = split * BLOCK_K + tl.arange(0, BLOCK_K)
     k_mask = rk < K
     # the weights are read once per step: keep them from evicting x (and the cache) from L2
     w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0,
@@ -115,7 +123,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, ln_w_ptr, ln_rowsum_ptr, best_pt
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     total = tl.zeros([BLOCK_K], dtype=tl.float32)
     squares = tl.zeros([BLOCK_K], dtype=tl.float32)
-    for k0 in range(BLOCK_K, K, BLOCK_K):
+    for k0 in range((split + SPLIT_K) * BLOCK_K, K, SPLIT_K * BLOCK_K):
         # the next chunk's weights are loaded before this one's are used: two chunks in flight
         # per thread (Triton does not pipeline a loop without a dot on its own)
         rk_next = k0 + tl.arange(0, BLOCK_K)
@@ -126,9 +134,41 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, ln_w_ptr, ln_rowsum_ptr, best_pt
         w, rk, k_mask = w_next, rk_next, k_mask_next
     acc, total, squares = _gemv_chunk(x_ptr, w, rk, k_mask, ln_w_ptr, acc, total, squares, LN)
     y = tl.sum(acc, axis=1)
+    x_sum = tl.sum(total, axis=0)
+    x_squares = tl.sum(squares, axis=0)
+    if SPLIT_K == 1:
+        _gemv_epilogue(y, x_sum, x_squares, rn, n_mask, y_ptr, bias_ptr, ln_rowsum_ptr, best_ptr, K, eps, LN, GELU,
+                       HAS_BIAS, RESIDUAL, ARGMAX)
+    else:
+        # partial_ptr: SPLIT_K rows of N partial sums, then (x_sum, x_squares) per (row block, split)
+        tl.store(partial_ptr + split * N + rn, y, mask=n_mask)
+        stats = partial_ptr + SPLIT_K * N + (pid * SPLIT_K + split) * 2
+        tl.store(stats, x_sum)
+        tl.store(stats + 1, x_squares)
+        tl.debug_barrier()  # every thread's partial stored before the counter says so (released by it)
+        if tl.atomic_add(arrived_ptr + pid, 1, sem="acq_rel") == SPLIT_K - 1:
+            y = tl.zeros([BLOCK_N], dtype=tl.float32)
+            x_sum = 0.0
+            x_squares = 0.0
+            for s in tl.static_range(SPLIT_K):  # in split order, whichever program arrived last
+                y += tl.load(partial_ptr + s * N + rn, mask=n_mask, other=0.0, cache_modifier=".cg")
+                stats = partial_ptr + SPLIT_K * N + (pid * SPLIT_K + s) * 2
+                x_sum += tl.load(stats, cache_modifier=".cg")
+                x_squares += tl.load(stats + 1, cache_modifier=".cg")
+            tl.store(arrived_ptr + pid, 0)  # ready for the next launch
+            _gemv_epilogue(y, x_sum, x_squares, rn, n_mask, y_ptr, bias_ptr, ln_rowsum_ptr, best_ptr, K, eps, LN,
+                           GELU, HAS_BIAS, RESIDUAL, ARGMAX)
+
+
+@triton.jit
+def _gemv_epilogue(y, x_sum, x_squares, rn, n_mask, y_ptr, bias_ptr, ln_rowsum_ptr, best_ptr, K, eps,
+                   LN: tl.constexpr, GELU: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
+                   ARGMAX: tl.constexpr):
+    """:func:`_gemv_kernel`'s rows, summed over all K: the layer norm, bias, GELU, residual, the
+    store, and the greedy choice's atomic maximum."""
     if LN:
-        mean = tl.sum(total, axis=0) / K
-        rstd = 1.0 / tl.sqrt(tl.maximum(tl.sum(squares, axis=0) / K - mean * mean, 0.0) + eps)
+        mean = x_sum / K
+        rstd = 1.0 / tl.sqrt(tl.maximum(x_squares / K - mean * mean, 0.0) + eps)
         y = rstd * (y - mean * tl.load(ln_rowsum_ptr + rn, mask=n_mask, other=0.0))
     if HAS_BIAS:
         y += tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
@@ -153,6 +193,10 @@ def _pack_best(value, index):
     return (key.to(tl.int64) << 32) | (tl.full(index.shape, _LOW_WORD, tl.int64) - index.to(tl.int64))
 
 
+#: The most programs that share one row block's K (SPLIT_K) among the launch configurations
+MAX_SPLIT_K = 8
+
+
 def _gemv_configs():
     # (rows per program, K per iteration, warps): few rows and long K chunks put many loads in
     # flight per program (what a GEMV at one token needs); more rows read x fewer times. The
@@ -162,15 +206,46 @@ def _gemv_configs():
               (4, 1024, 8), (4, 2048, 8), (8, 256, 4), (8, 512, 8), (8, 1024, 8), (16, 128, 4), (16, 256, 8),
               (32, 128, 4), (32, 256, 8),
               (4, 2048, 4), (8, 1024, 4), (8, 2048, 8), (16, 512, 4), (16, 1024, 8)]
-    return [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w) for n, k, w in shapes]
+    configs = [triton.Config({"BLOCK_N": n, "BLOCK_K": k, "SPLIT_K": 1}, num_warps=w) for n, k, w in shapes]
+    # a matrix of few, long rows (the MLP's down projection): row blocks shared by 2-8 programs
+    split = [(8, 512, 4, 2), (8, 512, 4, 4), (16, 512, 4, 4), (16, 512, 8, 4), (16, 256, 4, 8), (32, 256, 8, 4),
+             (32, 512, 8, 2), (16, 1024, 8, 2)]
+    configs += [triton.Config({"BLOCK_N": n, "BLOCK_K": k, "SPLIT_K": s}, num_warps=w) for n, k, w, s in split]
+    return configs
+
+
+def _prune_gemv_configs(configs, named_args, **_):
+    """A split that leaves a program under two chunks of K only adds a reduction."""
+    k = named_args["K"]
+    return [c for c in configs if c.kwargs["SPLIT_K"] == 1 or k >= 2 * c.kwargs["SPLIT_K"] * c.kwargs["BLOCK_K"]]
 
 
 # Tuned once per (N, K, flags) in the eager warm-up before a CUDA graph capture, never inside
 # it. A tuning run repeats in-place residual updates: harmless, as every step rebuilds the
 # residual stream from the embedding, and the KV cache is not written by this kernel; its
 # repeated atomic maxima leave the same best, which the greedy kernel then consumes.
-_gemv_tuned = _gemv_kernel if INTERPRETED else triton.autotune(
-    configs=_gemv_configs(), key=["N", "K", "LN", "GELU", "RESIDUAL", "ARGMAX", "PDL"])(_gemv_kernel)
+def _gemv_autotuner(configs):
+    return triton.autotune(configs=configs, key=["N", "K", "LN", "GELU", "RESIDUAL", "ARGMAX", "PDL"],
+                           prune_configs_by={"early_config_prune": _prune_gemv_configs})(_gemv_kernel)
+
+
+_gemv_tuned = _gemv_kernel if INTERPRETED else _gemv_autotuner(_gemv_configs())
+#: without a scratch: K never split
+_gemv_unsplit = _gemv_kernel if INTERPRETED else _gemv_autotuner(
+    [c for c in _gemv_configs() if c.kwargs["SPLIT_K"] == 1])
+
+
+class GemvScratch:
+    """What split-K launches of :func:`gemv` share (one per decoder: its GEMVs run one after
+    another): partial sums and layer-norm statistics, and per row block a counter of the
+    programs that have written theirs, zero between launches."""
+
+    def __init__(self, max_rows: int, device):
+        import torch
+
+        self.partial = torch.zeros(MAX_SPLIT_K * max_rows + 2 * MAX_SPLIT_K * max_rows, dtype=torch.float32,
+                                   device=device)
+        self.arrived = torch.zeros(max_rows, dtype=torch.int32, device=device)
 
 
 def fold_layer_norm(weight, ln_weight, ln_bias, bias=None):
@@ -184,24 +259,35 @@ def fold_layer_norm(weight, ln_weight, ln_bias, bias=None):
     return (w * ln_weight.float()).sum(dim=1), folded
 
 
-def gemv(x, w, y, *, bias=None, ln=None, gelu=GELU_NONE, residual=False, best=None):
+def gemv(x, w, y, *, bias=None, ln=None, gelu=GELU_NONE, residual=False, best=None, scratch=None, config=None):
     """``y = act(f(x) @ w.T + bias)`` (``+ y`` where ``residual``), y an fp32 vector of w's rows.
 
     ``ln``: (layer norm weight, rowsum, eps), with ``bias`` and rowsum from
     :func:`fold_layer_norm`, or None (no layer norm). ``best``: an int64 slot holding
     :data:`NO_BEST`, into which y's greedy choice is folded (for :func:`greedy_advance`).
+    ``scratch``: a :class:`GemvScratch` for w's rows, without which K is never split.
+    ``config``: a launch configuration (BLOCK_N, BLOCK_K, SPLIT_K, num_warps) instead of the
+    tuned one.
     """
     n, k = w.shape
     ln_w, ln_rowsum, eps = ln if ln is not None else (x, x, 0.0)
-    args = (x, w, y, bias if bias is not None else y, ln_w, ln_rowsum, best if best is not None else y, n, k,
-            w.stride(0), eps)
+    partial, arrived = (scratch.partial, scratch.arrived) if scratch is not None else (y, y)
+    args = (x, w, y, bias if bias is not None else y, ln_w, ln_rowsum, best if best is not None else y, partial,
+            arrived, n, k, w.stride(0), eps)
     flags = dict(LN=ln is not None, GELU=gelu, HAS_BIAS=bias is not None, RESIDUAL=residual, ARGMAX=best is not None)
-    if INTERPRETED:
+    if config is None and INTERPRETED:
         # each program is emulated in Python: few, wide ones
-        block_n, block_k = min(64, triton.next_power_of_2(n)), min(256, triton.next_power_of_2(k))
-        _gemv_kernel[(triton.cdiv(n, block_n),)](*args, **flags, **_pdl(), BLOCK_N=block_n, BLOCK_K=block_k)
+        config = dict(BLOCK_N=min(64, triton.next_power_of_2(n)), BLOCK_K=min(256, triton.next_power_of_2(k)),
+                      SPLIT_K=1)
+    if config is not None:
+        config = dict(config)
+        if config["SPLIT_K"] > 1 and scratch is None:
+            raise ValueError("a split-K launch needs a GemvScratch")
+        grid = (triton.cdiv(n, config["BLOCK_N"]), config["SPLIT_K"])
+        _gemv_kernel[grid](*args, **flags, **_pdl(), **config)
     else:
-        _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **flags, **_pdl())
+        tuned = _gemv_tuned if scratch is not None else _gemv_unsplit
+        tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](*args, **flags, **_pdl())
 
 
 def _pdl() -> dict:

@@ -61,6 +61,24 @@ def test_fused_step_in_bf16_stays_within_bf16_rounding(tiny_model):
         assert step["max_abs_diff"] <= 0.05 * max(1.0, step["scale"]), step
 
 
+def test_gemv_with_k_split_across_programs_gives_the_unsplit_result_every_time():
+    """Split-K: the programs of a row block each sum part of K, and the last to arrive adds the
+    parts in split order. The result matches torch and the unsplit GEMV to fp32 rounding, is
+    the same bits on a second launch, leaves every counter at zero for the next launch, and
+    keeps the epilogues (layer norm, bias, GELU, residual, greedy choice) on the whole sum."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, str(SCRIPT.with_name("gemv_interpreted.py"))], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    by_split = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(by_split) == {"1", "2", "4"}
+    for split, got in by_split.items():
+        assert got["max_abs_diff_torch"] <= 1e-4, (split, got)
+        assert got["max_abs_diff_unsplit"] <= 1e-4, (split, got)
+        assert got["same_bits_twice"] and got["counters_zero"], (split, got)
+        assert got["greedy"] == got["torch_argmax"], (split, got)
+
+
 def test_families_without_a_fused_step_are_refused_with_the_reason(tiny_model):
     from transformers import AutoConfig
 

@@ -1,0 +1,49 @@
+"""Run by tests/engines/test_fused_decoder.py in a fresh process with TRITON_INTERPRET=1: the fused
+GEMV with K split across programs against the same GEMV unsplit and against torch.
+
+    TRITON_INTERPRET=1 python tests/engines/gemv_interpreted.py
+
+One matrix of few long rows (as the MLP's down projection), with every epilogue at once: the
+layer norm folded in, bias, GELU, residual and the greedy choice. Prints one JSON line: per
+SPLIT_K, the largest difference from torch and from the unsplit result, whether two launches
+gave the same bits, whether every row block's counter was back at zero, and the greedy choice.
+"""
+import json
+
+import torch
+
+from pytest_greenserve.engines import fused_kernels as fk
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    n, k = 24, 1000  # K not a multiple of the chunk: the last chunk is masked
+    w = torch.randn(n, k).bfloat16()
+    x = torch.randn(k) * 3 + 1
+    residual = torch.randn(n)
+    ln_w, ln_b = torch.rand(k) + 0.5, torch.randn(k) * 0.1
+    rowsum, bias = fk.fold_layer_norm(w, ln_w, ln_b, torch.randn(n))
+    normed = torch.nn.functional.layer_norm(x, (k,), ln_w, ln_b, eps=1e-5)
+    want = torch.nn.functional.gelu(normed @ w.float().T + (bias - w.float() @ ln_b)) + residual
+    scratch = fk.GemvScratch(n, "cpu")
+    results, out = {}, {}
+    for split in (1, 2, 4):
+        config = dict(BLOCK_N=8, BLOCK_K=128, SPLIT_K=split)
+        runs = []
+        for _ in range(2):
+            y, best = residual.clone(), torch.full((1,), fk.NO_BEST, dtype=torch.long)
+            fk.gemv(x, w, y, bias=bias, ln=(ln_w, rowsum, 1e-5), gelu=fk.GELU_ERF, residual=True, best=best,
+                    scratch=scratch, config=config)
+            runs.append((y, best))
+        (y, best), (again, _) = runs
+        results[split] = y
+        low = fk._LOW_WORD.value
+        out[split] = {"max_abs_diff_torch": (y - want).abs().max().item(),
+                      "max_abs_diff_unsplit": (y - results[1]).abs().max().item(),
+                      "same_bits_twice": torch.equal(y, again), "counters_zero": int(scratch.arrived.abs().sum()) == 0,
+                      "greedy": low - (int(best) & low), "torch_argmax": int(y.argmax())}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
