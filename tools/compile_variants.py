@@ -112,10 +112,8 @@ def child(a) -> dict:
         kernel_names = dict(sorted(kernel_names.items(), key=lambda kv: -kv[1][1]))
     except Exception as exc:  # the profiler is a diagnostic: its failure costs nothing else
         print(f"profiler: {type(exc).__name__}: {exc}", file=sys.stderr)
-    tuned = None
-    if fused:  # the GEMV launch configuration the autotuner chose per (N, K, flags)
-        tuned = {str(k): str(c) for k, c in getattr(fused_kernels._gemv_tuned, "cache", {}).items()}
     info = eng.load_info()
+    tuned = info.get("fused_gemv_tuning")  # per GEMV site: the launch configuration chosen, and its timings
     return {"variant": v, "dtype": a.dtype, "model": a.model, "ms_per_token": 1e3 * statistics.median(times) / a.new_tokens,
             "first_tokens": first, "kernels_per_decode_step": kernels, "kernel_names": kernel_names, "gemv_configs": tuned, "load_s": load_s,
             "compile_mode": info["compile_mode"], "compile_fallback": info["compile_fallback"],

@@ -7,8 +7,9 @@ Each shape is measured as the step runs it: one launch per layer, each on its ow
 weights (so they come from memory, not L2), with the step's epilogue flags and launch mode
 (programmatic dependent launch where the card has it), captured as one CUDA graph and replayed.
 Per shape and configuration: µs per launch and the weights' GB/s. Then the GEMVs of a whole step
-(every layer's four and the vocabulary GEMV, nothing else) with the autotuner's choices and with
-the fastest configuration of each shape.
+(every layer's four and the vocabulary GEMV, nothing else) with the default configuration and
+with the fastest configuration of each shape. The engine's own choice, tuned in the step's
+sequence (engines/fused_tuning.py), is in tools/compile_variants.py's results.
 
 Checks on the card: every configuration's result against the unsplit one (split-K adds in
 another order), and a split-K configuration's result the same bits on a second launch.
@@ -91,9 +92,9 @@ def main() -> None:
     del big
     print(f"streaming read: {result['streaming_read_GBps']} GB/s", flush=True)
 
-    configs = fk._gemv_configs()
+    configs = fk.candidate_configs()
     if a.configs:
-        configs = configs[:a.configs] + [c for c in configs if c.kwargs["SPLIT_K"] > 1]
+        configs = configs[:a.configs] + [c for c in configs if c["SPLIT_K"] > 1]
     state = {}
     for g in gemvs:
         n, k = g["n"], g["k"]
@@ -126,12 +127,9 @@ def main() -> None:
             torch.cuda.synchronize()
             return y.clone()
 
-        record("autotuned", timed(lambda c: fk.gemv(x, ws[c], y, **flags), copies))
-        tuned = {str(key): str(c) for key, c in fk._gemv_tuned.cache.items() if key[0] == n and key[1] == k}
-        rows[-1]["config"] = list(tuned.values())
+        record("default", timed(lambda c: fk.gemv(x, ws[c], y, **flags), copies), fk.default_config(n, k))
         unsplit = reference(dict(BLOCK_N=4, BLOCK_K=512, SPLIT_K=1, num_warps=4))
-        for c in fk._prune_gemv_configs(configs, {"K": k}):
-            config = dict(c.kwargs, num_warps=c.num_warps)
+        for config in [c for c in configs if fk.fits(c, n, k)]:
             label = "BN{BLOCK_N} BK{BLOCK_K} S{SPLIT_K} w{num_warps}".format(**config)
             try:
                 us = timed(lambda c_: fk.gemv(x, ws[c_], y, **flags, config=config), copies)
@@ -149,7 +147,7 @@ def main() -> None:
         with open(a.out, "w") as f:  # after each shape: a run cut short keeps what it measured
             json.dump(result, f, indent=1)
 
-    # the GEMVs of a whole step, in the step's order: autotuned, then each shape's fastest
+    # the GEMVs of a whole step, in the step's order: the default configuration, then each shape's fastest
     fastest = {s["name"]: s["fastest"] for s in result["shapes"]}
 
     def step(choice):
@@ -160,9 +158,9 @@ def main() -> None:
         return launch
 
     per_layer = {label: timed(step(choice), layers) for label, choice in
-                 (("autotuned", lambda name: None), ("fastest per shape", lambda name: fastest[name]))}
+                 (("default", lambda name: None), ("fastest per shape", lambda name: fastest[name]))}
     head = next(s for s in result["shapes"] if s["name"] == "lm_head")
-    head_us = {"autotuned": next(r["us"] for r in head["rows"] if r["label"] == "autotuned"),
+    head_us = {"default": next(r["us"] for r in head["rows"] if r["label"] == "default"),
                "fastest per shape": min(r["us"] for r in head["rows"] if isinstance(r.get("config"), dict))}
     total_bytes = sum(s["weight_bytes"] * (layers if s["name"] != "lm_head" else 1) for s in result["shapes"])
     result["step_gemvs"] = {}

@@ -316,7 +316,9 @@ class CompileEngine(Engine):
                 "cuda_graphs_captured": self.captures, "prefill_graphs_held": len(self._prefill_graphs),
                 "prefill_graphs_dropped": self.prefill_graphs_dropped, "context_tokens": self.context_tokens,
                 # fused+graph: device memory of gpt2's transposed weight copies, MiB (0: none made)
-                "fused_weight_copy_mib": self.fused.copied_weight_bytes / 2**20 if self.fused else None}
+                "fused_weight_copy_mib": self.fused.copied_weight_bytes / 2**20 if self.fused else None,
+                # fused+graph: each GEMV site's launch configuration, as chosen in the step's sequence
+                "fused_gemv_tuning": self.fused.tuning if self.fused else None}
 
     def close(self):
         import gc

@@ -120,6 +120,12 @@ class FusedDecoder:
         self.scratch = fused_kernels.GemvScratch(max(self.logits.numel(), self.mlp.numel(), qkv_size), device)
         # the greedy choice, packed (fused_kernels.gemv's ``best``); consumed and reset each step
         self.best = torch.full((1,), fused_kernels.NO_BEST, dtype=torch.long, device=device)
+        from .fused_tuning import site_shapes, tune
+
+        #: each GEMV site's launch configuration (fused_tuning.SITES), tuned on CUDA
+        self.configs = {site: fused_kernels.default_config(n, k) for site, (n, k) in site_shapes(self).items()}
+        #: how the configurations were chosen (fused_tuning.tune), or None where not tuned
+        self.tuning = tune(self) if device.type == "cuda" and not fused_kernels.INTERPRETED else None
         #: bytes of gpt2's transposed matrix copies (device memory beyond the model's own)
         self.copied_weight_bytes = sum(t.numel() * t.element_size() for layer in self.layers
                                        for t in (layer.qkv_w, layer.out_w, layer.fc_w, layer.proj_w)) if gpt2 else 0
@@ -133,14 +139,36 @@ class FusedDecoder:
 
     @torch.no_grad()
     def __call__(self, tok, pos, best=None):
-        k, x, scratch = self.kernels, self.x, self.scratch
+        k, x = self.kernels, self.x
         k.embed(tok, pos, self.wte, self.wpe, x)
-        for i, layer in enumerate(self.layers):
-            k.gemv(x, layer.qkv_w, self.qkv, bias=layer.qkv_b, ln=layer.ln_1, scratch=scratch)
-            k.decode_attention(self.qkv, self.keys[i], self.values[i], pos, self.attn, heads=self.heads,
-                               kv_heads=self.kv_heads, head_dim=self.head_dim, scale=layer.scaling)
-            k.gemv(self.attn, layer.out_w, x, bias=layer.out_b, residual=True, scratch=scratch)
-            k.gemv(x, layer.fc_w, self.mlp, bias=layer.fc_b, ln=layer.ln_2, gelu=self.gelu, scratch=scratch)
-            k.gemv(self.mlp, layer.proj_w, x, bias=layer.proj_b, residual=True, scratch=scratch)
-        k.gemv(x, self.lm_head, self.logits, bias=self.lm_bias, ln=self.ln_f, best=best, scratch=scratch)
+        for i in range(len(self.layers)):
+            self._layer_gemvs(i, attention=lambda: k.decode_attention(
+                self.qkv, self.keys[i], self.values[i], pos, self.attn, heads=self.heads, kv_heads=self.kv_heads,
+                head_dim=self.head_dim, scale=self.layers[i].scaling))
+        self.lm_head_gemv(best)
         return self.logits.view(1, -1)
+
+    def _layer_gemvs(self, i: int, attention=None) -> None:
+        """Layer ``i``'s four GEMVs, with ``attention()`` between the first two."""
+        k, x, layer, configs, scratch = self.kernels, self.x, self.layers[i], self.configs, self.scratch
+        k.gemv(x, layer.qkv_w, self.qkv, bias=layer.qkv_b, ln=layer.ln_1, scratch=scratch, config=configs["qkv"])
+        if attention is not None:
+            attention()
+        k.gemv(self.attn, layer.out_w, x, bias=layer.out_b, residual=True, scratch=scratch, config=configs["out"])
+        k.gemv(x, layer.fc_w, self.mlp, bias=layer.fc_b, ln=layer.ln_2, gelu=self.gelu, scratch=scratch,
+               config=configs["fc"])
+        k.gemv(self.mlp, layer.proj_w, x, bias=layer.proj_b, residual=True, scratch=scratch, config=configs["proj"])
+
+    def layer_gemvs(self) -> None:
+        """Every layer's four GEMVs and nothing else (what fused_tuning times); they leave the
+        activations as the step never would, which its next run rebuilds from the embedding."""
+        for i in range(len(self.layers)):
+            self._layer_gemvs(i)
+
+    def lm_head_gemv(self, best=None) -> None:
+        """The vocabulary GEMV (final layer norm folded in); with ``best``, the greedy choice."""
+        self.kernels.gemv(self.x, self.lm_head, self.logits, bias=self.lm_bias, ln=self.ln_f, best=best,
+                          scratch=self.scratch, config=self.configs["lm_head"])
+
+    def reset_greedy_choice(self) -> None:
+        self.best.fill_(self.kernels.NO_BEST)

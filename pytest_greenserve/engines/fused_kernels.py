@@ -38,7 +38,7 @@ import os
 import triton
 import triton.language as tl
 
-#: The interpreter (TRITON_INTERPRET=1) runs kernels on CPU tensors; it cannot autotune
+#: The interpreter (TRITON_INTERPRET=1) runs kernels on CPU tensors, one program after another
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -197,42 +197,37 @@ def _pack_best(value, index):
 MAX_SPLIT_K = 8
 
 
-def _gemv_configs():
-    # (rows per program, K per iteration, warps): few rows and long K chunks put many loads in
-    # flight per program (what a GEMV at one token needs); more rows read x fewer times. The
-    # last ones give each thread 64 bf16 weights (128 bytes) in flight per chunk: bf16 read at
-    # 2.9 TB/s where fp32, twice the bytes per chunk, reached 3.5 (docs/measurements.md)
-    shapes = [(1, 1024, 4), (1, 2048, 8), (2, 512, 4), (2, 1024, 4), (2, 2048, 8), (4, 256, 4), (4, 512, 4),
-              (4, 1024, 8), (4, 2048, 8), (8, 256, 4), (8, 512, 8), (8, 1024, 8), (16, 128, 4), (16, 256, 8),
-              (32, 128, 4), (32, 256, 8),
-              (4, 2048, 4), (8, 1024, 4), (8, 2048, 8), (16, 512, 4), (16, 1024, 8)]
-    configs = [triton.Config({"BLOCK_N": n, "BLOCK_K": k, "SPLIT_K": 1}, num_warps=w) for n, k, w in shapes]
-    # a matrix of few, long rows (the MLP's down projection): row blocks shared by 2-8 programs
+def candidate_configs() -> list[dict]:
+    """The launch configurations the fused step chooses its GEMVs' from (engines/fused_tuning.py),
+    as (BLOCK_N rows per program, BLOCK_K per iteration, num_warps, SPLIT_K)."""
+    # few rows and long K chunks put many loads in flight per program (what a GEMV at one token
+    # needs); more rows read x (and a folded layer norm's weights) fewer times per weight byte
+    unsplit = [(1, 1024, 4), (1, 2048, 8), (2, 512, 4), (2, 1024, 4), (2, 2048, 8), (4, 256, 4), (4, 512, 4),
+               (4, 1024, 8), (4, 2048, 8), (8, 256, 4), (8, 512, 8), (8, 1024, 8), (16, 128, 4), (16, 256, 8),
+               (32, 128, 4), (32, 256, 8), (4, 2048, 4), (8, 1024, 4), (8, 2048, 8), (16, 512, 4), (16, 1024, 8)]
+    # more rows per program, and still programs enough to fill the card: K split 2-8 ways
     split = [(8, 512, 4, 2), (8, 512, 4, 4), (16, 512, 4, 4), (16, 512, 8, 4), (16, 256, 4, 8), (32, 256, 8, 4),
-             (32, 512, 8, 2), (16, 1024, 8, 2)]
-    configs += [triton.Config({"BLOCK_N": n, "BLOCK_K": k, "SPLIT_K": s}, num_warps=w) for n, k, w, s in split]
-    return configs
+             (32, 512, 8, 2), (16, 1024, 8, 2), (16, 256, 4, 4), (16, 256, 8, 2), (8, 256, 4, 4), (32, 128, 4, 4),
+             (16, 512, 4, 2), (8, 1024, 8, 2), (4, 1024, 8, 2)]
+    return ([dict(BLOCK_N=n, BLOCK_K=k, num_warps=w, SPLIT_K=1) for n, k, w in unsplit]
+            + [dict(BLOCK_N=n, BLOCK_K=k, num_warps=w, SPLIT_K=s) for n, k, w, s in split])
 
 
-def _prune_gemv_configs(configs, named_args, **_):
-    """A split that leaves a program under two chunks of K only adds a reduction."""
-    k = named_args["K"]
-    return [c for c in configs if c.kwargs["SPLIT_K"] == 1 or k >= 2 * c.kwargs["SPLIT_K"] * c.kwargs["BLOCK_K"]]
+def fits(config: dict, n: int, k: int) -> bool:
+    """Whether ``config`` suits an (n, k) matrix: no chunk or row block past the matrix's next
+    power of two, and a split that leaves every program two chunks of K at least (less only
+    adds a reduction)."""
+    block_n, block_k, split = config["BLOCK_N"], config["BLOCK_K"], config["SPLIT_K"]
+    return (block_n <= triton.next_power_of_2(n) and block_k <= triton.next_power_of_2(k)
+            and (split == 1 or k >= 2 * split * block_k))
 
 
-# Tuned once per (N, K, flags) in the eager warm-up before a CUDA graph capture, never inside
-# it. A tuning run repeats in-place residual updates: harmless, as every step rebuilds the
-# residual stream from the embedding, and the KV cache is not written by this kernel; its
-# repeated atomic maxima leave the same best, which the greedy kernel then consumes.
-def _gemv_autotuner(configs):
-    return triton.autotune(configs=configs, key=["N", "K", "LN", "GELU", "RESIDUAL", "ARGMAX", "PDL"],
-                           prune_configs_by={"early_config_prune": _prune_gemv_configs})(_gemv_kernel)
-
-
-_gemv_tuned = _gemv_kernel if INTERPRETED else _gemv_autotuner(_gemv_configs())
-#: without a scratch: K never split
-_gemv_unsplit = _gemv_kernel if INTERPRETED else _gemv_autotuner(
-    [c for c in _gemv_configs() if c.kwargs["SPLIT_K"] == 1])
+def default_config(n: int, k: int) -> dict:
+    """A GEMV's launch configuration before (or without) tuning."""
+    if INTERPRETED:  # each program is emulated in Python: few, wide ones
+        return dict(BLOCK_N=min(64, triton.next_power_of_2(n)), BLOCK_K=min(256, triton.next_power_of_2(k)),
+                    SPLIT_K=1)
+    return dict(BLOCK_N=8, BLOCK_K=min(512, triton.next_power_of_2(k)), num_warps=4, SPLIT_K=1)
 
 
 class GemvScratch:
@@ -265,29 +260,19 @@ def gemv(x, w, y, *, bias=None, ln=None, gelu=GELU_NONE, residual=False, best=No
     ``ln``: (layer norm weight, rowsum, eps), with ``bias`` and rowsum from
     :func:`fold_layer_norm`, or None (no layer norm). ``best``: an int64 slot holding
     :data:`NO_BEST`, into which y's greedy choice is folded (for :func:`greedy_advance`).
-    ``scratch``: a :class:`GemvScratch` for w's rows, without which K is never split.
-    ``config``: a launch configuration (BLOCK_N, BLOCK_K, SPLIT_K, num_warps) instead of the
-    tuned one.
+    ``config``: the launch configuration (BLOCK_N, BLOCK_K, SPLIT_K, num_warps), by default
+    :func:`default_config`'s; SPLIT_K > 1 needs ``scratch``, a :class:`GemvScratch` for w's rows.
     """
     n, k = w.shape
+    config = dict(config or default_config(n, k))
+    if config["SPLIT_K"] > 1 and scratch is None:
+        raise ValueError("a split-K launch needs a GemvScratch")
     ln_w, ln_rowsum, eps = ln if ln is not None else (x, x, 0.0)
     partial, arrived = (scratch.partial, scratch.arrived) if scratch is not None else (y, y)
-    args = (x, w, y, bias if bias is not None else y, ln_w, ln_rowsum, best if best is not None else y, partial,
-            arrived, n, k, w.stride(0), eps)
-    flags = dict(LN=ln is not None, GELU=gelu, HAS_BIAS=bias is not None, RESIDUAL=residual, ARGMAX=best is not None)
-    if config is None and INTERPRETED:
-        # each program is emulated in Python: few, wide ones
-        config = dict(BLOCK_N=min(64, triton.next_power_of_2(n)), BLOCK_K=min(256, triton.next_power_of_2(k)),
-                      SPLIT_K=1)
-    if config is not None:
-        config = dict(config)
-        if config["SPLIT_K"] > 1 and scratch is None:
-            raise ValueError("a split-K launch needs a GemvScratch")
-        grid = (triton.cdiv(n, config["BLOCK_N"]), config["SPLIT_K"])
-        _gemv_kernel[grid](*args, **flags, **_pdl(), **config)
-    else:
-        tuned = _gemv_tuned if scratch is not None else _gemv_unsplit
-        tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](*args, **flags, **_pdl())
+    _gemv_kernel[(triton.cdiv(n, config["BLOCK_N"]), config["SPLIT_K"])](
+        x, w, y, bias if bias is not None else y, ln_w, ln_rowsum, best if best is not None else y, partial, arrived,
+        n, k, w.stride(0), eps, LN=ln is not None, GELU=gelu, HAS_BIAS=bias is not None, RESIDUAL=residual,
+        ARGMAX=best is not None, **_pdl(), **config)
 
 
 def _pdl() -> dict:
@@ -384,4 +369,4 @@ def decode_attention(qkv, keys, values, pos, out, *, heads, kv_heads, head_dim, 
     capacity = keys.shape[2]
     _decode_attention_kernel[(heads,)](qkv, keys, values, pos, out, scale, heads * head_dim, kv_heads * head_dim,
                                        heads // kv_heads, capacity * head_dim, head_dim,
-                                       BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_T=32, **_pdl())
+                                       BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_T=64, **_pdl())
