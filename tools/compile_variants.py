@@ -13,6 +13,7 @@ Variants:
   autotune  cdt, and inductor's max-autotune of the GEMMs (Triton templates with fused epilogues)
   fused     the engine's fused+graph mode: hand-fused Triton kernels, five per layer (engines/fused_decoder.py)
   fused-nopdl  the same, every kernel launched without programmatic dependent launch
+  fused-t32 the same, attention reading the cache 32 positions per iteration instead of 64
 
 Per variant: ms/token (median request / new tokens, CUDA synchronised), the first request's
 tokens against the base variant's (exact; bf16 near-ties may differ, the plugin judges quality),
@@ -30,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl")
+VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32")
 
 
 def child(a) -> dict:
@@ -50,6 +51,8 @@ def child(a) -> dict:
         from pytest_greenserve.engines import fused_kernels
 
         fused_kernels.USE_PDL = fused_kernels.USE_PDL and v != "fused-nopdl"
+        if v == "fused-t32":
+            fused_kernels.ATTENTION_BLOCK_T = 32
     if v != "base" and not fused:
         torch._inductor.config.coordinate_descent_tuning = True
     if v == "autotune":
@@ -81,13 +84,15 @@ def child(a) -> dict:
         if len(p) not in seen:
             seen.add(len(p))
             eng.generate(p, a.new_tokens)
-    times, first = [], None
+    times, ttfts, first = [], [], None
     for p in prompts:
         sync()
         t = time.perf_counter()
-        out = eng.generate(p, a.new_tokens).token_ids
+        gen = eng.generate(p, a.new_tokens)
+        out = gen.token_ids
         sync()
         times.append(time.perf_counter() - t)
+        ttfts.append(gen.ttft_s)
         first = first or out
     kernels, kernel_names = None, {}
     try:
@@ -112,13 +117,63 @@ def child(a) -> dict:
         kernel_names = dict(sorted(kernel_names.items(), key=lambda kv: -kv[1][1]))
     except Exception as exc:  # the profiler is a diagnostic: its failure costs nothing else
         print(f"profiler: {type(exc).__name__}: {exc}", file=sys.stderr)
+    parts = anatomy(eng, len(prompts[0])) if fused else None
     info = eng.load_info()
     tuned = info.get("fused_gemv_tuning")  # per GEMV site: the launch configuration chosen, and its timings
     return {"variant": v, "dtype": a.dtype, "model": a.model, "ms_per_token": 1e3 * statistics.median(times) / a.new_tokens,
             "first_tokens": first, "kernels_per_decode_step": kernels, "kernel_names": kernel_names, "gemv_configs": tuned, "load_s": load_s,
+            "ttft_ms_median": 1e3 * statistics.median(ttfts) if all(t is not None for t in ttfts) else None,
+            "step_parts_us": parts,
             "compile_mode": info["compile_mode"], "compile_fallback": info["compile_fallback"],
             "pdl": fused and fused_kernels.USE_PDL,
             "device": torch.cuda.get_device_name() if cuda else "cpu"}
+
+
+def anatomy(eng, position: int) -> dict:
+    """The fused decode step and its parts, each captured as a CUDA graph (the position reset
+    inside) and replayed: µs per step of the whole step, of it without attention, of the GEMVs
+    alone, and of the attention kernels alone."""
+    import torch
+
+    from pytest_greenserve.engines import fused_kernels as k
+
+    f = eng.fused
+
+    def attention_only():
+        for i, layer in enumerate(f.layers):
+            k.decode_attention(f.qkv, f.keys[i], f.values[i], eng.pos, f.attn, heads=f.heads, kv_heads=f.kv_heads,
+                               head_dim=f.head_dim, scale=layer.scaling)
+
+    def no_attention():
+        k.embed(eng.tok, eng.pos, f.wte, f.wpe, f.x)
+        f.layer_gemvs()
+        f.lm_head_gemv(f.best)
+        k.greedy_advance(f.best, eng.tok, eng.pos, eng.generated)
+
+    parts = {"step": lambda: f.step(eng.tok, eng.pos, eng.generated), "step without attention": no_attention,
+             "GEMVs alone": lambda: (f.layer_gemvs(), f.lm_head_gemv(f.best)), "attention alone": attention_only}
+    timed = {}
+    for name, fn in parts.items():
+        def launch():
+            eng.pos.fill_(position)
+            fn()
+        launch()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            launch()
+        for _ in range(3):
+            graph.replay()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(20):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        timed[name] = round(start.elapsed_time(end) * 1000 / 20, 1)
+    f.reset_greedy_choice()
+    print("step parts, µs:", timed, file=sys.stderr)
+    return timed
 
 
 def main() -> int:
@@ -161,7 +216,7 @@ def main() -> int:
             results.append(r)
             print(json.dumps({k: r.get(k) for k in ("model", "dtype", "variant", "ms_per_token", "kernels_per_decode_step",
                                                     "load_s", "first_request_equals_base", "compile_fallback", "error",
-                                                    "skipped")}), flush=True)
+                                                    "skipped", "ttft_ms_median", "step_parts_us")}), flush=True)
             if a.out:
                 Path(a.out).write_text(json.dumps(results, indent=1))
     return 0

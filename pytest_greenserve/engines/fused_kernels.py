@@ -63,6 +63,9 @@ _NO_BEST = tl.constexpr(NO_BEST)  # the same, for the kernels (a global they rea
 _LOW_WORD = tl.constexpr(0xFFFFFFFF)
 
 GELU_NONE, GELU_TANH, GELU_ERF = 0, 1, 2
+#: Cache positions :func:`decode_attention` reads per iteration (the prompts' 10-15 tokens and
+#: 32 new ones: one iteration)
+ATTENTION_BLOCK_T = 64
 #: transformers' activation names -> the GELU the kernel applies
 GELUS = {"gelu_new": GELU_TANH, "gelu_pytorch_tanh": GELU_TANH, "gelu_fast": GELU_TANH, "gelu": GELU_ERF}
 
@@ -369,4 +372,4 @@ def decode_attention(qkv, keys, values, pos, out, *, heads, kv_heads, head_dim, 
     capacity = keys.shape[2]
     _decode_attention_kernel[(heads,)](qkv, keys, values, pos, out, scale, heads * head_dim, kv_heads * head_dim,
                                        heads // kv_heads, capacity * head_dim, head_dim,
-                                       BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_T=64, **_pdl())
+                                       BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_T=ATTENTION_BLOCK_T, **_pdl())
