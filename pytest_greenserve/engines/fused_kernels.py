@@ -331,38 +331,54 @@ def _decode_attention_kernel(qkv_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, out_ptr
                              BLOCK_T: tl.constexpr):
     """Head ``h``: softmax(q . K[:pos+1]) V[:pos+1], the current position's key and value taken
     from the projection (fp32), earlier ones from the cache; the first head of each key/value
-    group then writes them into the cache at ``pos`` (no program reads that slot this step)."""
-    _wait_for_previous(PDL)
+    group then writes them into the cache at ``pos`` (no program reads that slot this step).
+
+    The position and the cache before it were written by earlier steps, not by the kernel
+    before (the projection): the first BLOCK_T positions' keys and values are loaded before
+    waiting for it, so only q, k and v are read after."""
     h = tl.program_id(0)
     kv = h // group
     pos = tl.load(pos_ptr)
     rd = tl.arange(0, BLOCK_D)
     d_mask = rd < D
+    base = kv * head_stride
+    rt = tl.arange(0, BLOCK_T)
+    t_mask = rt < pos
+    tile = base + rt[:, None] * D + rd[None, :]
+    both = t_mask[:, None] & d_mask[None, :]
+    keys = tl.load(k_cache_ptr + tile, mask=both, other=0.0)
+    values = tl.load(v_cache_ptr + tile, mask=both, other=0.0)
+    _wait_for_previous(PDL)
     q = tl.load(qkv_ptr + h * D + rd, mask=d_mask, other=0.0) * scale
     k_new = tl.load(qkv_ptr + q_size + kv * D + rd, mask=d_mask, other=0.0)
     v_new = tl.load(qkv_ptr + q_size + kv_size + kv * D + rd, mask=d_mask, other=0.0)
     m_i = tl.sum(q * k_new, axis=0)  # running maximum, from the current position's score
     l_i = m_i * 0.0 + 1.0  # running sum of exp(score - m_i)
     acc = v_new  # running sum of exp(score - m_i) * value
-    base = kv * head_stride
-    for t0 in range(0, pos, BLOCK_T):
-        rt = t0 + tl.arange(0, BLOCK_T)
-        t_mask = rt < pos
-        tile = base + rt[:, None] * D + rd[None, :]
-        both = t_mask[:, None] & d_mask[None, :]
-        keys = tl.load(k_cache_ptr + tile, mask=both, other=0.0).to(tl.float32)
-        s = tl.where(t_mask, tl.sum(keys * q[None, :], axis=1), float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=0))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new)
-        values = tl.load(v_cache_ptr + tile, mask=both, other=0.0).to(tl.float32)
-        acc = acc * alpha + tl.sum(p[:, None] * values, axis=0)
-        l_i = l_i * alpha + tl.sum(p, axis=0)
-        m_i = m_new
+    m_i, l_i, acc = _attend(q, keys, values, t_mask, m_i, l_i, acc)
+    for t0 in range(BLOCK_T, pos, BLOCK_T):  # positions past the first tile, read as they come
+        rt_next = t0 + tl.arange(0, BLOCK_T)
+        t_mask_next = rt_next < pos
+        tile_next = base + rt_next[:, None] * D + rd[None, :]
+        both_next = t_mask_next[:, None] & d_mask[None, :]
+        m_i, l_i, acc = _attend(q, tl.load(k_cache_ptr + tile_next, mask=both_next, other=0.0),
+                                tl.load(v_cache_ptr + tile_next, mask=both_next, other=0.0), t_mask_next, m_i, l_i, acc)
     tl.store(out_ptr + h * D + rd, acc / l_i, mask=d_mask)
     if h % group == 0:
         tl.store(k_cache_ptr + base + pos * D + rd, k_new.to(k_cache_ptr.dtype.element_ty), mask=d_mask)
         tl.store(v_cache_ptr + base + pos * D + rd, v_new.to(v_cache_ptr.dtype.element_ty), mask=d_mask)
+
+
+@triton.jit
+def _attend(q, keys, values, t_mask, m_i, l_i, acc):
+    """One tile of cached positions folded into the online softmax (m_i, l_i, acc)."""
+    s = tl.where(t_mask, tl.sum(keys.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=0))
+    alpha = tl.exp(m_i - m_new)
+    p = tl.exp(s - m_new)
+    acc = acc * alpha + tl.sum(p[:, None] * values.to(tl.float32), axis=0)
+    l_i = l_i * alpha + tl.sum(p, axis=0)
+    return m_new, l_i, acc
 
 
 def decode_attention(qkv, keys, values, pos, out, *, heads, kv_heads, head_dim, scale):

@@ -15,12 +15,16 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM
 
+from pytest_greenserve.engines import fused_kernels
 from pytest_greenserve.engines.fused_decoder import FusedDecoder
 from pytest_greenserve.engines.static_decoder import StaticDecoder
 
 
 def main(model_dir: str, dtype: str, steps: int) -> None:
     torch.manual_seed(0)
+    # the prompt's 11 positions and the steps' span several of attention's tiles: the first
+    # (read before the wait for the projection) and those read after
+    fused_kernels.ATTENTION_BLOCK_T = 4
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
     vocab = model.config.vocab_size
     prompt = torch.tensor([[(7 * i + 3) % vocab for i in range(11)]])
