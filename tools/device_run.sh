@@ -35,6 +35,7 @@
 #   bash tools/device_run.sh issue19-genai tinyllama 16 2 bf16  # carry .whl-genai: ortgenai-cuda beside torch-cuda
 #   bash tools/device_run.sh llamacpp-cuda-check mini-gpt2-f16.gguf  # carry .whl-llamacuda, .whl-llamacuda-test
 #   bash tools/device_run.sh issue19-gemv starcoderbase-1b bf16  # carry .whl: the GEMVs' launch configurations, then the step
+#   bash tools/device_run.sh install-llamacuda; issue19-llamacuda codeparrot-small 32 2  # the CUDA llama.cpp in the plugin
 # DRY=1 runs a tiny CPU-only version of the same sessions locally to check the script.
 # Each session is capped with SIGINT (pytest then finishes cleanly); finished samples are
 # never lost. Results: one tarball of the report directories under $OUT.
@@ -289,6 +290,22 @@ PY
     sp=$($PY -c "import torch, os; print(os.path.dirname(os.path.dirname(torch.__file__)))")
     LD_LIBRARY_PATH=$sp/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} PYTHONPATH=/tmp/lc \
       $PY tools/llamacpp_cuda_check.py ".whl-llamacuda-test/${2:-mini-gpt2-f16.gguf}" 2>&1 | grep -E "llama_cpp|CUDA0|n_gpu_layers|equal" ;;
+  install-llamacuda)  # carry .whl-llamacuda and .whl-llamacuda-test: the CUDA llama-cpp-python and diskcache into
+    # $SITE (with the converter and transformers beside them the call is over the 64 MiB a call carries)
+    $PY -m pip install -q --no-index --no-deps --no-compile --upgrade --target $SITE .whl-llamacuda/*.whl \
+      .whl-llamacuda-test/diskcache-*.whl || exit 3 ;;
+  issue19-llamacuda)  # after install-llamacuda on the same warm machine; carry .whl and .llama.cpp: llamacpp-cuda
+    # f16 and q8_0 beside torch-cuda and compile-cuda (ARGS: [model] [prompts] [runs])
+    [ -d $SITE/transformers ] || install .whl
+    ls -d $SITE/llama_cpp >/dev/null 2>&1 || { echo "llama_cpp is not in $SITE: run install-llamacuda first"; exit 3; }
+    sp=$($PY -c "import torch, os; print(os.path.dirname(os.path.dirname(torch.__file__)))")
+    export LD_LIBRARY_PATH=$sp/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} GREENSERVE_LLAMA_CPP=$PWD/.llama.cpp
+    $PY -c "import llama_cpp as l; print('llama_cpp', l.__version__, 'gpu offload', l.llama_supports_gpu_offload())"
+    model=${2:-codeparrot-small}; name=issue19-llamacuda-$model
+    session "$name" "${CAP:-540}" --greenserve-models="$model" \
+      --greenserve-configs=torch-cuda,compile-cuda,llamacpp-cuda:f16,llamacpp-cuda:q8_0 \
+      --greenserve-prompts="${3:-32}" --greenserve-runs="${4:-2}" --greenserve-idle=2 --greenserve-settle=1
+    pack "$name" ;;
   install-ov)  # carry .whl-ov alone (openvino 2026.4.1, openvino-telemetry, openvino-tokenizers: 58.2 MiB)
     install .whl-ov; probe ;;
   issue3)
