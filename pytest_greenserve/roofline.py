@@ -69,13 +69,17 @@ class ModelGeometry:
     layers: int
     kv_heads: int  # key/value heads per layer: all heads (MHA), fewer (GQA), 1 (MQA)
     head_dim: int
-    bytes_per_element: int
+    bytes_per_element: int  # of a weight and of a KV-cache element, unless set apart below
     params: int  # distinct parameters (tied matrices once)
     weight_params_per_token: int
+    #: an engine's own weight format (a GGUF quantisation): bytes per weight, fractional for
+    #: block formats; None: ``bytes_per_element``
+    weight_bytes_per_param: float | None = None
 
     @property
-    def weight_bytes_per_token(self) -> int:
-        return self.weight_params_per_token * self.bytes_per_element
+    def weight_bytes_per_token(self) -> float:
+        per_param = self.weight_bytes_per_param if self.weight_bytes_per_param is not None else self.bytes_per_element
+        return self.weight_params_per_token * per_param
 
     def kv_bytes_per_token(self, context_len: float) -> float:
         """Bytes of KV cache read to generate one token with ``context_len`` tokens before it:

@@ -12,7 +12,7 @@ meters; the sample builder and the results store take what the measure step retu
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from .configs import ServingConfig
@@ -482,6 +482,8 @@ class GreenserveSession:
                 except Exception as exc:  # no CUPTI, an engine the profiler cannot see, the child failing
                     self._launches[key] = failure_line("roofline: launches not counted", exc)
         geometry, launches = self._geometry[case.model], self._launches[key]
+        if not isinstance(geometry, str):
+            geometry = engine_geometry(geometry, self.engines[case.config.engine], case.config.variant)
         notes += [x for x in (geometry, launches) if isinstance(x, str)]
         fields = roofline.roofline_fields(
             geometry=None if isinstance(geometry, str) else geometry,
@@ -494,6 +496,18 @@ class GreenserveSession:
         self.runner.close()
         if self.meters is not None:
             self.meters.close()
+
+
+def engine_geometry(geometry: roofline.ModelGeometry, engine_cls, variant: str) -> roofline.ModelGeometry:
+    """``geometry`` in the bytes an engine reads where it keeps the weights in its own format
+    (``weight_bytes_per_param`` per variant, ``kv_bytes_per_element``: llamacpp's GGUF files),
+    so a quantised configuration's memory floor is that of the bytes it reads."""
+    per_param = getattr(engine_cls, "weight_bytes_per_param", {}).get(variant)
+    kv_bytes = getattr(engine_cls, "kv_bytes_per_element", None)
+    if per_param is None:
+        return geometry
+    return replace(geometry, weight_bytes_per_param=per_param,
+                   bytes_per_element=kv_bytes or geometry.bytes_per_element)
 
 
 def _optional_call(target, name: str):

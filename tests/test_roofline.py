@@ -80,6 +80,22 @@ def test_kv_bytes_multi_query_against_multi_head():
     assert mqa.kv_bytes_per_token(100) == mha.kv_bytes_per_token(100) / 4
 
 
+def test_a_gguf_configuration_reads_its_own_bytes_per_weight_and_an_f16_cache():
+    """llamacpp's floor is that of the file it reads: q8_0 is 34 bytes per block of 32 weights,
+    f16 two; its KV cache is f16 whatever the session's dtype. Other engines keep the geometry."""
+    from pytest_greenserve.engines.llamacpp import LlamaCppEngine
+    from pytest_greenserve.engines.torch_eager import TorchEngine
+    from pytest_greenserve.session import engine_geometry
+
+    fp32 = ModelGeometry(layers=2, kv_heads=2, head_dim=8, bytes_per_element=4, params=0, weight_params_per_token=3200)
+    q8 = engine_geometry(fp32, LlamaCppEngine, "q8_0")
+    assert q8.weight_bytes_per_token == 3200 * 34 / 32 == 3400
+    assert q8.kv_bytes_per_token(10) == fp32.kv_bytes_per_token(10) / 2
+    assert engine_geometry(fp32, LlamaCppEngine, "f16").weight_bytes_per_token == 6400
+    assert engine_geometry(fp32, TorchEngine, "") is fp32
+    assert roofline.memory_floor_ms_per_token(q8, 0, 1) < roofline.memory_floor_ms_per_token(fp32, 0, 1) / 3
+
+
 def test_bytes_per_element_follow_the_dtype():
     assert [roofline.bytes_per_element(d) for d in ("fp32", "bf16", "fp16", None, "unknown")] == [4, 2, 2, 4, 4]
 

@@ -59,6 +59,11 @@ class LlamaCppEngine(Engine):
     name = "llamacpp"
     libraries = ("llama-cpp-python", "torch", "transformers")
     variants = ("f16", "q8_0")
+    #: bytes read per weight in each variant (q8_0: blocks of 32 int8 weights and one fp16
+    #: scale) and per KV-cache element (llama.cpp's default cache type, f16): the roofline's
+    #: memory floor of a GGUF configuration
+    weight_bytes_per_param = {"f16": 2.0, "q8_0": 34 / 32}
+    kv_bytes_per_element = 2
 
     @classmethod
     def unavailable_reason(cls, provider):
