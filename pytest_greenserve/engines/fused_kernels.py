@@ -80,16 +80,6 @@ def _wait_for_previous(PDL: tl.constexpr):
 
 
 @triton.jit
-def _weights(w_ptr, rn, n_mask, rk, K, stride_wn):
-    """A BLOCK_N × BLOCK_K chunk of the weights (rows ``rn``, columns ``rk``), and its K mask;
-    read once per step: kept from evicting x (and the cache) from L2."""
-    k_mask = rk < K
-    w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0,
-                eviction_policy="evict_first")
-    return w, k_mask
-
-
-@triton.jit
 def _gemv_chunk(x_ptr, w, rk, k_mask, ln_w_ptr, acc, total, squares, LN: tl.constexpr):
     """One BLOCK_K chunk of :func:`_gemv_kernel`'s loop: x's chunk (layer-normed where LN) times
     the weights ``w`` already loaded, and the layer norm's running statistics."""
@@ -106,7 +96,7 @@ def _gemv_chunk(x_ptr, w, rk, k_mask, ln_w_ptr, acc, total, squares, LN: tl.cons
 def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, ln_w_ptr, ln_rowsum_ptr, best_ptr, partial_ptr, arrived_ptr, N, K,
                  stride_wn, eps, LN: tl.constexpr, GELU: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
                  ARGMAX: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SPLIT_K: tl.constexpr, AHEAD: tl.constexpr):
+                 SPLIT_K: tl.constexpr):
     """y[n] = act(sum_k f(x)[k] w[n, k] + bias[n]) (+ y[n] where RESIDUAL), for BLOCK_N rows n.
 
     f is the identity, or where LN a layer norm over all K inputs, in one pass over x: with
@@ -122,43 +112,30 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, ln_w_ptr, ln_rowsum_ptr, best_pt
     writes its partial sums (and layer-norm statistics) to ``partial_ptr``; the last of them
     to arrive (a counter per row block in ``arrived_ptr``, reset by that program) adds them in
     split order and applies the epilogue, so the result does not depend on which finished first.
-
-    AHEAD (1 or 2): chunks of weights loaded ahead of the one in use, and before the wait for
-    the kernel before. With 2, a GEMV of two chunks per program reads all its weights while
-    the kernel before is still running.
     """
     pid = tl.program_id(0)
     split = tl.program_id(1)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = rn < N
-    step = SPLIT_K * BLOCK_K  # from one of this program's chunks of K to its next
     rk = split * BLOCK_K + tl.arange(0, BLOCK_K)
-    w, k_mask = _weights(w_ptr, rn, n_mask, rk, K, stride_wn)
-    if AHEAD == 2:  # a second chunk before the wait (past K: masked, it reads nothing and adds 0)
-        rk_2 = rk + step
-        w_2, k_mask_2 = _weights(w_ptr, rn, n_mask, rk_2, K, stride_wn)
+    k_mask = rk < K
+    # the weights are read once per step: keep them from evicting x (and the cache) from L2
+    w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0,
+                eviction_policy="evict_first")
     _wait_for_previous(PDL)  # the first weights are in flight; x is the kernel before's result
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     total = tl.zeros([BLOCK_K], dtype=tl.float32)
     squares = tl.zeros([BLOCK_K], dtype=tl.float32)
-    # each chunk's weights are loaded AHEAD chunks before they are used: AHEAD + 1 chunks in
-    # flight per thread (Triton does not pipeline a loop without a dot on its own)
-    if AHEAD == 1:
-        for k0 in range(split * BLOCK_K + step, K, step):
-            rk_next = k0 + tl.arange(0, BLOCK_K)
-            w_next, k_mask_next = _weights(w_ptr, rn, n_mask, rk_next, K, stride_wn)
-            acc, total, squares = _gemv_chunk(x_ptr, w, rk, k_mask, ln_w_ptr, acc, total, squares, LN)
-            w, rk, k_mask = w_next, rk_next, k_mask_next
+    for k0 in range((split + SPLIT_K) * BLOCK_K, K, SPLIT_K * BLOCK_K):
+        # the next chunk's weights are loaded before this one's are used: two chunks in flight
+        # per thread (Triton does not pipeline a loop without a dot on its own)
+        rk_next = k0 + tl.arange(0, BLOCK_K)
+        k_mask_next = rk_next < K
+        w_next = tl.load(w_ptr + rn[:, None] * stride_wn + rk_next[None, :],
+                         mask=n_mask[:, None] & k_mask_next[None, :], other=0.0, eviction_policy="evict_first")
         acc, total, squares = _gemv_chunk(x_ptr, w, rk, k_mask, ln_w_ptr, acc, total, squares, LN)
-    else:
-        for k0 in range(split * BLOCK_K + 2 * step, K, step):
-            rk_next = k0 + tl.arange(0, BLOCK_K)
-            w_next, k_mask_next = _weights(w_ptr, rn, n_mask, rk_next, K, stride_wn)
-            acc, total, squares = _gemv_chunk(x_ptr, w, rk, k_mask, ln_w_ptr, acc, total, squares, LN)
-            w, rk, k_mask = w_2, rk_2, k_mask_2
-            w_2, rk_2, k_mask_2 = w_next, rk_next, k_mask_next
-        acc, total, squares = _gemv_chunk(x_ptr, w, rk, k_mask, ln_w_ptr, acc, total, squares, LN)
-        acc, total, squares = _gemv_chunk(x_ptr, w_2, rk_2, k_mask_2, ln_w_ptr, acc, total, squares, LN)
+        w, rk, k_mask = w_next, rk_next, k_mask_next
+    acc, total, squares = _gemv_chunk(x_ptr, w, rk, k_mask, ln_w_ptr, acc, total, squares, LN)
     y = tl.sum(acc, axis=1)
     x_sum = tl.sum(total, axis=0)
     x_squares = tl.sum(squares, axis=0)
@@ -224,8 +201,8 @@ MAX_SPLIT_K = 8
 
 
 def candidate_configs() -> list[dict]:
-    """The launch configurations the fused step chooses its GEMVs' from (engines/fused_tuning.py):
-    BLOCK_N rows per program, BLOCK_K per iteration, num_warps, SPLIT_K, AHEAD."""
+    """The launch configurations the fused step chooses its GEMVs' from (engines/fused_tuning.py),
+    as (BLOCK_N rows per program, BLOCK_K per iteration, num_warps, SPLIT_K)."""
     # few rows and long K chunks put many loads in flight per program (what a GEMV at one token
     # needs); more rows read x (and a folded layer norm's weights) fewer times per weight byte
     unsplit = [(1, 1024, 4), (1, 2048, 8), (2, 512, 4), (2, 1024, 4), (2, 2048, 8), (4, 256, 4), (4, 512, 4),
@@ -235,31 +212,25 @@ def candidate_configs() -> list[dict]:
     split = [(8, 512, 4, 2), (8, 512, 4, 4), (16, 512, 4, 4), (16, 512, 8, 4), (16, 256, 4, 8), (32, 256, 8, 4),
              (32, 512, 8, 2), (16, 1024, 8, 2), (16, 256, 4, 4), (16, 256, 8, 2), (8, 256, 4, 4), (32, 128, 4, 4),
              (16, 512, 4, 2), (8, 1024, 8, 2), (4, 1024, 8, 2)]
-    # two chunks loaded ahead (all of a two-chunk program's weights before the wait): the
-    # configurations that came first for one shape or another (tools/gemv_bench.py)
-    ahead = [(4, 512, 4, 1), (8, 512, 8, 1), (4, 1024, 8, 1), (8, 1024, 8, 1), (16, 1024, 8, 1), (16, 256, 8, 1),
-             (32, 256, 8, 1), (8, 256, 4, 1), (16, 128, 4, 1), (32, 128, 4, 1), (16, 512, 4, 1), (16, 256, 4, 4),
-             (32, 256, 8, 4), (8, 512, 4, 2), (16, 512, 4, 2)]
-    return ([dict(BLOCK_N=n, BLOCK_K=k, num_warps=w, SPLIT_K=1, AHEAD=1) for n, k, w in unsplit]
-            + [dict(BLOCK_N=n, BLOCK_K=k, num_warps=w, SPLIT_K=s, AHEAD=1) for n, k, w, s in split]
-            + [dict(BLOCK_N=n, BLOCK_K=k, num_warps=w, SPLIT_K=s, AHEAD=2) for n, k, w, s in ahead])
+    return ([dict(BLOCK_N=n, BLOCK_K=k, num_warps=w, SPLIT_K=1) for n, k, w in unsplit]
+            + [dict(BLOCK_N=n, BLOCK_K=k, num_warps=w, SPLIT_K=s) for n, k, w, s in split])
 
 
 def fits(config: dict, n: int, k: int) -> bool:
     """Whether ``config`` suits an (n, k) matrix: no chunk or row block past the matrix's next
-    power of two, and two chunks of K at least for every program where K is split (less only
-    adds a reduction) or two are loaded ahead (less loads nothing more)."""
+    power of two, and a split that leaves every program two chunks of K at least (less only
+    adds a reduction)."""
     block_n, block_k, split = config["BLOCK_N"], config["BLOCK_K"], config["SPLIT_K"]
     return (block_n <= triton.next_power_of_2(n) and block_k <= triton.next_power_of_2(k)
-            and ((split == 1 and config.get("AHEAD", 1) == 1) or k >= 2 * split * block_k))
+            and (split == 1 or k >= 2 * split * block_k))
 
 
 def default_config(n: int, k: int) -> dict:
     """A GEMV's launch configuration before (or without) tuning."""
     if INTERPRETED:  # each program is emulated in Python: few, wide ones
         return dict(BLOCK_N=min(64, triton.next_power_of_2(n)), BLOCK_K=min(256, triton.next_power_of_2(k)),
-                    SPLIT_K=1, AHEAD=1)
-    return dict(BLOCK_N=8, BLOCK_K=min(512, triton.next_power_of_2(k)), num_warps=4, SPLIT_K=1, AHEAD=1)
+                    SPLIT_K=1)
+    return dict(BLOCK_N=8, BLOCK_K=min(512, triton.next_power_of_2(k)), num_warps=4, SPLIT_K=1)
 
 
 class GemvScratch:
@@ -292,11 +263,11 @@ def gemv(x, w, y, *, bias=None, ln=None, gelu=GELU_NONE, residual=False, best=No
     ``ln``: (layer norm weight, rowsum, eps), with ``bias`` and rowsum from
     :func:`fold_layer_norm`, or None (no layer norm). ``best``: an int64 slot holding
     :data:`NO_BEST`, into which y's greedy choice is folded (for :func:`greedy_advance`).
-    ``config``: the launch configuration (BLOCK_N, BLOCK_K, SPLIT_K, AHEAD, num_warps), by default
+    ``config``: the launch configuration (BLOCK_N, BLOCK_K, SPLIT_K, num_warps), by default
     :func:`default_config`'s; SPLIT_K > 1 needs ``scratch``, a :class:`GemvScratch` for w's rows.
     """
     n, k = w.shape
-    config = {"AHEAD": 1, **(config or default_config(n, k))}
+    config = dict(config or default_config(n, k))
     if config["SPLIT_K"] > 1 and scratch is None:
         raise ValueError("a split-K launch needs a GemvScratch")
     ln_w, ln_rowsum, eps = ln if ln is not None else (x, x, 0.0)

@@ -63,7 +63,7 @@ def test_fused_step_in_bf16_stays_within_bf16_rounding(tiny_model):
 
 def test_gemv_with_k_split_across_programs_gives_the_unsplit_result_every_time():
     """Split-K: the programs of a row block each sum part of K, and the last to arrive adds the
-    parts in split order (and with two chunks of weights loaded ahead, split or not). The result matches torch and the unsplit GEMV to fp32 rounding, is
+    parts in split order. The result matches torch and the unsplit GEMV to fp32 rounding, is
     the same bits on a second launch, leaves every counter at zero for the next launch, and
     keeps the epilogues (layer norm, bias, GELU, residual, greedy choice) on the whole sum."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -71,7 +71,7 @@ def test_gemv_with_k_split_across_programs_gives_the_unsplit_result_every_time()
                           text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     by_split = json.loads(done.stdout.strip().splitlines()[-1])
-    assert set(by_split) == {"1", "2", "4", "1 ahead 2", "2 ahead 2"}
+    assert set(by_split) == {"1", "2", "4"}
     for split, got in by_split.items():
         assert got["max_abs_diff_torch"] <= 1e-4, (split, got)
         assert got["max_abs_diff_unsplit"] <= 1e-4, (split, got)
