@@ -106,7 +106,7 @@ def main() -> None:
         bias = torch.randn(n, device=dev)
         ln = (torch.rand(k, device=dev) + 0.5, torch.randn(n, device=dev), 1e-5) if g.get("ln") else None
         best = torch.full((1,), fk.NO_BEST, dtype=torch.long, device=dev) if g.get("argmax") else None
-        flags = dict(bias=bias, ln=ln, gelu=fk.GELU_TANH if g.get("gelu") else fk.GELU_NONE,
+        flags = dict(bias=bias, ln=ln, act=fk.GELU_TANH if g.get("gelu") else fk.ACT_NONE,
                      residual=bool(g.get("residual")), best=best, scratch=scratch)
         state[g["name"]] = (ws, x, y, flags)
         nbytes = n * k * dtype.itemsize

@@ -10,11 +10,15 @@ embedding, the final GEMV, which also folds the greedy choice into one atomic ma
 kernel that turns that choice into the next token and position): 63 on codeparrot-small.
 
 Families: gpt2 (codeparrot) and multi-query gpt_bigcode (starcoder, santacoder): a sequential
-residual, layer norms, a learned position table and a GELU MLP. Others are refused with the
-reason (:func:`unsupported_reason`); the ``compile`` engine then uses inductor.
+residual, layer norms, a learned position table and a GELU MLP; and llama (TinyLlama): RMS
+norms, rotary positions (applied to q and k inside attention, from transformers' own cos and
+sin table), grouped-query attention and a gated MLP, whose gate and up projections one GEMV
+reads together. Others are refused with the reason (:func:`unsupported_reason`); the
+``compile`` engine then uses inductor.
 
 The weights are the transformers model's own tensors, except gpt2's Conv1D matrices, stored
-(K, N), which are copied once transposed to (N, K), the layout the kernels read row by row.
+(K, N), which are copied once transposed to (N, K), the layout the kernels read row by row,
+and llama's q, k and v matrices, copied once into one.
 The KV cache is the static decoder's, so prefill (the eager decoder, captured) and this step
 share it. Activations are fp32 in every dtype, so bf16 reads bf16 weights and cache but
 rounds nothing else. A layer norm's bias and its weights' row sums are folded once at load
@@ -28,51 +32,73 @@ from dataclasses import dataclass
 import torch
 
 
+#: The families with a fused step (the others get inductor+graph)
+FAMILIES = ("gpt2", "gpt_bigcode", "llama")
+
+
 def unsupported_reason(config) -> str | None:
     """Why the fused step cannot run a model of this transformers ``config``, or None."""
     family = config.model_type
-    if family not in ("gpt2", "gpt_bigcode"):
-        return f"the fused decode step serves gpt2 and gpt_bigcode, not {family}"
+    if family not in FAMILIES:
+        return f"the fused decode step serves {', '.join(FAMILIES)}, not {family}"
     if family == "gpt_bigcode" and not config.multi_query:
         return "the fused decode step serves multi-query gpt_bigcode only"
-    from .fused_kernels import GELUS
+    if family == "llama" and (getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False)):
+        return "the fused decode step serves llama without attention or MLP biases"
+    from .fused_kernels import ACTIVATIONS
 
-    if config.activation_function not in GELUS:
-        return f"the fused decode step has no {config.activation_function!r} activation"
+    activation = config.hidden_act if family == "llama" else config.activation_function
+    if activation not in ACTIVATIONS:
+        return f"the fused decode step has no {activation!r} activation"
     return None
 
 
 @dataclass
 class _Layer:
-    ln_1: tuple  # what gemv applies the layer norm with: (weight, rowsum of the folded matrix, eps)
+    norm_1: dict  # how gemv folds the attention's input norm: {"ln": (weight, rowsum, eps)} or {"rms": (weight, eps)}
     qkv_w: torch.Tensor  # (q + 2 kv, hidden), rows of K contiguous
-    qkv_b: torch.Tensor  # fp32, with ln_1's bias folded in
+    qkv_b: torch.Tensor | None  # fp32, with a layer norm's bias folded in; None: no bias
     out_w: torch.Tensor
-    out_b: torch.Tensor
-    ln_2: tuple
-    fc_w: torch.Tensor
-    fc_b: torch.Tensor  # fp32, with ln_2's bias folded in
+    out_b: torch.Tensor | None
+    norm_2: dict
+    fc_w: torch.Tensor  # the MLP's first matrix (llama: its gate)
+    fc_b: torch.Tensor | None
+    up_w: torch.Tensor | None  # a gated MLP's up projection (llama), else None
     proj_w: torch.Tensor
-    proj_b: torch.Tensor
+    proj_b: torch.Tensor | None
     scaling: float
 
 
 def _folded(norm, weight, bias=None) -> tuple:
-    """((norm's weight, rowsum, eps), the folded bias): a layer norm ``norm`` applied inside the
-    GEMV by ``weight`` (see fused_kernels.fold_layer_norm)."""
+    """({"ln": (norm's weight, rowsum, eps)}, the folded bias): a layer norm ``norm`` applied
+    inside the GEMV by ``weight`` (see fused_kernels.fold_layer_norm)."""
     from .fused_kernels import fold_layer_norm
 
     rowsum, folded_bias = fold_layer_norm(weight, norm.weight.detach(), norm.bias.detach(), bias)
-    return (norm.weight, rowsum, norm.eps), folded_bias
+    return {"ln": (norm.weight, rowsum, norm.eps)}, folded_bias
 
 
-def _layer(block, rows, scaling: float) -> _Layer:
+def _rms(norm) -> dict:
+    """An RMS norm applied inside the GEMV after it (it has no bias to fold)."""
+    return {"rms": (norm.weight, norm.variance_epsilon)}
+
+
+def _gpt_layer(block, rows, scaling: float) -> _Layer:
     attn, mlp = block.attn, block.mlp
     qkv_w, fc_w = rows(attn.c_attn), rows(mlp.c_fc)
-    ln_1, qkv_b = _folded(block.ln_1, qkv_w, attn.c_attn.bias)
-    ln_2, fc_b = _folded(block.ln_2, fc_w, mlp.c_fc.bias)
-    return _Layer(ln_1, qkv_w, qkv_b, rows(attn.c_proj), attn.c_proj.bias, ln_2, fc_w, fc_b, rows(mlp.c_proj),
-                  mlp.c_proj.bias, scaling)
+    norm_1, qkv_b = _folded(block.ln_1, qkv_w, attn.c_attn.bias)
+    norm_2, fc_b = _folded(block.ln_2, fc_w, mlp.c_fc.bias)
+    return _Layer(norm_1, qkv_w, qkv_b, rows(attn.c_proj), attn.c_proj.bias, norm_2, fc_w, fc_b, None,
+                  rows(mlp.c_proj), mlp.c_proj.bias, scaling)
+
+
+def _llama_layer(block, scaling: float) -> _Layer:
+    attn, mlp = block.self_attn, block.mlp
+    # q, k and v are three matrices: one copy, concatenated, is read by one GEMV
+    qkv_w = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach()
+    return _Layer(_rms(block.input_layernorm), qkv_w, None, attn.o_proj.weight.detach(), None,
+                  _rms(block.post_attention_layernorm), mlp.gate_proj.weight.detach(), None,
+                  mlp.up_proj.weight.detach(), mlp.down_proj.weight.detach(), None, scaling)
 
 
 class FusedDecoder:
@@ -90,23 +116,41 @@ class FusedDecoder:
         reason = unsupported_reason(cfg)
         if reason:
             raise ValueError(reason)
-        gpt2 = cfg.model_type == "gpt2"
-        base = model.transformer
+        family = cfg.model_type
         w = decoder.w
         self.heads, self.kv_heads, self.head_dim = w.heads, w.kv_heads, w.head_dim
         self.keys, self.values = decoder.keys, decoder.values
-        self.gelu = fused_kernels.GELUS[cfg.activation_function]
+        self.lm_head = model.lm_head.weight  # (vocab, hidden); tied to the embedding in gpt2
+        if family == "llama":
+            base = model.model
+            self.act = fused_kernels.ACTIVATIONS[cfg.hidden_act]
+            self.layers = [_llama_layer(b, layer.scaling) for b, layer in zip(base.layers, w.layers)]
+            self.wte, self.wpe = base.embed_tokens.weight, None
+            self.norm_f, self.lm_bias = _rms(base.norm), None
+            # transformers' own cos and sin table (rope scaling included), as fp32
+            self.rotary = (decoder.cos.float().contiguous(), decoder.sin.float().contiguous())
+            #: bytes of weight copies made for the step (device memory beyond the model's own)
+            self.copied_weight_bytes = sum(_bytes(layer.qkv_w) for layer in self.layers)
+        else:
+            gpt2 = family == "gpt2"
+            base = model.transformer
 
-        def rows(linear) -> torch.Tensor:  # (N, K): nn.Linear as it is, gpt2's Conv1D transposed once
-            return linear.weight.detach().t().contiguous() if gpt2 else linear.weight.detach()
+            def rows(linear) -> torch.Tensor:  # (N, K): nn.Linear as it is, gpt2's Conv1D transposed once
+                return linear.weight.detach().t().contiguous() if gpt2 else linear.weight.detach()
 
-        self.layers = [_layer(b, rows, layer.scaling) for b, layer in zip(base.h, w.layers)]
-        self.wte, self.wpe = base.wte.weight, base.wpe.weight
-        self.lm_head = model.lm_head.weight  # (vocab, hidden); tied to wte in gpt2
-        self.ln_f, self.lm_bias = _folded(base.ln_f, self.lm_head.detach())
-        if logit_bias is not None:
-            self.lm_bias += logit_bias.to(self.lm_bias)  # folded into the last GEMV's bias
+            self.act = fused_kernels.ACTIVATIONS[cfg.activation_function]
+            self.layers = [_gpt_layer(b, rows, layer.scaling) for b, layer in zip(base.h, w.layers)]
+            self.wte, self.wpe = base.wte.weight, base.wpe.weight
+            self.norm_f, self.lm_bias = _folded(base.ln_f, self.lm_head.detach())
+            self.rotary = None
+            self.copied_weight_bytes = sum(_bytes(t) for layer in self.layers
+                                           for t in (layer.qkv_w, layer.out_w, layer.fc_w, layer.proj_w)) if gpt2 else 0
         device = self.wte.device
+        if logit_bias is not None:  # folded into the last GEMV's bias
+            bias = logit_bias.to(device=device, dtype=torch.float32)
+            self.lm_bias = bias.clone() if self.lm_bias is None else self.lm_bias + bias
+        #: a gated MLP (llama): its first GEMV reads the gate and up projections at once
+        self.gated = self.layers[0].up_w is not None
         hidden = cfg.hidden_size
         qkv_size = (self.heads + 2 * self.kv_heads) * self.head_dim
 
@@ -126,9 +170,6 @@ class FusedDecoder:
         self.configs = {site: fused_kernels.default_config(n, k) for site, (n, k) in site_shapes(self).items()}
         #: how the configurations were chosen (fused_tuning.tune), or None where not tuned
         self.tuning = tune(self) if device.type == "cuda" and not fused_kernels.INTERPRETED else None
-        #: bytes of gpt2's transposed matrix copies (device memory beyond the model's own)
-        self.copied_weight_bytes = sum(t.numel() * t.element_size() for layer in self.layers
-                                       for t in (layer.qkv_w, layer.out_w, layer.fc_w, layer.proj_w)) if gpt2 else 0
 
     @torch.no_grad()
     def step(self, tok, pos, generated) -> None:
@@ -144,19 +185,19 @@ class FusedDecoder:
         for i in range(len(self.layers)):
             self._layer_gemvs(i, attention=lambda: k.decode_attention(
                 self.qkv, self.keys[i], self.values[i], pos, self.attn, heads=self.heads, kv_heads=self.kv_heads,
-                head_dim=self.head_dim, scale=self.layers[i].scaling))
+                head_dim=self.head_dim, scale=self.layers[i].scaling, rotary=self.rotary))
         self.lm_head_gemv(best)
         return self.logits.view(1, -1)
 
     def _layer_gemvs(self, i: int, attention=None) -> None:
         """Layer ``i``'s four GEMVs, with ``attention()`` between the first two."""
         k, x, layer, configs, scratch = self.kernels, self.x, self.layers[i], self.configs, self.scratch
-        k.gemv(x, layer.qkv_w, self.qkv, bias=layer.qkv_b, ln=layer.ln_1, scratch=scratch, config=configs["qkv"])
+        k.gemv(x, layer.qkv_w, self.qkv, bias=layer.qkv_b, **layer.norm_1, scratch=scratch, config=configs["qkv"])
         if attention is not None:
             attention()
         k.gemv(self.attn, layer.out_w, x, bias=layer.out_b, residual=True, scratch=scratch, config=configs["out"])
-        k.gemv(x, layer.fc_w, self.mlp, bias=layer.fc_b, ln=layer.ln_2, gelu=self.gelu, scratch=scratch,
-               config=configs["fc"])
+        k.gemv(x, layer.fc_w, self.mlp, bias=layer.fc_b, **layer.norm_2, act=self.act, up=layer.up_w,
+               scratch=scratch, config=configs["fc"])
         k.gemv(self.mlp, layer.proj_w, x, bias=layer.proj_b, residual=True, scratch=scratch, config=configs["proj"])
 
     def layer_gemvs(self) -> None:
@@ -166,9 +207,13 @@ class FusedDecoder:
             self._layer_gemvs(i)
 
     def lm_head_gemv(self, best=None) -> None:
-        """The vocabulary GEMV (final layer norm folded in); with ``best``, the greedy choice."""
-        self.kernels.gemv(self.x, self.lm_head, self.logits, bias=self.lm_bias, ln=self.ln_f, best=best,
+        """The vocabulary GEMV (final norm folded in); with ``best``, the greedy choice."""
+        self.kernels.gemv(self.x, self.lm_head, self.logits, bias=self.lm_bias, **self.norm_f, best=best,
                           scratch=self.scratch, config=self.configs["lm_head"])
 
     def reset_greedy_choice(self) -> None:
         self.best.fill_(self.kernels.NO_BEST)
+
+
+def _bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()

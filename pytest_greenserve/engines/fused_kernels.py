@@ -62,12 +62,16 @@ NO_BEST = -(2**63)
 _NO_BEST = tl.constexpr(NO_BEST)  # the same, for the kernels (a global they read must be constexpr)
 _LOW_WORD = tl.constexpr(0xFFFFFFFF)
 
-GELU_NONE, GELU_TANH, GELU_ERF = 0, 1, 2
+#: the activation a GEMV's epilogue applies (``act``)
+ACT_NONE, GELU_TANH, GELU_ERF, SILU = 0, 1, 2, 3
+#: transformers' activation names -> the activation the kernel applies
+ACTIVATIONS = {"gelu_new": GELU_TANH, "gelu_pytorch_tanh": GELU_TANH, "gelu_fast": GELU_TANH, "gelu": GELU_ERF,
+               "silu": SILU}
+#: the norm a GEMV folds in over its input (``ln`` or ``rms``)
+NORM_NONE, LAYER_NORM, RMS_NORM = 0, 1, 2
 #: Cache positions :func:`decode_attention` reads per iteration (the prompts' 10-15 tokens and
 #: 32 new ones: one iteration)
 ATTENTION_BLOCK_T = 64
-#: transformers' activation names -> the GELU the kernel applies
-GELUS = {"gelu_new": GELU_TANH, "gelu_pytorch_tanh": GELU_TANH, "gelu_fast": GELU_TANH, "gelu": GELU_ERF}
 
 
 @triton.jit
@@ -80,50 +84,73 @@ def _wait_for_previous(PDL: tl.constexpr):
 
 
 @triton.jit
-def _gemv_chunk(x_ptr, w, rk, k_mask, ln_w_ptr, acc, total, squares, LN: tl.constexpr):
-    """One BLOCK_K chunk of :func:`_gemv_kernel`'s loop: x's chunk (layer-normed where LN) times
-    the weights ``w`` already loaded, and the layer norm's running statistics."""
-    xk = tl.load(x_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
-    if LN:
-        total += xk
-        squares += xk * xk
-        xk = xk * tl.load(ln_w_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
-    acc += w.to(tl.float32) * xk[None, :]
-    return acc, total, squares
+def _weights(w_ptr, rn, n_mask, rk, k_mask, stride_wn, LOAD: tl.constexpr):
+    """A BLOCK_N × BLOCK_K chunk of the weights (rows ``rn``, columns ``rk``), read once per
+    step: kept from evicting x (and the cache) from L2. Without LOAD: a placeholder."""
+    if LOAD:
+        w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0,
+                    eviction_policy="evict_first")
+    else:
+        w = tl.zeros([1, 1], dtype=tl.float32)
+    return w
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, ln_w_ptr, ln_rowsum_ptr, best_ptr, partial_ptr, arrived_ptr, N, K,
-                 stride_wn, eps, LN: tl.constexpr, GELU: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
-                 ARGMAX: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SPLIT_K: tl.constexpr):
+def _gemv_chunk(x_ptr, w, w_up, rk, k_mask, norm_w_ptr, acc, acc_up, total, squares, NORM: tl.constexpr,
+                GLU: tl.constexpr):
+    """One BLOCK_K chunk of :func:`_gemv_kernel`'s loop: x's chunk (times the norm's weight
+    where NORM) times the weights ``w`` (and ``w_up`` where GLU) already loaded, and the norm's
+    running statistics."""
+    xk = tl.load(x_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
+    if NORM != 0:
+        total += xk
+        squares += xk * xk
+        xk = xk * tl.load(norm_w_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
+    acc += w.to(tl.float32) * xk[None, :]
+    if GLU:
+        acc_up += w_up.to(tl.float32) * xk[None, :]
+    return acc, acc_up, total, squares
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rowsum_ptr, best_ptr, partial_ptr, arrived_ptr,
+                 N, K, stride_wn, eps, NORM: tl.constexpr, ACT: tl.constexpr, GLU: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, ARGMAX: tl.constexpr, PDL: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
     """y[n] = act(sum_k f(x)[k] w[n, k] + bias[n]) (+ y[n] where RESIDUAL), for BLOCK_N rows n.
 
-    f is the identity, or where LN a layer norm over all K inputs, in one pass over x: with
-    f(x)[k] = (x[k] - mean) rstd g[k] + b[k], sum_k f(x)[k] w[n, k] is
-    rstd (sum_k x[k] g[k] w[n, k] - mean rowsum[n]) + sum_k b[k] w[n, k], where
-    rowsum[n] = sum_k g[k] w[n, k] and the last term (folded into ``bias``) are fixed at load;
-    the statistics accumulate in the same loop that reads the weights.
+    f is the identity, or a norm over all K inputs folded into the one pass over x that reads
+    the weights:
+    - NORM == LAYER_NORM: with f(x)[k] = (x[k] - mean) rstd g[k] + b[k], sum_k f(x)[k] w[n, k]
+      is rstd (sum_k x[k] g[k] w[n, k] - mean rowsum[n]) + sum_k b[k] w[n, k], where
+      rowsum[n] = sum_k g[k] w[n, k] and the last term (folded into ``bias``) are fixed at load;
+    - NORM == RMS_NORM: f(x)[k] = x[k] rstd g[k], so the sum is rstd sum_k x[k] g[k] w[n, k].
+    The statistics accumulate in the same loop that reads the weights.
+
+    GLU: a gated MLP's first GEMV, y[n] = act(gate[n]) up[n], the gate's rows in ``w_ptr`` and
+    the up projection's (the same shape) in ``up_ptr``, both over the same normed x.
 
     ARGMAX: also fold the rows' best (y, lowest index) into ``best_ptr`` (:func:`_pack_best`).
 
     SPLIT_K > 1: the SPLIT_K programs of a row block (program_id(1)) each take every SPLIT_K-th
     BLOCK_K chunk, so a matrix of few rows still has programs enough to fill the card. Each
-    writes its partial sums (and layer-norm statistics) to ``partial_ptr``; the last of them
+    writes its partial sums (and the norm's statistics) to ``partial_ptr``; the last of them
     to arrive (a counter per row block in ``arrived_ptr``, reset by that program) adds them in
     split order and applies the epilogue, so the result does not depend on which finished first.
     """
+    tl.static_assert(not GLU or (SPLIT_K == 1 and NORM != 1 and not HAS_BIAS),
+                     "a gated GEMV splits no K, and folds an RMS norm and no bias")
     pid = tl.program_id(0)
     split = tl.program_id(1)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = rn < N
     rk = split * BLOCK_K + tl.arange(0, BLOCK_K)
     k_mask = rk < K
-    # the weights are read once per step: keep them from evicting x (and the cache) from L2
-    w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0,
-                eviction_policy="evict_first")
+    w = _weights(w_ptr, rn, n_mask, rk, k_mask, stride_wn, True)
+    w_up = _weights(up_ptr, rn, n_mask, rk, k_mask, stride_wn, GLU)
     _wait_for_previous(PDL)  # the first weights are in flight; x is the kernel before's result
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    acc_up = tl.zeros([BLOCK_N, BLOCK_K] if GLU else [1, 1], dtype=tl.float32)
     total = tl.zeros([BLOCK_K], dtype=tl.float32)
     squares = tl.zeros([BLOCK_K], dtype=tl.float32)
     for k0 in range((split + SPLIT_K) * BLOCK_K, K, SPLIT_K * BLOCK_K):
@@ -131,17 +158,20 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, ln_w_ptr, ln_rowsum_ptr, best_pt
         # per thread (Triton does not pipeline a loop without a dot on its own)
         rk_next = k0 + tl.arange(0, BLOCK_K)
         k_mask_next = rk_next < K
-        w_next = tl.load(w_ptr + rn[:, None] * stride_wn + rk_next[None, :],
-                         mask=n_mask[:, None] & k_mask_next[None, :], other=0.0, eviction_policy="evict_first")
-        acc, total, squares = _gemv_chunk(x_ptr, w, rk, k_mask, ln_w_ptr, acc, total, squares, LN)
-        w, rk, k_mask = w_next, rk_next, k_mask_next
-    acc, total, squares = _gemv_chunk(x_ptr, w, rk, k_mask, ln_w_ptr, acc, total, squares, LN)
+        w_next = _weights(w_ptr, rn, n_mask, rk_next, k_mask_next, stride_wn, True)
+        w_up_next = _weights(up_ptr, rn, n_mask, rk_next, k_mask_next, stride_wn, GLU)
+        acc, acc_up, total, squares = _gemv_chunk(x_ptr, w, w_up, rk, k_mask, norm_w_ptr, acc, acc_up, total,
+                                                  squares, NORM, GLU)
+        w, w_up, rk, k_mask = w_next, w_up_next, rk_next, k_mask_next
+    acc, acc_up, total, squares = _gemv_chunk(x_ptr, w, w_up, rk, k_mask, norm_w_ptr, acc, acc_up, total, squares,
+                                              NORM, GLU)
     y = tl.sum(acc, axis=1)
+    y_up = tl.sum(acc_up, axis=1)
     x_sum = tl.sum(total, axis=0)
     x_squares = tl.sum(squares, axis=0)
     if SPLIT_K == 1:
-        _gemv_epilogue(y, x_sum, x_squares, rn, n_mask, y_ptr, bias_ptr, ln_rowsum_ptr, best_ptr, K, eps, LN, GELU,
-                       HAS_BIAS, RESIDUAL, ARGMAX)
+        _gemv_epilogue(y, y_up, x_sum, x_squares, rn, n_mask, y_ptr, bias_ptr, ln_rowsum_ptr, best_ptr, K, eps, NORM,
+                       ACT, GLU, HAS_BIAS, RESIDUAL, ARGMAX)
     else:
         # partial_ptr: SPLIT_K rows of N partial sums, then (x_sum, x_squares) per (row block, split)
         tl.store(partial_ptr + split * N + rn, y, mask=n_mask)
@@ -159,27 +189,35 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, ln_w_ptr, ln_rowsum_ptr, best_pt
                 x_sum += tl.load(stats, cache_modifier=".cg")
                 x_squares += tl.load(stats + 1, cache_modifier=".cg")
             tl.store(arrived_ptr + pid, 0)  # ready for the next launch
-            _gemv_epilogue(y, x_sum, x_squares, rn, n_mask, y_ptr, bias_ptr, ln_rowsum_ptr, best_ptr, K, eps, LN,
-                           GELU, HAS_BIAS, RESIDUAL, ARGMAX)
+            _gemv_epilogue(y, y_up, x_sum, x_squares, rn, n_mask, y_ptr, bias_ptr, ln_rowsum_ptr, best_ptr, K, eps,
+                           NORM, ACT, GLU, HAS_BIAS, RESIDUAL, ARGMAX)
 
 
 @triton.jit
-def _gemv_epilogue(y, x_sum, x_squares, rn, n_mask, y_ptr, bias_ptr, ln_rowsum_ptr, best_ptr, K, eps,
-                   LN: tl.constexpr, GELU: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
-                   ARGMAX: tl.constexpr):
-    """:func:`_gemv_kernel`'s rows, summed over all K: the layer norm, bias, GELU, residual, the
-    store, and the greedy choice's atomic maximum."""
-    if LN:
+def _gemv_epilogue(y, y_up, x_sum, x_squares, rn, n_mask, y_ptr, bias_ptr, ln_rowsum_ptr, best_ptr, K, eps,
+                   NORM: tl.constexpr, ACT: tl.constexpr, GLU: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   RESIDUAL: tl.constexpr, ARGMAX: tl.constexpr):
+    """:func:`_gemv_kernel`'s rows, summed over all K: the norm, bias, activation, gate,
+    residual, the store, and the greedy choice's atomic maximum."""
+    if NORM == 1:
         mean = x_sum / K
         rstd = 1.0 / tl.sqrt(tl.maximum(x_squares / K - mean * mean, 0.0) + eps)
         y = rstd * (y - mean * tl.load(ln_rowsum_ptr + rn, mask=n_mask, other=0.0))
+    if NORM == 2:
+        rstd = 1.0 / tl.sqrt(x_squares / K + eps)
+        y = rstd * y
+        y_up = rstd * y_up
     if HAS_BIAS:
         y += tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
-    if GELU == 1:  # tanh approximation (gpt2's gelu_new): 0.5 y (1 + tanh(u)) = y sigmoid(2u)
+    if ACT == 1:  # tanh approximation (gpt2's gelu_new): 0.5 y (1 + tanh(u)) = y sigmoid(2u)
         u = 0.7978845608028654 * (y + 0.044715 * y * y * y)
         y = y * tl.sigmoid(2.0 * u)
-    if GELU == 2:  # exact GELU
+    if ACT == 2:  # exact GELU
         y = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))
+    if ACT == 3:  # SiLU
+        y = y * tl.sigmoid(y)
+    if GLU:
+        y = y * y_up
     if RESIDUAL:
         y += tl.load(y_ptr + rn, mask=n_mask, other=0.0)
     tl.store(y_ptr + rn, y, mask=n_mask)
@@ -257,25 +295,34 @@ def fold_layer_norm(weight, ln_weight, ln_bias, bias=None):
     return (w * ln_weight.float()).sum(dim=1), folded
 
 
-def gemv(x, w, y, *, bias=None, ln=None, gelu=GELU_NONE, residual=False, best=None, scratch=None, config=None):
+def gemv(x, w, y, *, bias=None, ln=None, rms=None, act=ACT_NONE, up=None, residual=False, best=None, scratch=None,
+         config=None):
     """``y = act(f(x) @ w.T + bias)`` (``+ y`` where ``residual``), y an fp32 vector of w's rows.
 
-    ``ln``: (layer norm weight, rowsum, eps), with ``bias`` and rowsum from
-    :func:`fold_layer_norm`, or None (no layer norm). ``best``: an int64 slot holding
-    :data:`NO_BEST`, into which y's greedy choice is folded (for :func:`greedy_advance`).
-    ``config``: the launch configuration (BLOCK_N, BLOCK_K, SPLIT_K, num_warps), by default
-    :func:`default_config`'s; SPLIT_K > 1 needs ``scratch``, a :class:`GemvScratch` for w's rows.
+    f: ``ln`` (layer norm weight, rowsum, eps), with ``bias`` and rowsum from
+    :func:`fold_layer_norm`; or ``rms`` (RMS norm weight, eps); or neither (the identity).
+    ``up``: a gated MLP's up projection (w's shape): y = act(f(x) @ w.T) * (f(x) @ up.T).
+    ``best``: an int64 slot holding :data:`NO_BEST`, into which y's greedy choice is folded (for
+    :func:`greedy_advance`). ``config``: the launch configuration (BLOCK_N, BLOCK_K, SPLIT_K,
+    num_warps), by default :func:`default_config`'s; SPLIT_K > 1 needs ``scratch``, a
+    :class:`GemvScratch` for w's rows.
     """
     n, k = w.shape
     config = dict(config or default_config(n, k))
     if config["SPLIT_K"] > 1 and scratch is None:
         raise ValueError("a split-K launch needs a GemvScratch")
-    ln_w, ln_rowsum, eps = ln if ln is not None else (x, x, 0.0)
+    if ln is not None:
+        norm, (norm_w, rowsum, eps) = LAYER_NORM, ln
+    elif rms is not None:
+        norm, (norm_w, eps), rowsum = RMS_NORM, rms, x
+    else:
+        norm, norm_w, rowsum, eps = NORM_NONE, x, x, 0.0
     partial, arrived = (scratch.partial, scratch.arrived) if scratch is not None else (y, y)
     _gemv_kernel[(triton.cdiv(n, config["BLOCK_N"]), config["SPLIT_K"])](
-        x, w, y, bias if bias is not None else y, ln_w, ln_rowsum, best if best is not None else y, partial, arrived,
-        n, k, w.stride(0), eps, LN=ln is not None, GELU=gelu, HAS_BIAS=bias is not None, RESIDUAL=residual,
-        ARGMAX=best is not None, **_pdl(), **config)
+        x, w, up if up is not None else w, y, bias if bias is not None else y, norm_w, rowsum,
+        best if best is not None else y, partial, arrived, n, k, w.stride(0), eps, NORM=norm, ACT=act,
+        GLU=up is not None, HAS_BIAS=bias is not None, RESIDUAL=residual, ARGMAX=best is not None, **_pdl(),
+        **config)
 
 
 def _pdl() -> dict:
@@ -326,16 +373,32 @@ def embed(tok, pos, wte, wpe, x):
 
 
 @triton.jit
-def _decode_attention_kernel(qkv_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, out_ptr, scale, q_size, kv_size,
-                             group, head_stride, D, PDL: tl.constexpr, BLOCK_D: tl.constexpr,
-                             BLOCK_T: tl.constexpr):
+def _rotated(base_ptr, rd, d_mask, cos, sin, R, ROTARY: tl.constexpr):
+    """The head vector at ``base_ptr`` (fp32), its first R dims rotated as transformers' rotary
+    embedding does: v cos + rotate_half(v) sin, rotate_half(v) = (-v[R/2:R], v[:R/2])."""
+    v = tl.load(base_ptr + rd, mask=d_mask, other=0.0)
+    if ROTARY:
+        half = R // 2
+        partner = tl.load(base_ptr + tl.where(rd < half, rd + half, rd - half), mask=rd < R, other=0.0)
+        v = v * cos + tl.where(rd < half, -partner, partner) * sin
+    return v
+
+
+@triton.jit
+def _decode_attention_kernel(qkv_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, out_ptr, cos_ptr, sin_ptr, scale, q_size,
+                             kv_size, group, head_stride, D, R, PDL: tl.constexpr, ROTARY: tl.constexpr,
+                             BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
     """Head ``h``: softmax(q . K[:pos+1]) V[:pos+1], the current position's key and value taken
     from the projection (fp32), earlier ones from the cache; the first head of each key/value
     group then writes them into the cache at ``pos`` (no program reads that slot this step).
 
+    ROTARY: q and the new key are rotated at ``pos`` first (their first R dims; the cos and sin
+    tables hold R floats per position), and the key is cached rotated, as the static decoder
+    caches it.
+
     The position and the cache before it were written by earlier steps, not by the kernel
-    before (the projection): the first BLOCK_T positions' keys and values are loaded before
-    waiting for it, so only q, k and v are read after."""
+    before (the projection): the first BLOCK_T positions' keys and values (and the rotary
+    tables' row) are loaded before waiting for it, so only q, k and v are read after."""
     h = tl.program_id(0)
     kv = h // group
     pos = tl.load(pos_ptr)
@@ -348,9 +411,14 @@ def _decode_attention_kernel(qkv_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, out_ptr
     both = t_mask[:, None] & d_mask[None, :]
     keys = tl.load(k_cache_ptr + tile, mask=both, other=0.0)
     values = tl.load(v_cache_ptr + tile, mask=both, other=0.0)
+    if ROTARY:
+        cos = tl.load(cos_ptr + pos * R + rd, mask=rd < R, other=1.0)
+        sin = tl.load(sin_ptr + pos * R + rd, mask=rd < R, other=0.0)
+    else:
+        cos, sin = 1.0, 0.0
     _wait_for_previous(PDL)
-    q = tl.load(qkv_ptr + h * D + rd, mask=d_mask, other=0.0) * scale
-    k_new = tl.load(qkv_ptr + q_size + kv * D + rd, mask=d_mask, other=0.0)
+    q = _rotated(qkv_ptr + h * D, rd, d_mask, cos, sin, R, ROTARY) * scale
+    k_new = _rotated(qkv_ptr + q_size + kv * D, rd, d_mask, cos, sin, R, ROTARY)
     v_new = tl.load(qkv_ptr + q_size + kv_size + kv * D + rd, mask=d_mask, other=0.0)
     m_i = tl.sum(q * k_new, axis=0)  # running maximum, from the current position's score
     l_i = m_i * 0.0 + 1.0  # running sum of exp(score - m_i)
@@ -381,11 +449,14 @@ def _attend(q, keys, values, t_mask, m_i, l_i, acc):
     return m_new, l_i, acc
 
 
-def decode_attention(qkv, keys, values, pos, out, *, heads, kv_heads, head_dim, scale):
+def decode_attention(qkv, keys, values, pos, out, *, heads, kv_heads, head_dim, scale, rotary=None):
     """One decode step's attention over the static cache ``keys``/``values`` (1, kv_heads,
     capacity, head_dim), contiguous; ``qkv`` holds q (heads × head_dim), then k, then v
-    (kv_heads × head_dim each), fp32; ``out`` (heads × head_dim) fp32."""
+    (kv_heads × head_dim each), fp32; ``out`` (heads × head_dim) fp32. ``rotary``: (cos, sin),
+    fp32 tables (capacity, rotary dims), applied to q and k at ``pos``."""
     capacity = keys.shape[2]
-    _decode_attention_kernel[(heads,)](qkv, keys, values, pos, out, scale, heads * head_dim, kv_heads * head_dim,
-                                       heads // kv_heads, capacity * head_dim, head_dim,
+    cos, sin = rotary if rotary is not None else (out, out)
+    _decode_attention_kernel[(heads,)](qkv, keys, values, pos, out, cos, sin, scale, heads * head_dim,
+                                       kv_heads * head_dim, heads // kv_heads, capacity * head_dim, head_dim,
+                                       cos.shape[1] if rotary is not None else 0, ROTARY=rotary is not None,
                                        BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_T=ATTENTION_BLOCK_T, **_pdl())

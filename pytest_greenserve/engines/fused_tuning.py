@@ -69,8 +69,8 @@ def tune(decoder) -> dict:
         best_us, best = timed[site]["before_us"], decoder.configs[site]
         tried = 0
         for config in fk.candidate_configs():
-            if not fk.fits(config, n, k):
-                continue
+            if not fk.fits(config, n, k) or (site == "fc" and decoder.gated and config["SPLIT_K"] > 1):
+                continue  # a gated MLP's first GEMV (gate and up at once) never splits K
             decoder.configs[site] = config
             try:
                 us = _graph_us(launch)

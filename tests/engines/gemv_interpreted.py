@@ -6,7 +6,8 @@ GEMV with K split across programs against the same GEMV unsplit and against torc
 One matrix of few long rows (as the MLP's down projection), with every epilogue at once: the
 layer norm folded in, bias, GELU, residual and the greedy choice. Prints one JSON line: per
 SPLIT_K, the largest difference from torch and from the unsplit result, whether two launches
-gave the same bits, whether every row block's counter was back at zero, and the greedy choice.
+gave the same bits, whether every row block's counter was back at zero, and the greedy choice;
+then ("gated") a gated MLP's first GEMV with an RMS norm folded in, against torch.
 """
 import json
 
@@ -32,7 +33,7 @@ def main() -> None:
         runs = []
         for _ in range(2):
             y, best = residual.clone(), torch.full((1,), fk.NO_BEST, dtype=torch.long)
-            fk.gemv(x, w, y, bias=bias, ln=(ln_w, rowsum, 1e-5), gelu=fk.GELU_ERF, residual=True, best=best,
+            fk.gemv(x, w, y, bias=bias, ln=(ln_w, rowsum, 1e-5), act=fk.GELU_ERF, residual=True, best=best,
                     scratch=scratch, config=config)
             runs.append((y, best))
         (y, best), (again, _) = runs
@@ -42,6 +43,14 @@ def main() -> None:
                       "max_abs_diff_unsplit": (y - results[1]).abs().max().item(),
                       "same_bits_twice": torch.equal(y, again), "counters_zero": int(scratch.arrived.abs().sum()) == 0,
                       "greedy": low - (int(best) & low), "torch_argmax": int(y.argmax())}
+    # a gated MLP's first GEMV (llama's): silu(rms(x) @ gate.T) * (rms(x) @ up.T), in one pass
+    up = torch.randn(n, k).bfloat16()
+    rms_w = torch.rand(k) + 0.5
+    normed = x * torch.rsqrt(x.pow(2).mean() + 1e-6) * rms_w
+    gated = torch.nn.functional.silu(normed @ w.float().T) * (normed @ up.float().T)
+    y = torch.zeros(n)
+    fk.gemv(x, w, y, rms=(rms_w, 1e-6), act=fk.SILU, up=up, config=dict(BLOCK_N=8, BLOCK_K=128, SPLIT_K=1))
+    out["gated"] = {"max_abs_diff_torch": (y - gated).abs().max().item(), "scale": gated.abs().max().item()}
     print(json.dumps(out))
 
 

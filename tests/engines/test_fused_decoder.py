@@ -35,7 +35,7 @@ def fused_against_static(model_dir: Path, dtype: str) -> list[dict]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gpt_bigcode"])
+@pytest.mark.parametrize("family", ["gpt2", "gpt_bigcode", "llama"])
 def test_fused_step_gives_the_static_decoders_logits_in_fp32(family, tiny_model):
     steps = fused_against_static(tiny_model(family), "float32")
     assert len(steps) == STEPS
@@ -43,7 +43,7 @@ def test_fused_step_gives_the_static_decoders_logits_in_fp32(family, tiny_model)
         assert step["max_abs_diff"] <= 1e-4 * max(1.0, step["scale"]), (family, i, step)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gpt_bigcode"])
+@pytest.mark.parametrize("family", ["gpt2", "gpt_bigcode", "llama"])
 def test_fused_greedy_choice_takes_the_best_allowed_token_and_advances(family, tiny_model):
     """The last GEMV's atomic maximum and the greedy kernel choose as the eager argmax does, with
     the forbidden token (EOS in the engine: here the one the eager choice would take first)
@@ -71,12 +71,14 @@ def test_gemv_with_k_split_across_programs_gives_the_unsplit_result_every_time()
                           text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     by_split = json.loads(done.stdout.strip().splitlines()[-1])
+    gated = by_split.pop("gated")  # llama's gate and up projections in one GEMV: checked below
     assert set(by_split) == {"1", "2", "4"}
     for split, got in by_split.items():
         assert got["max_abs_diff_torch"] <= 1e-4, (split, got)
         assert got["max_abs_diff_unsplit"] <= 1e-4, (split, got)
         assert got["same_bits_twice"] and got["counters_zero"], (split, got)
         assert got["greedy"] == got["torch_argmax"], (split, got)
+    assert gated["max_abs_diff_torch"] <= 1e-4 * max(1.0, gated["scale"]), gated
 
 
 def test_families_without_a_fused_step_are_refused_with_the_reason(tiny_model):
@@ -86,5 +88,6 @@ def test_families_without_a_fused_step_are_refused_with_the_reason(tiny_model):
 
     assert unsupported_reason(AutoConfig.from_pretrained(tiny_model("gpt2"))) is None
     assert unsupported_reason(AutoConfig.from_pretrained(tiny_model("gpt_bigcode"))) is None
+    assert unsupported_reason(AutoConfig.from_pretrained(tiny_model("llama"))) is None
     reason = unsupported_reason(AutoConfig.from_pretrained(tiny_model("gpt_neox")))
-    assert reason == "the fused decode step serves gpt2 and gpt_bigcode, not gpt_neox"
+    assert reason == "the fused decode step serves gpt2, gpt_bigcode, llama, not gpt_neox"

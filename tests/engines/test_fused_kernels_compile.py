@@ -36,31 +36,50 @@ def compile_ptx(fn, types: dict, constants: dict, num_warps: int = 4) -> str:
     return kernel.asm["ptx"]
 
 
-GEMV_TYPES = dict(x_ptr="*fp32", w_ptr="*bf16", y_ptr="*fp32", bias_ptr="*fp32", ln_w_ptr="*fp32",
+GEMV_TYPES = dict(x_ptr="*fp32", w_ptr="*bf16", up_ptr="*bf16", y_ptr="*fp32", bias_ptr="*fp32", norm_w_ptr="*fp32",
                   ln_rowsum_ptr="*fp32", best_ptr="*i64", partial_ptr="*fp32", arrived_ptr="*i32", N="i32", K="i32",
                   stride_wn="i32", eps="fp32")
+LN, RMS = fk.LAYER_NORM, fk.RMS_NORM
 
 
-@pytest.mark.parametrize("split_k", [1, 4])
-@pytest.mark.parametrize("ln,gelu,residual,argmax", [(True, 1, False, False), (False, 0, True, False),
-                                                     (True, 0, False, True)])
-def test_the_gemv_compiles_with_vector_loads_and_its_weights_read_before_the_wait(split_k, ln, gelu, residual,
-                                                                                    argmax):
+@pytest.mark.parametrize("norm,act,glu,bias,residual,argmax,split_k", [
+    (LN, fk.GELU_TANH, False, True, False, False, 1),  # gpt2's MLP up
+    (LN, fk.GELU_TANH, False, True, False, False, 4),
+    (fk.NORM_NONE, fk.ACT_NONE, False, True, True, False, 1),  # a residual projection
+    (fk.NORM_NONE, fk.ACT_NONE, False, True, True, False, 4),
+    (LN, fk.ACT_NONE, False, True, False, True, 1),  # the vocabulary GEMV and the greedy choice
+    (RMS, fk.SILU, True, False, False, False, 1),  # llama's gate and up at once (never split)
+    (RMS, fk.ACT_NONE, False, False, False, True, 1),  # llama's vocabulary GEMV
+    (RMS, fk.ACT_NONE, False, False, False, False, 4),  # llama's q/k/v, split
+])
+def test_the_gemv_compiles_with_vector_loads_and_its_weights_read_before_the_wait(norm, act, glu, bias, residual,
+                                                                                    argmax, split_k):
     ptx = compile_ptx(fk._gemv_kernel, GEMV_TYPES,
-                      dict(LN=ln, GELU=gelu, HAS_BIAS=True, RESIDUAL=residual, ARGMAX=argmax, PDL=True, BLOCK_N=16,
-                           BLOCK_K=256, SPLIT_K=split_k))
-    wait = ptx.index("griddepcontrol.wait")
-    assert "v4.b32" in ptx[:wait].split("ld.global")[1].split("\n")[0], "the first weights are not 16-byte loads"
+                      dict(NORM=norm, ACT=act, GLU=glu, HAS_BIAS=bias, RESIDUAL=residual, ARGMAX=argmax, PDL=True,
+                           BLOCK_N=16, BLOCK_K=256, SPLIT_K=split_k))
+    before = ptx[:ptx.index("griddepcontrol.wait")]
+    weights = [line for line in before.split("\n") if "ld.global" in line and "evict_first" in line]
+    # 16 rows x 256 bf16 over 128 threads: four 16-byte loads per matrix (two with the gate)
+    assert len(weights) == 4 * (2 if glu else 1) and all("v4.b32" in line for line in weights), weights
     if split_k > 1:  # the arrival counter: one acquire-release atomic per program
         assert "atom.global.gpu.acq_rel.add" in ptx
 
 
-def test_attention_compiles_with_the_cache_read_before_the_wait():
+def test_a_gated_gemv_that_splits_k_is_refused_when_compiled():
+    with pytest.raises(Exception, match="never splits|splits no K"):
+        compile_ptx(fk._gemv_kernel, GEMV_TYPES, dict(NORM=RMS, ACT=fk.SILU, GLU=True, HAS_BIAS=False, RESIDUAL=False,
+                                                      ARGMAX=False, PDL=True, BLOCK_N=16, BLOCK_K=256, SPLIT_K=2))
+
+
+@pytest.mark.parametrize("rotary", [False, True])
+def test_attention_compiles_with_the_cache_read_before_the_wait(rotary):
     types = dict(qkv_ptr="*fp32", k_cache_ptr="*bf16", v_cache_ptr="*bf16", pos_ptr="*i64", out_ptr="*fp32",
-                 scale="fp32", q_size="i32", kv_size="i32", group="i32", head_stride="i32", D="i32")
-    ptx = compile_ptx(fk._decode_attention_kernel, types, dict(PDL=True, BLOCK_D=128, BLOCK_T=64))
+                 cos_ptr="*fp32", sin_ptr="*fp32", scale="fp32", q_size="i32", kv_size="i32", group="i32",
+                 head_stride="i32", D="i32", R="i32")
+    ptx = compile_ptx(fk._decode_attention_kernel, types, dict(PDL=True, ROTARY=rotary, BLOCK_D=128, BLOCK_T=64))
     before = ptx[:ptx.index("griddepcontrol.wait")]
-    assert before.count("ld.global") >= 3  # the position, then keys and values of the first tile
+    # the position, then keys and values of the first tile (and the rotary table's row)
+    assert before.count("ld.global") >= (5 if rotary else 3)
 
 
 def test_the_embedding_and_greedy_kernels_compile():
