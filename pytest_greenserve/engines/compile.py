@@ -180,7 +180,8 @@ class CompileEngine(Engine):
             from .fused_decoder import FusedDecoder
 
             # ValueError for a family it cannot run; its step makes the greedy choice itself
-            self.fused = FusedDecoder(self.decoder, logit_bias=self.eos_bias)
+            self.fused = FusedDecoder(self.decoder, logit_bias=self.eos_bias,
+                                      tuning_cache=self.model.cache_dir / "fused-tuning")
             step = lambda: self.fused.step(self.tok, self.pos, self.generated)  # noqa: E731
         if "inductor" in self.mode:
             torch._dynamo.reset()  # a rebuilt decoder must not reuse graphs guarded on the old one

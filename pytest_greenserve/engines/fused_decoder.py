@@ -105,9 +105,11 @@ class FusedDecoder:
     """``decoder_step(tok (1, 1), pos (1,))`` -> logits (1, vocab) fp32, writing the step's key
     and value into ``decoder``'s cache at ``pos``; :meth:`step` also makes the greedy choice.
     ``logit_bias``: an fp32 vector added to the logits (the engine's EOS bias: -inf where a
-    token may never be chosen). Raises ValueError for a model it cannot run."""
+    token may never be chosen). ``tuning_cache``: the folder that keeps the GEMVs' tuned launch
+    configurations (fused_tuning.tuned); None: tuned at every load. Raises ValueError for a
+    model it cannot run."""
 
-    def __init__(self, decoder, logit_bias=None):
+    def __init__(self, decoder, logit_bias=None, tuning_cache=None):
         from . import fused_kernels
 
         self.kernels = fused_kernels
@@ -164,12 +166,13 @@ class FusedDecoder:
         self.scratch = fused_kernels.GemvScratch(max(self.logits.numel(), self.mlp.numel(), qkv_size), device)
         # the greedy choice, packed (fused_kernels.gemv's ``best``); consumed and reset each step
         self.best = torch.full((1,), fused_kernels.NO_BEST, dtype=torch.long, device=device)
-        from .fused_tuning import site_shapes, tune
+        from .fused_tuning import site_shapes, tuned
 
         #: each GEMV site's launch configuration (fused_tuning.SITES), tuned on CUDA
         self.configs = {site: fused_kernels.default_config(n, k) for site, (n, k) in site_shapes(self).items()}
-        #: how the configurations were chosen (fused_tuning.tune), or None where not tuned
-        self.tuning = tune(self) if device.type == "cuda" and not fused_kernels.INTERPRETED else None
+        #: how the configurations were chosen (fused_tuning.tuned), or None where not tuned
+        self.tuning = (tuned(self, tuning_cache) if device.type == "cuda" and not fused_kernels.INTERPRETED
+                       else None)
 
     @torch.no_grad()
     def step(self, tok, pos, generated) -> None:

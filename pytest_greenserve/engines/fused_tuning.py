@@ -12,11 +12,19 @@ memory, as in the step), chained by programmatic dependent launch where the card
 captured as one CUDA graph and replayed. One site at a time tries each candidate while the
 others keep their current choice (coordinate descent, the sites in the step's order); the
 vocabulary GEMV, one matrix larger than L2, is timed alone.
+
+The choice is kept on disk (:func:`tuned`), keyed by everything it depends on (the card, the
+sites' shapes and flags, the weights' dtype, the candidates, Triton's and torch's versions): a
+later load of the same shapes on the same kind of card, the roofline's child process included,
+reuses it instead of tuning again, and runs the same kernels. Delete the folder to tune again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from pathlib import Path
 
 #: The step's GEMV sites, in its order
 SITES = ("qkv", "out", "fc", "proj", "lm_head")
@@ -83,3 +91,49 @@ def tune(decoder) -> dict:
         timed[site].update(config=dict(best), us=best_us, candidates=tried)
     decoder.reset_greedy_choice()  # the vocabulary GEMV's timed launches left their maxima
     return {"sites": timed, "tuning_s": time.perf_counter() - started}
+
+
+def tuning_key(decoder) -> dict:
+    """What a tuning result depends on: the card, the GEMV sites' shapes and flags, the weights'
+    dtype, the launch mode, the candidates, and the versions of Triton and torch."""
+    import torch
+    import triton
+
+    from . import fused_kernels as fk
+
+    device = decoder.x.device
+    return {"card": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+            "shapes": {site: list(shape) for site, shape in site_shapes(decoder).items()},
+            "gated": decoder.gated, "dtype": str(decoder.lm_head.dtype), "pdl": fk.USE_PDL,
+            "candidates": hashlib.sha256(json.dumps(fk.candidate_configs(), sort_keys=True).encode()).hexdigest()[:12],
+            "triton": triton.__version__, "torch": torch.__version__}
+
+
+def tuned(decoder, cache_dir: Path | None, tune_fn=None) -> dict:
+    """``decoder.configs`` from an earlier tuning of the same key in ``cache_dir``, else tuned
+    now (``tune_fn``, by default :func:`tune`) and kept there. Returns :func:`tune`'s record,
+    with ``cache``: "hit" (reused; ``tuning_s`` is the original tuning's), "stored" or "off"
+    (no ``cache_dir``), and the file. A file that cannot be read or no longer fits is tuned
+    again, never trusted."""
+    from . import fused_kernels as fk
+
+    tune_fn = tune_fn or tune
+    if cache_dir is None:
+        return {**tune_fn(decoder), "cache": "off"}
+    key = tuning_key(decoder)
+    path = Path(cache_dir) / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16] + ".json")
+    try:
+        kept = json.loads(path.read_text())
+        shapes = site_shapes(decoder)
+        configs = {site: kept["record"]["sites"][site]["config"] for site in SITES}
+        if kept["key"] == key and all(fk.fits(configs[site], *shapes[site]) for site in SITES):
+            decoder.configs.update(configs)
+            return {**kept["record"], "cache": "hit", "file": str(path)}
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or torn: tune again
+        pass
+    record = tune_fn(decoder)
+    from ..fsutil import write_text_atomically
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(path, json.dumps({"key": key, "record": record}, indent=1))
+    return {**record, "cache": "stored", "file": str(path)}
