@@ -11,6 +11,10 @@ One generated token of a gpt2-style decoder runs, per layer, five kernels:
 4. ``gemv`` with a layer norm folded in and a GELU epilogue: h = gelu(ln_2(x) @ W_fc + b);
 5. ``gemv`` with a residual epilogue: x += h @ W_proj + b.
 
+A llama-style decoder runs the same five, with RMS norms folded in instead, rotary positions
+applied to q and k inside attention, and its gated MLP's gate and up projections read by one
+GEMV: h = silu(rms_2(x) @ W_gate) * (rms_2(x) @ W_up).
+
 Activations stay in fp32 (the residual stream, the layer norms' statistics, every
 accumulation); weights and the KV cache are read in the model's dtype. Weights are (N, K)
 row-major (nn.Linear's layout), so each program reads whole rows of K contiguously.
@@ -273,7 +277,7 @@ def default_config(n: int, k: int) -> dict:
 
 class GemvScratch:
     """What split-K launches of :func:`gemv` share (one per decoder: its GEMVs run one after
-    another): partial sums and layer-norm statistics, and per row block a counter of the
+    another): partial sums and the norms' statistics, and per row block a counter of the
     programs that have written theirs, zero between launches."""
 
     def __init__(self, max_rows: int, device):
