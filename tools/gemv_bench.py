@@ -27,6 +27,8 @@ def shapes(model: str) -> tuple[list[dict], int]:
     from pytest_greenserve.models import replica_config_dict, spec_for
 
     spec = spec_for(model)
+    if spec.architecture not in ("gpt2", "gpt_bigcode"):
+        raise SystemExit(f"gemv_bench: measures gpt2 and gpt_bigcode shapes, not {spec.architecture} ({model})")
     cfg = replica_config_dict(spec, 0)
     hidden = cfg.get("n_embd") or cfg["hidden_size"]
     heads = cfg.get("n_head") or cfg["num_attention_heads"]
