@@ -65,6 +65,11 @@ CAPTURE_WARMUP = 3
 PREFILL_GRAPHS_MAX = 32
 
 
+#: What ``auto`` falls back to, in order, where its mode fails to build: the next fastest, down
+#: to the uncompiled step (which still captures on CUDA, or runs the static decoder on CPU)
+FALLBACKS = {"fused+graph": ["inductor+graph", "graph"], "inductor+graph": ["graph"], "inductor": ["eager"]}
+
+
 def resolve_mode(mode: str, provider: str) -> str:
     """The concrete mode for ``mode`` on ``provider`` (``auto`` resolved); raises EngineError."""
     if mode not in MODES:
@@ -127,23 +132,28 @@ class CompileEngine(Engine):
         eos = [i for i in self.model.eos_token_ids if 0 <= i < vocab]
         if eos:
             self.eos_bias[eos] = float("-inf")
-        try:
-            self._build(INITIAL_CAPACITY)
-        except ValueError as exc:  # a configuration the static decoder does not wire
-            raise EngineError(str(exc)) from exc
-        try:
-            self._say(f"compiling {self.model.name} for {self.name}-{self.provider} ({self.mode}; "
-                      "outside the measured samples)")
-            self.compile_s = self._first_generation(vocab)
-        except Exception as exc:
-            if asked != "auto" or self.mode not in ("inductor", "inductor+graph", "fused+graph"):
-                raise EngineError(failure_line(f"compile could not build {self.model.name} ({self.mode})", exc)) from exc
-            # auto: the uncompiled mode still captures (CUDA) or runs the static decoder (CPU)
-            self.fallback = failure_line(f"{self.mode} failed", exc)
-            self.mode = "graph" if self.provider == "cuda" else "eager"
-            self._say(f"compile: {self.fallback}; falling back to {self.mode}")
-            self._build(INITIAL_CAPACITY)
-            self.compile_s = self._first_generation(vocab)
+        # auto: a mode that fails to build (a Triton kernel the card refuses, inductor's
+        # compiler) falls back to the next, and says why in ``compile_fallback``
+        modes = [self.mode] + (FALLBACKS.get(self.mode, []) if asked == "auto" else [])
+        for i, mode in enumerate(modes):
+            self.mode = mode
+            try:
+                try:
+                    self._build(INITIAL_CAPACITY)
+                except ValueError as exc:  # a configuration the static decoder does not wire
+                    raise EngineError(str(exc)) from exc
+                self._say(f"compiling {self.model.name} for {self.name}-{self.provider} ({self.mode}; "
+                          "outside the measured samples)")
+                self.compile_s = self._first_generation(vocab)
+                break
+            except EngineError:
+                raise
+            except Exception as exc:
+                if i == len(modes) - 1:
+                    raise EngineError(failure_line(f"compile could not build {self.model.name} ({mode})", exc)) from exc
+                reason = failure_line(f"{mode} failed", exc)
+                self.fallback = reason if self.fallback is None else f"{self.fallback}; {reason}"
+                self._say(f"compile: {reason}; falling back to {modes[i + 1]}")
         self.load_s = time.perf_counter() - started
         self._loading = False
 

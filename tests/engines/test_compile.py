@@ -95,6 +95,39 @@ def test_compiled_decode_step_gives_torch_tokens(tiny_handle, prompt_ids):
         engine.close()
 
 
+def test_auto_falls_back_mode_by_mode_and_says_why(tiny_handle, prompt_ids, monkeypatch):
+    """A mode ``auto`` chose that fails to build (here the compiled step, made to fail) gives
+    way to the next of compile.FALLBACKS, with the reason in ``compile_fallback``; the engine
+    still serves torch's tokens. A mode asked for by name fails in one line instead."""
+    from pytest_greenserve.engines import compile as compile_module
+
+    handle = tiny_handle("gpt2")
+    reference = torch_generations(handle, prompt_ids, options("eager"), CASES[:1])
+    real = CompileEngine._first_generation
+
+    def first_generation(self, vocab):
+        if self.mode != "eager":
+            raise RuntimeError(f"no kernel for {self.mode}\nsecond line")
+        return real(self, vocab)
+
+    monkeypatch.setattr(CompileEngine, "_first_generation", first_generation)
+    monkeypatch.setattr(compile_module, "resolve_mode", lambda mode, provider: "inductor" if mode == "auto" else mode)
+    engine = CompileEngine(handle, "cpu", options("auto"))
+    engine.load()
+    try:
+        info = engine.load_info()
+        assert info["compile_mode"] == "eager"
+        assert info["compile_fallback"].startswith("inductor failed") and "no kernel for inductor" in info["compile_fallback"]
+        assert "\n" not in info["compile_fallback"]
+        assert_same_tokens(engine, handle, prompt_ids, reference, CASES[:1])
+    finally:
+        engine.close()
+    named = CompileEngine(handle, "cpu", options("inductor"))
+    with pytest.raises(EngineError, match=r"compile could not build .*\(inductor\)"):
+        named.load()
+    assert compile_module.FALLBACKS["fused+graph"] == ["inductor+graph", "graph"]
+
+
 def test_bf16_static_decoder_follows_torch_bf16(tiny_handle, prompt_ids):
     from pytest_greenserve.references import Reference
     from pytest_greenserve.samples import match_rate_tie_aware
