@@ -191,7 +191,7 @@ class CompileEngine(Engine):
 
             # ValueError for a family it cannot run; its step makes the greedy choice itself
             self.fused = FusedDecoder(self.decoder, logit_bias=self.eos_bias,
-                                      tuning_cache=self.model.cache_dir / "fused-tuning")
+                                      tuning_cache=self.model.cache_dir / "fused-tuning", progress=self._say)
             step = lambda: self.fused.step(self.tok, self.pos, self.generated)  # noqa: E731
         if "inductor" in self.mode:
             torch._dynamo.reset()  # a rebuilt decoder must not reuse graphs guarded on the old one

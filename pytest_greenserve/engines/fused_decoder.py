@@ -106,10 +106,10 @@ class FusedDecoder:
     and value into ``decoder``'s cache at ``pos``; :meth:`step` also makes the greedy choice.
     ``logit_bias``: an fp32 vector added to the logits (the engine's EOS bias: -inf where a
     token may never be chosen). ``tuning_cache``: the folder that keeps the GEMVs' tuned launch
-    configurations (fused_tuning.tuned); None: tuned at every load. Raises ValueError for a
-    model it cannot run."""
+    configurations (fused_tuning.tuned); None: tuned at every load. ``progress``: told in one
+    line before a tuning. Raises ValueError for a model it cannot run."""
 
-    def __init__(self, decoder, logit_bias=None, tuning_cache=None):
+    def __init__(self, decoder, logit_bias=None, tuning_cache=None, progress=None):
         from . import fused_kernels
 
         self.kernels = fused_kernels
@@ -171,8 +171,8 @@ class FusedDecoder:
         #: each GEMV site's launch configuration (fused_tuning.SITES), tuned on CUDA
         self.configs = {site: fused_kernels.default_config(n, k) for site, (n, k) in site_shapes(self).items()}
         #: how the configurations were chosen (fused_tuning.tuned), or None where not tuned
-        self.tuning = (tuned(self, tuning_cache) if device.type == "cuda" and not fused_kernels.INTERPRETED
-                       else None)
+        self.tuning = (tuned(self, tuning_cache, progress=progress)
+                       if device.type == "cuda" and not fused_kernels.INTERPRETED else None)
 
     @torch.no_grad()
     def step(self, tok, pos, generated) -> None:

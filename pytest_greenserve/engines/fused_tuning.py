@@ -111,17 +111,24 @@ def tuning_key(decoder) -> dict:
             "triton": triton.__version__, "torch": torch.__version__}
 
 
-def tuned(decoder, cache_dir: Path | None, tune_fn=None) -> dict:
+def tuned(decoder, cache_dir: Path | None, tune_fn=None, progress=None) -> dict:
     """``decoder.configs`` from an earlier tuning of the same key in ``cache_dir``, else tuned
-    now (``tune_fn``, by default :func:`tune`) and kept there. Returns :func:`tune`'s record,
-    with ``cache``: "hit" (reused; ``tuning_s`` is the original tuning's), "stored" or "off"
-    (no ``cache_dir``), and the file. A file that cannot be read or no longer fits is tuned
-    again, never trusted."""
+    now (``tune_fn``, by default :func:`tune`; ``progress`` told first, in one line) and kept
+    there. Returns :func:`tune`'s record, with ``cache``: "hit" (reused; ``tuning_s`` is the
+    original tuning's), "stored" or "off" (no ``cache_dir``), and the file. A file that cannot
+    be read or no longer fits is tuned again, never trusted."""
     from . import fused_kernels as fk
 
     tune_fn = tune_fn or tune
+
+    def tune_now():
+        if progress is not None:
+            progress("tuning the fused step's GEMV launch configurations on this card (once per model shape; "
+                     "up to a minute or two, outside the measured samples)")
+        return tune_fn(decoder)
+
     if cache_dir is None:
-        return {**tune_fn(decoder), "cache": "off"}
+        return {**tune_now(), "cache": "off"}
     key = tuning_key(decoder)
     path = Path(cache_dir) / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16] + ".json")
     try:
@@ -133,7 +140,7 @@ def tuned(decoder, cache_dir: Path | None, tune_fn=None) -> dict:
             return {**kept["record"], "cache": "hit", "file": str(path)}
     except (OSError, ValueError, KeyError, TypeError):  # none yet, or torn: tune again
         pass
-    record = tune_fn(decoder)
+    record = tune_now()
     from ..fsutil import write_text_atomically
 
     path.parent.mkdir(parents=True, exist_ok=True)

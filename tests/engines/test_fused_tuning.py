@@ -44,11 +44,12 @@ class StandIn:
 
 
 def test_a_second_load_reuses_the_tuning_and_runs_the_same_configurations(tmp_path):
-    tune = StandIn()
-    first = fused_tuning.tuned(decoder(), tmp_path, tune)
+    tune, said = StandIn(), []
+    first = fused_tuning.tuned(decoder(), tmp_path, tune, progress=said.append)
     again = decoder()
-    second = fused_tuning.tuned(again, tmp_path, tune)
+    second = fused_tuning.tuned(again, tmp_path, tune, progress=said.append)
     assert tune.calls == 1
+    assert len(said) == 1 and said[0].startswith("tuning the fused step's GEMV") and "\n" not in said[0]
     assert first["cache"] == "stored" and second["cache"] == "hit" and second["file"] == first["file"]
     assert again.configs == {site: CHOSEN for site in fused_tuning.SITES}
     assert second["tuning_s"] == 12.5  # the original tuning's seconds, not the load's
