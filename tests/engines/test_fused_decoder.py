@@ -54,11 +54,12 @@ def test_fused_greedy_choice_takes_the_best_allowed_token_and_advances(family, t
         assert step["position_advanced"] and step["token_written"], (family, i, step)
 
 
-def test_fused_step_in_bf16_stays_within_bf16_rounding(tiny_model):
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_fused_step_in_bf16_stays_within_bf16_rounding(family, tiny_model):
     """bf16 weights and cache, fp32 activations: within bf16's rounding of the eager bf16 step
     (which rounds every activation too), not bit-equal to it."""
-    for step in fused_against_static(tiny_model("gpt2"), "bfloat16"):
-        assert step["max_abs_diff"] <= 0.05 * max(1.0, step["scale"]), step
+    for step in fused_against_static(tiny_model(family), "bfloat16"):
+        assert step["max_abs_diff"] <= 0.05 * max(1.0, step["scale"]), (family, step)
 
 
 def test_gemv_with_k_split_across_programs_gives_the_unsplit_result_every_time():
