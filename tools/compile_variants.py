@@ -133,9 +133,8 @@ def anatomy(eng, position: int) -> dict:
     """The fused decode step and its parts, each captured as a CUDA graph (the position reset
     inside) and replayed: µs per step of the whole step, of it without attention, of the GEMVs
     alone, and of the attention kernels alone."""
-    import torch
-
     from pytest_greenserve.engines import fused_kernels as k
+    from pytest_greenserve.engines.fused_tuning import graph_us
 
     f = eng.fused
 
@@ -157,20 +156,7 @@ def anatomy(eng, position: int) -> dict:
         def launch():
             eng.pos.fill_(position)
             fn()
-        launch()
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            launch()
-        for _ in range(3):
-            graph.replay()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(20):
-            graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        timed[name] = round(start.elapsed_time(end) * 1000 / 20, 1)
+        timed[name] = round(graph_us(launch, replays=20, warmup=3), 1)
     f.reset_greedy_choice()
     print("step parts, µs:", timed, file=sys.stderr)
     return timed

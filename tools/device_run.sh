@@ -50,6 +50,10 @@ install() {  # wheels carried in folder $1 go to /tmp/site, which outlives calls
 }
 export PYTHONPATH=$SITE:$PWD
 
+cuda13_libs() {  # the CUDA 13 libraries torch's wheels bring (a CUDA llama-cpp-python links against them)
+  echo "$($PY -c "import torch, os; print(os.path.dirname(os.path.dirname(torch.__file__)))")/nvidia/cu13/lib"
+}
+
 session() {  # session NAME CAP_S pytest-args...
   local name=$1 cap=$2; shift 2
   # not pip-installed there (no build backend offline): load the plugin by module name instead
@@ -287,8 +291,7 @@ PY
   llamacpp-cuda-check)  # a CUDA llama-cpp-python (tools/build_llamacpp_cuda.sh) offloads, and gives the CPU's greedy
     # text: carry .whl-llamacuda (the wheel) and .whl-llamacuda-test (diskcache's wheel and a GGUF, ARGS: its name)
     $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/lc .whl-llamacuda/*.whl .whl-llamacuda-test/*.whl || exit 3
-    sp=$($PY -c "import torch, os; print(os.path.dirname(os.path.dirname(torch.__file__)))")
-    LD_LIBRARY_PATH=$sp/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} PYTHONPATH=/tmp/lc \
+    LD_LIBRARY_PATH=$(cuda13_libs)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} PYTHONPATH=/tmp/lc \
       $PY tools/llamacpp_cuda_check.py ".whl-llamacuda-test/${2:-mini-gpt2-f16.gguf}" 2>&1 | grep -E "llama_cpp|CUDA0|n_gpu_layers|equal" ;;
   install-llamacuda)  # carry .whl-llamacuda and .whl-llamacuda-test: the CUDA llama-cpp-python and diskcache into
     # $SITE (with the converter and transformers beside them the call is over the 64 MiB a call carries)
@@ -298,8 +301,7 @@ PY
     # f16 and q8_0 beside torch-cuda and compile-cuda (ARGS: [model] [prompts] [runs])
     [ -d $SITE/transformers ] || install .whl
     ls -d $SITE/llama_cpp >/dev/null 2>&1 || { echo "llama_cpp is not in $SITE: run install-llamacuda first"; exit 3; }
-    sp=$($PY -c "import torch, os; print(os.path.dirname(os.path.dirname(torch.__file__)))")
-    export LD_LIBRARY_PATH=$sp/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} GREENSERVE_LLAMA_CPP=$PWD/.llama.cpp
+    export LD_LIBRARY_PATH=$(cuda13_libs)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} GREENSERVE_LLAMA_CPP=$PWD/.llama.cpp
     $PY -c "import llama_cpp as l; print('llama_cpp', l.__version__, 'gpu offload', l.llama_supports_gpu_offload())"
     model=${2:-codeparrot-small}; name=issue19-llamacuda-$model
     session "$name" "${CAP:-540}" --greenserve-models="$model" \

@@ -58,6 +58,7 @@ def main() -> None:
     import triton
 
     from pytest_greenserve.engines import fused_kernels as fk
+    from pytest_greenserve.engines.fused_tuning import graph_us
 
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     dev = "cuda"
@@ -68,22 +69,10 @@ def main() -> None:
 
     def timed(launch, copies: int) -> float:
         """µs per launch: ``launch(c)`` for every copy, captured as one graph and replayed."""
-        for c in range(copies):
-            launch(c)
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        def every_copy():
             for c in range(copies):
                 launch(c)
-        for _ in range(3):
-            graph.replay()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(a.replays):
-            graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) * 1000 / (a.replays * copies)
+        return graph_us(every_copy, replays=a.replays, warmup=3) / copies
 
     # the card's streaming read (a reduction over 2 GB), the ceiling a GEMV can approach
     big = torch.empty(2**30, dtype=torch.bfloat16, device=dev).normal_()

@@ -39,8 +39,10 @@ def site_shapes(decoder) -> dict[str, tuple[int, int]]:
             "proj": tuple(layer.proj_w.shape), "lm_head": tuple(decoder.lm_head.shape)}
 
 
-def _graph_us(launch) -> float:
-    """µs per replay of ``launch()`` captured as a CUDA graph (run once before, to compile)."""
+def graph_us(launch, replays: int = REPLAYS, warmup: int = 2) -> float:
+    """µs per replay of ``launch()`` captured as a CUDA graph: run once before (to compile),
+    ``warmup`` replays untimed, then ``replays`` timed with CUDA events (tools/gemv_bench.py
+    and tools/compile_variants.py time the same way)."""
     import torch
 
     launch()
@@ -48,15 +50,15 @@ def _graph_us(launch) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         launch()
-    graph.replay()
-    graph.replay()
+    for _ in range(warmup):
+        graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    for _ in range(REPLAYS):
+    for _ in range(replays):
         graph.replay()
     end.record()
     torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / REPLAYS
+    return start.elapsed_time(end) * 1000 / replays
 
 
 def tune(decoder) -> dict:
@@ -73,7 +75,7 @@ def tune(decoder) -> dict:
     for site in SITES:
         n, k = shapes[site]
         launch = (lambda: decoder.lm_head_gemv(decoder.best)) if site == "lm_head" else decoder.layer_gemvs
-        timed[site] = {"before_us": _graph_us(launch)}
+        timed[site] = {"before_us": graph_us(launch)}
         best_us, best = timed[site]["before_us"], decoder.configs[site]
         tried = 0
         for config in fk.candidate_configs():
@@ -81,7 +83,7 @@ def tune(decoder) -> dict:
                 continue  # a gated MLP's first GEMV (gate and up at once) never splits K
             decoder.configs[site] = config
             try:
-                us = _graph_us(launch)
+                us = graph_us(launch)
             except Exception:  # a configuration this card cannot run (resources): not a candidate
                 continue
             tried += 1
