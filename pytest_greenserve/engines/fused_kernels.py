@@ -73,6 +73,9 @@ ACTIVATIONS = {"gelu_new": GELU_TANH, "gelu_pytorch_tanh": GELU_TANH, "gelu_fast
                "silu": SILU}
 #: the norm a GEMV folds in over its input (``ln`` or ``rms``)
 NORM_NONE, LAYER_NORM, RMS_NORM = 0, 1, 2
+# the same, for the kernels (a global a kernel reads must be constexpr)
+_GELU_TANH, _GELU_ERF, _SILU = tl.constexpr(GELU_TANH), tl.constexpr(GELU_ERF), tl.constexpr(SILU)
+_NORM_NONE, _LAYER_NORM, _RMS_NORM = tl.constexpr(NORM_NONE), tl.constexpr(LAYER_NORM), tl.constexpr(RMS_NORM)
 #: Cache positions :func:`decode_attention` reads per iteration (the prompts' 10-15 tokens and
 #: 32 new ones: one iteration)
 ATTENTION_BLOCK_T = 64
@@ -106,7 +109,7 @@ def _gemv_chunk(x_ptr, w, w_up, rk, k_mask, norm_w_ptr, acc, acc_up, total, squa
     where NORM) times the weights ``w`` (and ``w_up`` where GLU) already loaded, and the norm's
     running statistics."""
     xk = tl.load(x_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
-    if NORM != 0:
+    if NORM != _NORM_NONE:
         total += xk
         squares += xk * xk
         xk = xk * tl.load(norm_w_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
@@ -142,7 +145,7 @@ def _gemv_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rowsum_pt
     to arrive (a counter per row block in ``arrived_ptr``, reset by that program) adds them in
     split order and applies the epilogue, so the result does not depend on which finished first.
     """
-    tl.static_assert(not GLU or (SPLIT_K == 1 and NORM != 1 and not HAS_BIAS),
+    tl.static_assert(not GLU or (SPLIT_K == 1 and NORM != _LAYER_NORM and not HAS_BIAS),
                      "a gated GEMV splits no K, and folds an RMS norm and no bias")
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -203,22 +206,22 @@ def _gemv_epilogue(y, y_up, x_sum, x_squares, rn, n_mask, y_ptr, bias_ptr, ln_ro
                    RESIDUAL: tl.constexpr, ARGMAX: tl.constexpr):
     """:func:`_gemv_kernel`'s rows, summed over all K: the norm, bias, activation, gate,
     residual, the store, and the greedy choice's atomic maximum."""
-    if NORM == 1:
+    if NORM == _LAYER_NORM:
         mean = x_sum / K
         rstd = 1.0 / tl.sqrt(tl.maximum(x_squares / K - mean * mean, 0.0) + eps)
         y = rstd * (y - mean * tl.load(ln_rowsum_ptr + rn, mask=n_mask, other=0.0))
-    if NORM == 2:
+    if NORM == _RMS_NORM:
         rstd = 1.0 / tl.sqrt(x_squares / K + eps)
         y = rstd * y
         y_up = rstd * y_up
     if HAS_BIAS:
         y += tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
-    if ACT == 1:  # tanh approximation (gpt2's gelu_new): 0.5 y (1 + tanh(u)) = y sigmoid(2u)
+    if ACT == _GELU_TANH:  # tanh approximation (gpt2's gelu_new): 0.5 y (1 + tanh(u)) = y sigmoid(2u)
         u = 0.7978845608028654 * (y + 0.044715 * y * y * y)
         y = y * tl.sigmoid(2.0 * u)
-    if ACT == 2:  # exact GELU
+    if ACT == _GELU_ERF:  # exact GELU
         y = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))
-    if ACT == 3:  # SiLU
+    if ACT == _SILU:
         y = y * tl.sigmoid(y)
     if GLU:
         y = y * y_up
@@ -315,6 +318,8 @@ def gemv(x, w, y, *, bias=None, ln=None, rms=None, act=ACT_NONE, up=None, residu
     config = dict(config or default_config(n, k))
     if config["SPLIT_K"] > 1 and scratch is None:
         raise ValueError("a split-K launch needs a GemvScratch")
+    if config["SPLIT_K"] > MAX_SPLIT_K:  # GemvScratch holds that many partial sums per row
+        raise ValueError(f"SPLIT_K is at most {MAX_SPLIT_K}, not {config['SPLIT_K']}")
     if ln is not None:
         norm, (norm_w, rowsum, eps) = LAYER_NORM, ln
     elif rms is not None:

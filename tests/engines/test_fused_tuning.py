@@ -75,3 +75,13 @@ def test_without_a_folder_it_tunes_at_every_load():
     assert fused_tuning.tuned(decoder(), None, tune)["cache"] == "off"
     fused_tuning.tuned(decoder(), None, tune)
     assert tune.calls == 2
+
+
+def test_every_candidate_fits_the_split_k_scratch_and_a_larger_split_is_refused():
+    """GemvScratch holds MAX_SPLIT_K partial sums per row: no candidate asks for more, and a
+    launch that does is refused in one line before anything runs."""
+    assert max(c["SPLIT_K"] for c in fk.candidate_configs()) <= fk.MAX_SPLIT_K
+    scratch = fk.GemvScratch(8, "cpu")
+    config = dict(BLOCK_N=4, BLOCK_K=16, num_warps=4, SPLIT_K=2 * fk.MAX_SPLIT_K)
+    with pytest.raises(ValueError, match=f"SPLIT_K is at most {fk.MAX_SPLIT_K}, not {2 * fk.MAX_SPLIT_K}"):
+        fk.gemv(torch.zeros(16), torch.zeros(8, 16), torch.zeros(8), scratch=scratch, config=config)
