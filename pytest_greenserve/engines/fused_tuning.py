@@ -26,6 +26,8 @@ import json
 import time
 from pathlib import Path
 
+from ..fsutil import write_text_atomically
+
 #: The step's GEMV sites, in its order
 SITES = ("qkv", "out", "fc", "proj", "lm_head")
 #: Replays of a candidate's graph timed (after two untimed)
@@ -143,8 +145,6 @@ def tuned(decoder, cache_dir: Path | None, tune_fn=None, progress=None) -> dict:
     except (OSError, ValueError, KeyError, TypeError):  # none yet, or torn: tune again
         pass
     record = tune_now()
-    from ..fsutil import write_text_atomically
-
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomically(path, json.dumps({"key": key, "record": record}, indent=1))
     return {**record, "cache": "stored", "file": str(path)}
