@@ -14,8 +14,6 @@ Variants:
   fused     the engine's fused+graph mode: hand-fused Triton kernels, five per layer (engines/fused_decoder.py)
   fused-nopdl  the same, every kernel launched without programmatic dependent launch
   fused-t32 the same, attention reading the cache 32 positions per iteration instead of 64
-  fused-nopf   the same, no GEMV prefetching its weights into L2 before its wait
-  fused-pf8, fused-pf32  the same, each GEMV prefetching its first 8 (32) MB instead of 16
 
 Per variant: ms/token (median request / new tokens, CUDA synchronised), the first request's
 tokens against the base variant's (exact; bf16 near-ties may differ, the plugin judges quality),
@@ -33,10 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32", "fused-nopf", "fused-pf8",
-            "fused-pf32")
-#: the L2 prefetch (MB) of the variants that change it
-PREFETCH_MB = {"fused-nopf": 0, "fused-pf8": 8, "fused-pf32": 32}
+VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32")
 
 
 def child(a) -> dict:
@@ -58,8 +53,6 @@ def child(a) -> dict:
         fused_kernels.USE_PDL = fused_kernels.USE_PDL and v != "fused-nopdl"
         if v == "fused-t32":
             fused_kernels.ATTENTION_BLOCK_T = 32
-        if v in PREFETCH_MB:
-            fused_kernels.L2_PREFETCH_BYTES = PREFETCH_MB[v] << 20
     if v != "base" and not fused:
         torch._inductor.config.coordinate_descent_tuning = True
     if v == "autotune":
@@ -133,7 +126,6 @@ def child(a) -> dict:
             "step_parts_us": parts,
             "compile_mode": info["compile_mode"], "compile_fallback": info["compile_fallback"],
             "pdl": fused and fused_kernels.USE_PDL,
-            "l2_prefetch_mb": fused_kernels.L2_PREFETCH_BYTES / 2**20 if fused else None,
             "device": torch.cuda.get_device_name() if cuda else "cpu"}
 
 

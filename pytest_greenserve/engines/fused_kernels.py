@@ -33,13 +33,6 @@ launch: it may start while the kernel before it is still running, reads what nev
 the ~1 µs launch gap between two of the step's 120-odd kernels overlaps work. Only constant
 weights are read before the wait and nothing is written before it, so the order of results
 is that of a plain launch.
-
-Before it waits, each GEMV also asks the card to bring the first :data:`L2_PREFETCH_BYTES` of
-its weights into L2 (``cp.async.bulk.prefetch.L2``, a hint no thread waits for), spread over
-its programs. It launches when the kernel before has started its work, so its weights stream
-in while that kernel runs: during attention, which reads a few KB, and across the gaps where
-one kernel's last programs finish and the next one's first begin, when the memory would
-otherwise idle.
 """
 
 from __future__ import annotations
@@ -83,11 +76,6 @@ NORM_NONE, LAYER_NORM, RMS_NORM = 0, 1, 2
 # the same, for the kernels (a global a kernel reads must be constexpr)
 _GELU_TANH, _GELU_ERF, _SILU = tl.constexpr(GELU_TANH), tl.constexpr(GELU_ERF), tl.constexpr(SILU)
 _NORM_NONE, _LAYER_NORM, _RMS_NORM = tl.constexpr(NORM_NONE), tl.constexpr(LAYER_NORM), tl.constexpr(RMS_NORM)
-#: How much of a GEMV's weights (bytes, from the start) it prefetches into L2 before waiting for
-#: the kernel before (0: none). A third of an H100's or H200's 50 MB L2: the weights of the
-#: kernel running and those of the next fit beside each other. Read at each launch, so
-#: tools/compile_variants.py can compare others.
-L2_PREFETCH_BYTES = 16 << 20
 #: Cache positions :func:`decode_attention` reads per iteration (the prompts' 10-15 tokens and
 #: 32 new ones: one iteration)
 ATTENTION_BLOCK_T = 64
@@ -100,22 +88,6 @@ def _wait_for_previous(PDL: tl.constexpr):
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
-
-
-@triton.jit
-def _prefetch_l2(w_ptr, span_bytes, PIECES: tl.constexpr):
-    """This program's share of the ``span_bytes`` bytes at ``w_ptr`` (both 16-byte multiples)
-    asked into L2, in PIECES bulk prefetches (Hopper's ``cp.async.bulk.prefetch.L2``, which no
-    thread waits for). PIECES is the program's thread count, so each thread asks for one piece:
-    a smaller block would be repeated across threads, each repeat a request of its own."""
-    programs = tl.num_programs(0) * tl.num_programs(1)
-    program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
-    piece = tl.cdiv(tl.cdiv(span_bytes, programs * PIECES), 16) * 16
-    offsets = (program * PIECES + tl.arange(0, PIECES)).to(tl.int64) * piece
-    sizes = tl.minimum(tl.maximum(span_bytes - offsets, 0), piece).to(tl.int32)
-    tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.ne.u32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
-        "=r,l,r", [w_ptr.to(tl.pointer_type(tl.int8)) + offsets, sizes], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -149,10 +121,9 @@ def _gemv_chunk(x_ptr, w, w_up, rk, k_mask, norm_w_ptr, acc, acc_up, total, squa
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rowsum_ptr, best_ptr, partial_ptr, arrived_ptr,
-                 N, K, stride_wn, eps, prefetch_bytes, NORM: tl.constexpr, ACT: tl.constexpr, GLU: tl.constexpr,
+                 N, K, stride_wn, eps, NORM: tl.constexpr, ACT: tl.constexpr, GLU: tl.constexpr,
                  HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, ARGMAX: tl.constexpr, PDL: tl.constexpr,
-                 PREFETCH: tl.constexpr, THREADS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SPLIT_K: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
     """y[n] = act(sum_k f(x)[k] w[n, k] + bias[n]) (+ y[n] where RESIDUAL), for BLOCK_N rows n.
 
     f is the identity, or a norm over all K inputs folded into the one pass over x that reads
@@ -168,10 +139,6 @@ def _gemv_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rowsum_pt
 
     ARGMAX: also fold the rows' best (y, lowest index) into ``best_ptr`` (:func:`_pack_best`).
 
-    PREFETCH: the programs first ask the first ``prefetch_bytes`` of the weights (and of the
-    up projection's) into L2 between them (:func:`_prefetch_l2`; THREADS per program), before
-    waiting for the kernel before.
-
     SPLIT_K > 1: the SPLIT_K programs of a row block (program_id(1)) each take every SPLIT_K-th
     BLOCK_K chunk, so a matrix of few rows still has programs enough to fill the card. Each
     writes its partial sums (and the norm's statistics) to ``partial_ptr``; the last of them
@@ -186,10 +153,6 @@ def _gemv_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rowsum_pt
     n_mask = rn < N
     rk = split * BLOCK_K + tl.arange(0, BLOCK_K)
     k_mask = rk < K
-    if PREFETCH:
-        _prefetch_l2(w_ptr, prefetch_bytes, THREADS)
-        if GLU:
-            _prefetch_l2(up_ptr, prefetch_bytes, THREADS)
     w = _weights(w_ptr, rn, n_mask, rk, k_mask, stride_wn, True)
     w_up = _weights(up_ptr, rn, n_mask, rk, k_mask, stride_wn, GLU)
     _wait_for_previous(PDL)  # the first weights are in flight; x is the kernel before's result
@@ -364,24 +327,11 @@ def gemv(x, w, y, *, bias=None, ln=None, rms=None, act=ACT_NONE, up=None, residu
     else:
         norm, norm_w, rowsum, eps = NORM_NONE, x, x, 0.0
     partial, arrived = (scratch.partial, scratch.arrived) if scratch is not None else (y, y)
-    prefetch_bytes = _prefetch_bytes(w, up)
     _gemv_kernel[(triton.cdiv(n, config["BLOCK_N"]), config["SPLIT_K"])](
         x, w, up if up is not None else w, y, bias if bias is not None else y, norm_w, rowsum,
-        best if best is not None else y, partial, arrived, n, k, w.stride(0), eps, prefetch_bytes, NORM=norm, ACT=act,
+        best if best is not None else y, partial, arrived, n, k, w.stride(0), eps, NORM=norm, ACT=act,
         GLU=up is not None, HAS_BIAS=bias is not None, RESIDUAL=residual, ARGMAX=best is not None, **_pdl(),
-        PREFETCH=prefetch_bytes > 0, THREADS=32 * config.get("num_warps", 4), **config)
-
-
-def _prefetch_bytes(w, up) -> int:
-    """How many bytes of each matrix a :func:`gemv` launch prefetches into L2: the first
-    :data:`L2_PREFETCH_BYTES` (rounded down to 16), where the weights can be bulk-prefetched:
-    under programmatic dependent launch (the kernel starts before the one before it ends; Hopper
-    or later, which has the instruction), each matrix one contiguous, 16-byte aligned span.
-    Else 0."""
-    matrices = [w] if up is None else [w, up]
-    if not USE_PDL or not all(m.is_contiguous() and m.data_ptr() % 16 == 0 for m in matrices):
-        return 0
-    return min(w.numel() * w.element_size(), L2_PREFETCH_BYTES) // 16 * 16
+        **config)
 
 
 def _pdl() -> dict:

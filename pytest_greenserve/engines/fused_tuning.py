@@ -99,7 +99,7 @@ def tune(decoder) -> dict:
 
 def tuning_key(decoder) -> dict:
     """What a tuning result depends on: the card, the GEMV sites' shapes and flags (the norm
-    folded in, a gated MLP), the weights' dtype, the launch mode and L2 prefetch, the candidates, and the
+    folded in, a gated MLP), the weights' dtype, the launch mode, the candidates, and the
     versions of Triton and torch."""
     import torch
     import triton
@@ -110,7 +110,7 @@ def tuning_key(decoder) -> dict:
     return {"card": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
             "shapes": {site: list(shape) for site, shape in site_shapes(decoder).items()},
             "norm": sorted(decoder.layers[0].norm_1), "gated": decoder.gated, "dtype": str(decoder.lm_head.dtype),
-            "pdl": fk.USE_PDL, "l2_prefetch_bytes": fk.L2_PREFETCH_BYTES,
+            "pdl": fk.USE_PDL,
             "candidates": hashlib.sha256(json.dumps(fk.candidate_configs(), sort_keys=True).encode()).hexdigest()[:12],
             "triton": triton.__version__, "torch": torch.__version__}
 

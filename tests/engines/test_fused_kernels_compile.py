@@ -38,7 +38,7 @@ def compile_ptx(fn, types: dict, constants: dict, num_warps: int = 4) -> str:
 
 GEMV_TYPES = dict(x_ptr="*fp32", w_ptr="*bf16", up_ptr="*bf16", y_ptr="*fp32", bias_ptr="*fp32", norm_w_ptr="*fp32",
                   ln_rowsum_ptr="*fp32", best_ptr="*i64", partial_ptr="*fp32", arrived_ptr="*i32", N="i32", K="i32",
-                  stride_wn="i32", eps="fp32", prefetch_bytes="i32")
+                  stride_wn="i32", eps="fp32")
 LN, RMS = fk.LAYER_NORM, fk.RMS_NORM
 
 
@@ -56,13 +56,11 @@ def test_the_gemv_compiles_with_vector_loads_and_its_weights_read_before_the_wai
                                                                                     argmax, split_k):
     ptx = compile_ptx(fk._gemv_kernel, GEMV_TYPES,
                       dict(NORM=norm, ACT=act, GLU=glu, HAS_BIAS=bias, RESIDUAL=residual, ARGMAX=argmax, PDL=True,
-                           PREFETCH=True, THREADS=128, BLOCK_N=16, BLOCK_K=256, SPLIT_K=split_k))
+                           BLOCK_N=16, BLOCK_K=256, SPLIT_K=split_k))
     before = ptx[:ptx.index("griddepcontrol.wait")]
     weights = [line for line in before.split("\n") if "ld.global" in line and "evict_first" in line]
     # 16 rows x 256 bf16 over 128 threads: four 16-byte loads per matrix (two with the gate)
     assert len(weights) == 4 * (2 if glu else 1) and all("v4.b32" in line for line in weights), weights
-    # and one bulk L2 prefetch per thread and matrix, asked before the wait too
-    assert before.count("cp.async.bulk.prefetch.L2.global") == (2 if glu else 1)
     if split_k > 1:  # the arrival counter: one acquire-release atomic per program
         assert "atom.global.gpu.acq_rel.add" in ptx
 
@@ -70,8 +68,7 @@ def test_the_gemv_compiles_with_vector_loads_and_its_weights_read_before_the_wai
 def test_a_gated_gemv_that_splits_k_is_refused_when_compiled():
     with pytest.raises(Exception, match="never splits|splits no K"):
         compile_ptx(fk._gemv_kernel, GEMV_TYPES, dict(NORM=RMS, ACT=fk.SILU, GLU=True, HAS_BIAS=False, RESIDUAL=False,
-                                                      ARGMAX=False, PDL=True, PREFETCH=True, THREADS=128, BLOCK_N=16,
-                                                      BLOCK_K=256, SPLIT_K=2))
+                                                      ARGMAX=False, PDL=True, BLOCK_N=16, BLOCK_K=256, SPLIT_K=2))
 
 
 @pytest.mark.parametrize("rotary", [False, True])
