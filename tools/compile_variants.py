@@ -14,6 +14,7 @@ Variants:
   fused     the engine's fused+graph mode: hand-fused Triton kernels, five per layer (engines/fused_decoder.py)
   fused-nopdl  the same, every kernel launched without programmatic dependent launch
   fused-t32 the same, attention reading the cache 32 positions per iteration instead of 64
+  fused-sepattn  the same, attention as a kernel of its own instead of in the q/k/v GEMV's tail
 
 Per variant: ms/token (median request / new tokens, CUDA synchronised), the first request's
 tokens against the base variant's (exact; bf16 near-ties may differ, the plugin judges quality),
@@ -31,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32")
+VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32", "fused-sepattn")
 
 
 def child(a) -> dict:
@@ -53,6 +54,10 @@ def child(a) -> dict:
         fused_kernels.USE_PDL = fused_kernels.USE_PDL and v != "fused-nopdl"
         if v == "fused-t32":
             fused_kernels.ATTENTION_BLOCK_T = 32
+        if v == "fused-sepattn":
+            from pytest_greenserve.engines import fused_decoder
+
+            fused_decoder.ATTENTION_IN_QKV_GEMV = False
     if v != "base" and not fused:
         torch._inductor.config.coordinate_descent_tuning = True
     if v == "autotune":
@@ -126,6 +131,7 @@ def child(a) -> dict:
             "step_parts_us": parts,
             "compile_mode": info["compile_mode"], "compile_fallback": info["compile_fallback"],
             "pdl": fused and fused_kernels.USE_PDL,
+            "attention_in_qkv": eng.fused.attention_in_qkv if fused and eng.fused else None,
             "device": torch.cuda.get_device_name() if cuda else "cpu"}
 
 
@@ -137,20 +143,21 @@ def anatomy(eng, position: int) -> dict:
     from pytest_greenserve.engines.fused_tuning import graph_us
 
     f = eng.fused
+    f.pos = eng.pos
 
     def attention_only():
-        for i, layer in enumerate(f.layers):
-            k.decode_attention(f.qkv, f.keys[i], f.values[i], eng.pos, f.attn, heads=f.heads, kv_heads=f.kv_heads,
-                               head_dim=f.head_dim, scale=layer.scaling)
+        for i in range(len(f.layers)):
+            f.attention(i)
 
     def no_attention():
         k.embed(eng.tok, eng.pos, f.wte, f.wpe, f.x)
-        f.layer_gemvs()
+        f.layers_at(eng.pos, attention=False)
         f.lm_head_gemv(f.best)
         k.greedy_advance(f.best, eng.tok, eng.pos, eng.generated)
 
     parts = {"step": lambda: f.step(eng.tok, eng.pos, eng.generated), "step without attention": no_attention,
-             "GEMVs alone": lambda: (f.layer_gemvs(), f.lm_head_gemv(f.best)), "attention alone": attention_only}
+             "GEMVs alone": lambda: (f.layers_at(eng.pos, attention=False), f.lm_head_gemv(f.best)),
+             "attention alone": attention_only}
     timed = {}
     for name, fn in parts.items():
         def launch():

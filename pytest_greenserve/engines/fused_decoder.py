@@ -34,6 +34,9 @@ import torch
 
 #: The families with a fused step (the others get inductor+graph)
 FAMILIES = ("gpt2", "gpt_bigcode", "llama")
+#: Attention runs in the q/k/v GEMV's tail (fused_kernels.Attention) rather than as a kernel of
+#: its own; read when a decoder is made, so tools/compile_variants.py can compare both
+ATTENTION_IN_QKV_GEMV = True
 
 
 def unsupported_reason(config) -> str | None:
@@ -166,6 +169,17 @@ class FusedDecoder:
         self.scratch = fused_kernels.GemvScratch(max(self.logits.numel(), self.mlp.numel(), qkv_size), device)
         # the greedy choice, packed (fused_kernels.gemv's ``best``); consumed and reset each step
         self.best = torch.full((1,), fused_kernels.NO_BEST, dtype=torch.long, device=device)
+        #: where attention runs: in the q/k/v GEMV's tail, or (False) as a kernel of its own
+        self.attention_in_qkv = ATTENTION_IN_QKV_GEMV
+        # what attention in the q/k/v GEMV counts: arrivals per head, zero between launches, and
+        # per BLOCK_N a launch may use, the row blocks each head needs (fused_kernels.heads_needed)
+        self.heads_arrived = torch.zeros(self.heads, dtype=torch.int32, device=device)
+        self.heads_needed = {
+            block_n: torch.tensor(fused_kernels.heads_needed(block_n, self.heads, self.kv_heads, self.head_dim),
+                                  dtype=torch.int32, device=device)
+            for block_n in {c["BLOCK_N"] for c in fused_kernels.candidate_configs()} | {
+                c["BLOCK_N"] for c in (fused_kernels.default_config(qkv_size, hidden),)}}
+        self.pos = None  # the step's position (a device tensor), from the first call on
         from .fused_tuning import site_shapes, tuned
 
         #: each GEMV site's launch configuration (fused_tuning.SITES), tuned on CUDA
@@ -183,31 +197,48 @@ class FusedDecoder:
 
     @torch.no_grad()
     def __call__(self, tok, pos, best=None):
-        k, x = self.kernels, self.x
-        k.embed(tok, pos, self.wte, self.wpe, x)
+        self.pos = pos
+        self.kernels.embed(tok, pos, self.wte, self.wpe, self.x)
         for i in range(len(self.layers)):
-            self._layer_gemvs(i, attention=lambda: k.decode_attention(
-                self.qkv, self.keys[i], self.values[i], pos, self.attn, heads=self.heads, kv_heads=self.kv_heads,
-                head_dim=self.head_dim, scale=self.layers[i].scaling, rotary=self.rotary))
+            self._layer(i)
         self.lm_head_gemv(best)
         return self.logits.view(1, -1)
 
-    def _layer_gemvs(self, i: int, attention=None) -> None:
-        """Layer ``i``'s four GEMVs, with ``attention()`` between the first two."""
+    def attention_args(self, i: int) -> dict:
+        """Layer ``i``'s attention at the step's position (fused_kernels.decode_attention's)."""
+        return dict(keys=self.keys[i], values=self.values[i], pos=self.pos, out=self.attn, heads=self.heads,
+                    kv_heads=self.kv_heads, head_dim=self.head_dim, scale=self.layers[i].scaling, rotary=self.rotary)
+
+    def attention(self, i: int) -> None:
+        """Layer ``i``'s attention as a kernel of its own."""
+        self.kernels.decode_attention(self.qkv, **self.attention_args(i))
+
+    def _layer(self, i: int, attention: bool = True) -> None:
+        """Layer ``i``: its four GEMVs and (``attention``) its attention, in the q/k/v GEMV's
+        tail or as a kernel of its own between the first two (:attr:`attention_in_qkv`)."""
         k, x, layer, configs, scratch = self.kernels, self.x, self.layers[i], self.configs, self.scratch
-        k.gemv(x, layer.qkv_w, self.qkv, bias=layer.qkv_b, **layer.norm_1, scratch=scratch, config=configs["qkv"])
-        if attention is not None:
-            attention()
+        attend = None
+        if attention and self.attention_in_qkv:
+            block_n = configs["qkv"]["BLOCK_N"]
+            attend = k.Attention(**self.attention_args(i), heads_arrived=self.heads_arrived,
+                                 heads_needed=self.heads_needed[block_n], block_n=block_n)
+        k.gemv(x, layer.qkv_w, self.qkv, bias=layer.qkv_b, **layer.norm_1, scratch=scratch, config=configs["qkv"],
+               attend=attend)
+        if attention and not self.attention_in_qkv:
+            self.attention(i)
         k.gemv(self.attn, layer.out_w, x, bias=layer.out_b, residual=True, scratch=scratch, config=configs["out"])
         k.gemv(x, layer.fc_w, self.mlp, bias=layer.fc_b, **layer.norm_2, act=self.act, up=layer.up_w,
                scratch=scratch, config=configs["fc"])
         k.gemv(self.mlp, layer.proj_w, x, bias=layer.proj_b, residual=True, scratch=scratch, config=configs["proj"])
 
-    def layer_gemvs(self) -> None:
-        """Every layer's four GEMVs and nothing else (what fused_tuning times); they leave the
-        activations as the step never would, which its next run rebuilds from the embedding."""
+    def layers_at(self, pos, attention: bool = True) -> None:
+        """Every layer at position ``pos`` (what fused_tuning times), without the embedding and
+        the vocabulary GEMV; ``attention`` False: the GEMVs alone. They leave the activations
+        and the cache's slot at ``pos`` as the step never would: the step rebuilds the first
+        from the embedding, and rewrites the slot before any later position reads it."""
+        self.pos = pos
         for i in range(len(self.layers)):
-            self._layer_gemvs(i)
+            self._layer(i, attention)
 
     def lm_head_gemv(self, best=None) -> None:
         """The vocabulary GEMV (final norm folded in); with ``best``, the greedy choice."""

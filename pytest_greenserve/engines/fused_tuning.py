@@ -7,8 +7,9 @@ one starcoderbase-1b step in bf16 took 787 µs on an H200; the fastest configura
 shape, timed as the step runs them, took 709 µs (tools/gemv_bench.py, docs/measurements.md).
 
 So each GEMV site (q/k/v, attention output, MLP up, MLP down, vocabulary) is tuned in the
-step's own sequence: every layer's four GEMVs on the model's own weights (each layer's from
-memory, as in the step), chained by programmatic dependent launch where the card has it,
+step's own sequence: every layer's four GEMVs and its attention on the model's own weights
+(each layer's from memory, as in the step), chained by programmatic dependent launch where the
+card has it,
 captured as one CUDA graph and replayed. One site at a time tries each candidate while the
 others keep their current choice (coordinate descent, the sites in the step's order); the
 vocabulary GEMV, one matrix larger than L2, is timed alone.
@@ -32,6 +33,9 @@ from ..fsutil import write_text_atomically
 SITES = ("qkv", "out", "fc", "proj", "lm_head")
 #: Replays of a candidate's graph timed (after two untimed)
 REPLAYS = 10
+#: The position the layers are timed at: attention reads this many cached positions (a prompt's
+#: 10-15 tokens and a few generated)
+TUNING_POSITION = 16
 
 
 def site_shapes(decoder) -> dict[str, tuple[int, int]]:
@@ -67,16 +71,23 @@ def tune(decoder) -> dict:
     """Choose ``decoder.configs`` (one launch configuration per site) on its CUDA device.
 
     Returns what was chosen and how: per site the configuration, the candidates tried, and the
-    µs per step of what its timing covers (every layer's four GEMVs, or the vocabulary GEMV)
-    before the site was tuned and after; the seconds the tuning took."""
+    µs per step of what its timing covers (every layer, its attention included, at position
+    :data:`TUNING_POSITION`; or the vocabulary GEMV) before the site was tuned and after; the
+    seconds the tuning took."""
+    import torch
+
     from . import fused_kernels as fk
 
     started = time.perf_counter()
     shapes = site_shapes(decoder)
+    # the attention reads the cache up to here (its contents do not matter to the timing)
+    pos = torch.full((1,), min(TUNING_POSITION, decoder.keys[0].shape[2] - 1), dtype=torch.long,
+                     device=decoder.x.device)
     timed = {}
     for site in SITES:
         n, k = shapes[site]
-        launch = (lambda: decoder.lm_head_gemv(decoder.best)) if site == "lm_head" else decoder.layer_gemvs
+        launch = (lambda: decoder.lm_head_gemv(decoder.best)) if site == "lm_head" else (
+            lambda: decoder.layers_at(pos))
         timed[site] = {"before_us": graph_us(launch)}
         best_us, best = timed[site]["before_us"], decoder.configs[site]
         tried = 0
@@ -99,7 +110,8 @@ def tune(decoder) -> dict:
 
 def tuning_key(decoder) -> dict:
     """What a tuning result depends on: the card, the GEMV sites' shapes and flags (the norm
-    folded in, a gated MLP), the weights' dtype, the launch mode, the candidates, and the
+    folded in, a gated MLP), the weights' dtype, the launch mode, where attention runs, the
+    candidates, and the
     versions of Triton and torch."""
     import torch
     import triton
@@ -110,7 +122,7 @@ def tuning_key(decoder) -> dict:
     return {"card": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
             "shapes": {site: list(shape) for site, shape in site_shapes(decoder).items()},
             "norm": sorted(decoder.layers[0].norm_1), "gated": decoder.gated, "dtype": str(decoder.lm_head.dtype),
-            "pdl": fk.USE_PDL,
+            "pdl": fk.USE_PDL, "attention_in_qkv": decoder.attention_in_qkv,
             "candidates": hashlib.sha256(json.dumps(fk.candidate_configs(), sort_keys=True).encode()).hexdigest()[:12],
             "triton": triton.__version__, "torch": torch.__version__}
 
