@@ -14,7 +14,6 @@ Variants:
   fused     the engine's fused+graph mode: hand-fused Triton kernels, five per layer (engines/fused_decoder.py)
   fused-nopdl  the same, every kernel launched without programmatic dependent launch
   fused-t32 the same, attention reading the cache 32 positions per iteration instead of 64
-  fused-sepattn  the same, attention as a kernel of its own instead of in the q/k/v GEMV's tail
 
 Per variant: ms/token (median request / new tokens, CUDA synchronised), the first request's
 tokens against the base variant's (exact; bf16 near-ties may differ, the plugin judges quality),
@@ -32,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32", "fused-sepattn")
+VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32")
 
 
 def child(a) -> dict:
@@ -54,10 +53,6 @@ def child(a) -> dict:
         fused_kernels.USE_PDL = fused_kernels.USE_PDL and v != "fused-nopdl"
         if v == "fused-t32":
             fused_kernels.ATTENTION_BLOCK_T = 32
-        if v == "fused-sepattn":
-            from pytest_greenserve.engines import fused_decoder
-
-            fused_decoder.ATTENTION_IN_QKV_GEMV = False
     if v != "base" and not fused:
         torch._inductor.config.coordinate_descent_tuning = True
     if v == "autotune":
@@ -131,7 +126,6 @@ def child(a) -> dict:
             "step_parts_us": parts,
             "compile_mode": info["compile_mode"], "compile_fallback": info["compile_fallback"],
             "pdl": fused and fused_kernels.USE_PDL,
-            "attention_in_qkv": eng.fused.attention_in_qkv if fused and eng.fused else None,
             "device": torch.cuda.get_device_name() if cuda else "cpu"}
 
 

@@ -9,16 +9,22 @@ reads the cache only up to the current position. 5 × layers + 3 kernels per tok
 embedding, the final GEMV, which also folds the greedy choice into one atomic maximum, and the
 kernel that turns that choice into the next token and position): 63 on codeparrot-small.
 
-Families: gpt2 (codeparrot) and multi-query gpt_bigcode (starcoder, santacoder): a sequential
-residual, layer norms, a learned position table and a GELU MLP; and llama (TinyLlama): RMS
-norms, rotary positions (applied to q and k inside attention, from transformers' own cos and
-sin table), grouped-query attention and a gated MLP, whose gate and up projections one GEMV
-reads together. Others are refused with the reason (:func:`unsupported_reason`); the
-``compile`` engine then uses inductor.
+Families:
+- gpt2 (codeparrot) and multi-query gpt_bigcode (starcoder, santacoder): a sequential
+  residual, layer norms, a learned position table and a GELU MLP;
+- gpt_neox (pythia, stablecode) and phi (phi-2): layer norms, partial rotary positions and a
+  parallel residual, x + attn(ln_1(x)) + mlp(ln_2(x)) (phi: one layer norm for both), so the
+  MLP's first GEMV runs before attention's output projection adds to x;
+- llama (TinyLlama): RMS norms, rotary positions, grouped-query attention and a gated MLP,
+  whose gate and up projections one GEMV reads together.
+Rotary positions are applied to q and k inside attention, from transformers' own cos and sin
+table. Others are refused with the reason (:func:`unsupported_reason`); the ``compile`` engine
+then uses inductor.
 
 The weights are the transformers model's own tensors, except gpt2's Conv1D matrices, stored
-(K, N), which are copied once transposed to (N, K), the layout the kernels read row by row,
-and llama's q, k and v matrices, copied once into one.
+(K, N), which are copied once transposed to (N, K), the layout the kernels read row by row;
+llama's and phi's q, k and v matrices, copied once into one; and gpt_neox's q/k/v matrix,
+laid out per head (q, k, v of head 0, then of head 1...), copied once as all q, then k, then v.
 The KV cache is the static decoder's, so prefill (the eager decoder, captured) and this step
 share it. Activations are fp32 in every dtype, so bf16 reads bf16 weights and cache but
 rounds nothing else. A layer norm's bias and its weights' row sums are folded once at load
@@ -33,10 +39,7 @@ import torch
 
 
 #: The families with a fused step (the others get inductor+graph)
-FAMILIES = ("gpt2", "gpt_bigcode", "llama")
-#: Attention runs in the q/k/v GEMV's tail (fused_kernels.Attention) rather than as a kernel of
-#: its own; read when a decoder is made, so tools/compile_variants.py can compare both
-ATTENTION_IN_QKV_GEMV = True
+FAMILIES = ("gpt2", "gpt_bigcode", "gpt_neox", "phi", "llama")
 
 
 def unsupported_reason(config) -> str | None:
@@ -48,9 +51,11 @@ def unsupported_reason(config) -> str | None:
         return "the fused decode step serves multi-query gpt_bigcode only"
     if family == "llama" and (getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False)):
         return "the fused decode step serves llama without attention or MLP biases"
+    if family == "phi" and getattr(config, "qk_layernorm", False):
+        return "the fused decode step serves phi without qk_layernorm"
     from .fused_kernels import ACTIVATIONS
 
-    activation = config.hidden_act if family == "llama" else config.activation_function
+    activation = config.activation_function if family in ("gpt2", "gpt_bigcode") else config.hidden_act
     if activation not in ACTIVATIONS:
         return f"the fused decode step has no {activation!r} activation"
     return None
@@ -95,6 +100,31 @@ def _gpt_layer(block, rows, scaling: float) -> _Layer:
                   rows(mlp.c_proj), mlp.c_proj.bias, scaling)
 
 
+def _neox_layer(block, heads: int, head_dim: int, scaling: float) -> _Layer:
+    attn, mlp = block.attention, block.mlp
+
+    def by_kind(t):  # rows per head as [q_h | k_h | v_h] -> all q, then all k, then all v
+        return t.detach().view(heads, 3, head_dim, *t.shape[1:]).transpose(0, 1).reshape(t.shape).contiguous()
+
+    qkv_w = by_kind(attn.query_key_value.weight)
+    norm_1, qkv_b = _folded(block.input_layernorm, qkv_w, by_kind(attn.query_key_value.bias))
+    fc_w = mlp.dense_h_to_4h.weight.detach()
+    norm_2, fc_b = _folded(block.post_attention_layernorm, fc_w, mlp.dense_h_to_4h.bias)
+    return _Layer(norm_1, qkv_w, qkv_b, attn.dense.weight.detach(), attn.dense.bias, norm_2, fc_w, fc_b, None,
+                  mlp.dense_4h_to_h.weight.detach(), mlp.dense_4h_to_h.bias, scaling)
+
+
+def _phi_layer(block, scaling: float) -> _Layer:
+    attn, mlp = block.self_attn, block.mlp
+    qkv_w = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach()
+    qkv_b = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]).detach()
+    norm_1, qkv_b = _folded(block.input_layernorm, qkv_w, qkv_b)
+    fc_w = mlp.fc1.weight.detach()
+    norm_2, fc_b = _folded(block.input_layernorm, fc_w, mlp.fc1.bias)  # the same norm feeds the MLP
+    return _Layer(norm_1, qkv_w, qkv_b, attn.dense.weight.detach(), attn.dense.bias, norm_2, fc_w, fc_b, None,
+                  mlp.fc2.weight.detach(), mlp.fc2.bias, scaling)
+
+
 def _llama_layer(block, scaling: float) -> _Layer:
     attn, mlp = block.self_attn, block.mlp
     # q, k and v are three matrices: one copy, concatenated, is read by one GEMV
@@ -125,15 +155,30 @@ class FusedDecoder:
         w = decoder.w
         self.heads, self.kv_heads, self.head_dim = w.heads, w.kv_heads, w.head_dim
         self.keys, self.values = decoder.keys, decoder.values
-        self.lm_head = model.lm_head.weight  # (vocab, hidden); tied to the embedding in gpt2
-        if family == "llama":
-            base = model.model
+        #: (vocab, hidden); tied to the embedding in gpt2
+        self.lm_head = model.get_output_embeddings().weight
+        #: x + attn(ln_1(x)) + mlp(ln_2(x)) (gpt_neox, phi) rather than one after the other
+        self.parallel = family == "phi" or (family == "gpt_neox" and cfg.use_parallel_residual)
+        if family in ("llama", "gpt_neox", "phi"):
             self.act = fused_kernels.ACTIVATIONS[cfg.hidden_act]
-            self.layers = [_llama_layer(b, layer.scaling) for b, layer in zip(base.layers, w.layers)]
-            self.wte, self.wpe = base.embed_tokens.weight, None
-            self.norm_f, self.lm_bias = _rms(base.norm), None
             # transformers' own cos and sin table (rope scaling included), as fp32
             self.rotary = (decoder.cos.float().contiguous(), decoder.sin.float().contiguous())
+            if family == "gpt_neox":
+                base = model.gpt_neox
+                self.layers = [_neox_layer(b, self.heads, self.head_dim, layer.scaling)
+                               for b, layer in zip(base.layers, w.layers)]
+                self.wte, self.wpe = base.embed_in.weight, None
+                self.norm_f, self.lm_bias = _folded(base.final_layer_norm, self.lm_head.detach())
+            elif family == "phi":
+                base = model.model
+                self.layers = [_phi_layer(b, layer.scaling) for b, layer in zip(base.layers, w.layers)]
+                self.wte, self.wpe = base.embed_tokens.weight, None
+                self.norm_f, self.lm_bias = _folded(base.final_layernorm, self.lm_head.detach(), model.lm_head.bias)
+            else:
+                base = model.model
+                self.layers = [_llama_layer(b, layer.scaling) for b, layer in zip(base.layers, w.layers)]
+                self.wte, self.wpe = base.embed_tokens.weight, None
+                self.norm_f, self.lm_bias = _rms(base.norm), None
             #: bytes of weight copies made for the step (device memory beyond the model's own)
             self.copied_weight_bytes = sum(_bytes(layer.qkv_w) for layer in self.layers)
         else:
@@ -169,16 +214,6 @@ class FusedDecoder:
         self.scratch = fused_kernels.GemvScratch(max(self.logits.numel(), self.mlp.numel(), qkv_size), device)
         # the greedy choice, packed (fused_kernels.gemv's ``best``); consumed and reset each step
         self.best = torch.full((1,), fused_kernels.NO_BEST, dtype=torch.long, device=device)
-        #: where attention runs: in the q/k/v GEMV's tail, or (False) as a kernel of its own
-        self.attention_in_qkv = ATTENTION_IN_QKV_GEMV
-        # what attention in the q/k/v GEMV counts: arrivals per head, zero between launches, and
-        # per BLOCK_N a launch may use, the row blocks each head needs (fused_kernels.heads_needed)
-        self.heads_arrived = torch.zeros(self.heads, dtype=torch.int32, device=device)
-        self.heads_needed = {
-            block_n: torch.tensor(fused_kernels.heads_needed(block_n, self.heads, self.kv_heads, self.head_dim),
-                                  dtype=torch.int32, device=device)
-            for block_n in {c["BLOCK_N"] for c in fused_kernels.candidate_configs()} | {
-                c["BLOCK_N"] for c in (fused_kernels.default_config(qkv_size, hidden),)}}
         self.pos = None  # the step's position (a device tensor), from the first call on
         from .fused_tuning import site_shapes, tuned
 
@@ -204,31 +239,30 @@ class FusedDecoder:
         self.lm_head_gemv(best)
         return self.logits.view(1, -1)
 
-    def attention_args(self, i: int) -> dict:
-        """Layer ``i``'s attention at the step's position (fused_kernels.decode_attention's)."""
-        return dict(keys=self.keys[i], values=self.values[i], pos=self.pos, out=self.attn, heads=self.heads,
-                    kv_heads=self.kv_heads, head_dim=self.head_dim, scale=self.layers[i].scaling, rotary=self.rotary)
-
     def attention(self, i: int) -> None:
-        """Layer ``i``'s attention as a kernel of its own."""
-        self.kernels.decode_attention(self.qkv, **self.attention_args(i))
+        """Layer ``i``'s attention at the step's position (a kernel of its own)."""
+        self.kernels.decode_attention(self.qkv, self.keys[i], self.values[i], self.pos, self.attn, heads=self.heads,
+                                      kv_heads=self.kv_heads, head_dim=self.head_dim, scale=self.layers[i].scaling,
+                                      rotary=self.rotary)
 
     def _layer(self, i: int, attention: bool = True) -> None:
-        """Layer ``i``: its four GEMVs and (``attention``) its attention, in the q/k/v GEMV's
-        tail or as a kernel of its own between the first two (:attr:`attention_in_qkv`)."""
+        """Layer ``i``: its four GEMVs, and (``attention``) its attention between the first two.
+        With a parallel residual, the MLP's first GEMV reads x before attention's output is
+        added to it."""
         k, x, layer, configs, scratch = self.kernels, self.x, self.layers[i], self.configs, self.scratch
-        attend = None
-        if attention and self.attention_in_qkv:
-            block_n = configs["qkv"]["BLOCK_N"]
-            attend = k.Attention(**self.attention_args(i), heads_arrived=self.heads_arrived,
-                                 heads_needed=self.heads_needed[block_n], block_n=block_n)
-        k.gemv(x, layer.qkv_w, self.qkv, bias=layer.qkv_b, **layer.norm_1, scratch=scratch, config=configs["qkv"],
-               attend=attend)
-        if attention and not self.attention_in_qkv:
+        k.gemv(x, layer.qkv_w, self.qkv, bias=layer.qkv_b, **layer.norm_1, scratch=scratch, config=configs["qkv"])
+        if attention:
             self.attention(i)
-        k.gemv(self.attn, layer.out_w, x, bias=layer.out_b, residual=True, scratch=scratch, config=configs["out"])
+
+        def attention_output():
+            k.gemv(self.attn, layer.out_w, x, bias=layer.out_b, residual=True, scratch=scratch, config=configs["out"])
+
+        if not self.parallel:
+            attention_output()
         k.gemv(x, layer.fc_w, self.mlp, bias=layer.fc_b, **layer.norm_2, act=self.act, up=layer.up_w,
                scratch=scratch, config=configs["fc"])
+        if self.parallel:
+            attention_output()
         k.gemv(self.mlp, layer.proj_w, x, bias=layer.proj_b, residual=True, scratch=scratch, config=configs["proj"])
 
     def layers_at(self, pos, attention: bool = True) -> None:

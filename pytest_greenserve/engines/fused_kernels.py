@@ -121,13 +121,9 @@ def _gemv_chunk(x_ptr, w, w_up, rk, k_mask, norm_w_ptr, acc, acc_up, total, squa
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rowsum_ptr, best_ptr, partial_ptr, arrived_ptr,
-                 N, K, stride_wn, eps,
-                 k_cache_ptr, v_cache_ptr, pos_ptr, attn_ptr, cos_ptr, sin_ptr, heads_arrived_ptr, heads_needed_ptr,
-                 scale, heads, q_size, kv_size, group, head_stride, D, R,
-                 NORM: tl.constexpr, ACT: tl.constexpr, GLU: tl.constexpr,
+                 N, K, stride_wn, eps, NORM: tl.constexpr, ACT: tl.constexpr, GLU: tl.constexpr,
                  HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, ARGMAX: tl.constexpr, PDL: tl.constexpr,
-                 ATTEND: tl.constexpr, ROTARY: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
-                 BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
     """y[n] = act(sum_k f(x)[k] w[n, k] + bias[n]) (+ y[n] where RESIDUAL), for BLOCK_N rows n.
 
     f is the identity, or a norm over all K inputs folded into the one pass over x that reads
@@ -148,16 +144,10 @@ def _gemv_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rowsum_pt
     writes its partial sums (and the norm's statistics) to ``partial_ptr``; the last of them
     to arrive (a counter per row block in ``arrived_ptr``, reset by that program) adds them in
     split order and applies the epilogue, so the result does not depend on which finished first.
-
-    ATTEND: y is the q, k and v of one decode step (the q/k/v GEMV), and the step's attention
-    runs in this kernel's tail instead of a kernel of its own (:func:`_attend_when_ready`):
-    whichever row block completes the last of a head's q, k and v rows attends for that head.
-    The row blocks run last to first, so k and v (the last rows) come first and each head's
-    attention falls to one of its own q blocks: the heads spread over programs.
     """
     tl.static_assert(not GLU or (SPLIT_K == 1 and NORM != _LAYER_NORM and not HAS_BIAS),
                      "a gated GEMV splits no K, and folds an RMS norm and no bias")
-    pid = tl.num_programs(0) - 1 - tl.program_id(0) if ATTEND else tl.program_id(0)
+    pid = tl.program_id(0)
     split = tl.program_id(1)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = rn < N
@@ -189,10 +179,6 @@ def _gemv_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rowsum_pt
     if SPLIT_K == 1:
         _gemv_epilogue(y, y_up, x_sum, x_squares, rn, n_mask, y_ptr, bias_ptr, ln_rowsum_ptr, best_ptr, K, eps, NORM,
                        ACT, GLU, HAS_BIAS, RESIDUAL, ARGMAX)
-        if ATTEND:
-            _attend_when_ready(pid * BLOCK_N, N, y_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, attn_ptr, cos_ptr, sin_ptr,
-                               heads_arrived_ptr, heads_needed_ptr, scale, heads, q_size, kv_size, group,
-                               head_stride, D, R, ROTARY, BLOCK_N, BLOCK_H, BLOCK_D, BLOCK_T)
     else:
         # partial_ptr: SPLIT_K rows of N partial sums, then (x_sum, x_squares) per (row block, split)
         tl.store(partial_ptr + split * N + rn, y, mask=n_mask)
@@ -212,10 +198,6 @@ def _gemv_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rowsum_pt
             tl.store(arrived_ptr + pid, 0)  # ready for the next launch
             _gemv_epilogue(y, y_up, x_sum, x_squares, rn, n_mask, y_ptr, bias_ptr, ln_rowsum_ptr, best_ptr, K, eps,
                            NORM, ACT, GLU, HAS_BIAS, RESIDUAL, ARGMAX)
-            if ATTEND:
-                _attend_when_ready(pid * BLOCK_N, N, y_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, attn_ptr, cos_ptr,
-                                   sin_ptr, heads_arrived_ptr, heads_needed_ptr, scale, heads, q_size, kv_size,
-                                   group, head_stride, D, R, ROTARY, BLOCK_N, BLOCK_H, BLOCK_D, BLOCK_T)
 
 
 @triton.jit
@@ -321,7 +303,7 @@ def fold_layer_norm(weight, ln_weight, ln_bias, bias=None):
 
 
 def gemv(x, w, y, *, bias=None, ln=None, rms=None, act=ACT_NONE, up=None, residual=False, best=None, scratch=None,
-         config=None, attend=None):
+         config=None):
     """``y = act(f(x) @ w.T + bias)`` (``+ y`` where ``residual``), y an fp32 vector of w's rows.
 
     f: ``ln`` (layer norm weight, rowsum, eps), with ``bias`` and rowsum from
@@ -331,10 +313,6 @@ def gemv(x, w, y, *, bias=None, ln=None, rms=None, act=ACT_NONE, up=None, residu
     :func:`greedy_advance`). ``config``: the launch configuration (BLOCK_N, BLOCK_K, SPLIT_K,
     num_warps), by default :func:`default_config`'s; SPLIT_K > 1 needs ``scratch``, a
     :class:`GemvScratch` for w's rows.
-
-    ``attend``: y is a decode step's q, k and v (as :func:`decode_attention`'s ``qkv``), and
-    this launch also runs that attention in its tail (an :class:`Attention`); its
-    ``heads_needed`` must have been made for this launch's BLOCK_N.
     """
     n, k = w.shape
     config = dict(config or default_config(n, k))
@@ -349,15 +327,11 @@ def gemv(x, w, y, *, bias=None, ln=None, rms=None, act=ACT_NONE, up=None, residu
     else:
         norm, norm_w, rowsum, eps = NORM_NONE, x, x, 0.0
     partial, arrived = (scratch.partial, scratch.arrived) if scratch is not None else (y, y)
-    if attend is not None and attend.block_n != config["BLOCK_N"]:
-        raise ValueError(f"attend was made for BLOCK_N {attend.block_n}, not {config['BLOCK_N']}")
     _gemv_kernel[(triton.cdiv(n, config["BLOCK_N"]), config["SPLIT_K"])](
         x, w, up if up is not None else w, y, bias if bias is not None else y, norm_w, rowsum,
-        best if best is not None else y, partial, arrived, n, k, w.stride(0), eps,
-        *(attend.arguments() if attend is not None else Attention.no_arguments(y)),
-        NORM=norm, ACT=act, GLU=up is not None, HAS_BIAS=bias is not None, RESIDUAL=residual,
-        ARGMAX=best is not None, **_pdl(), ATTEND=attend is not None,
-        **(attend.constants() if attend is not None else Attention.no_constants()), **config)
+        best if best is not None else y, partial, arrived, n, k, w.stride(0), eps, NORM=norm, ACT=act,
+        GLU=up is not None, HAS_BIAS=bias is not None, RESIDUAL=residual, ARGMAX=best is not None, **_pdl(),
+        **config)
 
 
 def _pdl() -> dict:
@@ -408,64 +382,57 @@ def embed(tok, pos, wte, wpe, x):
 
 
 @triton.jit
-def _rotated(base_ptr, rd, d_mask, cos, sin, R, ROTARY: tl.constexpr, CACHE: tl.constexpr):
-    """The head vector at ``base_ptr`` (fp32, loaded with cache modifier CACHE), its first R
-    dims rotated as transformers' rotary embedding does: v cos + rotate_half(v) sin,
-    rotate_half(v) = (-v[R/2:R], v[:R/2])."""
-    v = tl.load(base_ptr + rd, mask=d_mask, other=0.0, cache_modifier=CACHE)
+def _rotated(base_ptr, rd, d_mask, cos, sin, R, ROTARY: tl.constexpr):
+    """The head vector at ``base_ptr`` (fp32), its first R dims rotated as transformers' rotary
+    embedding does: v cos + rotate_half(v) sin, rotate_half(v) = (-v[R/2:R], v[:R/2])."""
+    v = tl.load(base_ptr + rd, mask=d_mask, other=0.0)
     if ROTARY:
         half = R // 2
-        partner = tl.load(base_ptr + tl.where(rd < half, rd + half, rd - half), mask=rd < R, other=0.0,
-                          cache_modifier=CACHE)
+        partner = tl.load(base_ptr + tl.where(rd < half, rd + half, rd - half), mask=rd < R, other=0.0)
         v = v * cos + tl.where(rd < half, -partner, partner) * sin
     return v
 
 
 @triton.jit
-def _cache_tile(k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, kv, head_stride, D, R, ROTARY: tl.constexpr,
-                BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
-    """What one head's attention reads that earlier steps wrote: the position, the first
-    BLOCK_T cached positions' keys and values of key/value head ``kv``, and the rotary tables'
-    row at the position (cos 1 and sin 0 without ROTARY)."""
+def _decode_attention_kernel(qkv_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, out_ptr, cos_ptr, sin_ptr, scale, q_size,
+                             kv_size, group, head_stride, D, R, PDL: tl.constexpr, ROTARY: tl.constexpr,
+                             BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Head ``h``: softmax(q . K[:pos+1]) V[:pos+1], the current position's key and value taken
+    from the projection (fp32), earlier ones from the cache; the first head of each key/value
+    group then writes them into the cache at ``pos`` (no program reads that slot this step).
+
+    ROTARY: q and the new key are rotated at ``pos`` first (their first R dims; the cos and sin
+    tables hold R floats per position), and the key is cached rotated, as the static decoder
+    caches it.
+
+    The position and the cache before it were written by earlier steps, not by the kernel
+    before (the projection): the first BLOCK_T positions' keys and values (and the rotary
+    tables' row) are loaded before waiting for it, so only q, k and v are read after."""
+    h = tl.program_id(0)
+    kv = h // group
     pos = tl.load(pos_ptr)
     rd = tl.arange(0, BLOCK_D)
+    d_mask = rd < D
+    base = kv * head_stride
     rt = tl.arange(0, BLOCK_T)
-    tile = kv * head_stride + rt[:, None] * D + rd[None, :]
-    both = (rt < pos)[:, None] & (rd < D)[None, :]
+    t_mask = rt < pos
+    tile = base + rt[:, None] * D + rd[None, :]
+    both = t_mask[:, None] & d_mask[None, :]
     keys = tl.load(k_cache_ptr + tile, mask=both, other=0.0)
     values = tl.load(v_cache_ptr + tile, mask=both, other=0.0)
     if ROTARY:
         cos = tl.load(cos_ptr + pos * R + rd, mask=rd < R, other=1.0)
         sin = tl.load(sin_ptr + pos * R + rd, mask=rd < R, other=0.0)
     else:
-        cos = tl.full([BLOCK_D], 1.0, tl.float32)
-        sin = tl.zeros([BLOCK_D], dtype=tl.float32)
-    return pos, keys, values, cos, sin
-
-
-@triton.jit
-def _head_attention(h, pos, keys, values, cos, sin, qkv_ptr, k_cache_ptr, v_cache_ptr, out_ptr, scale, q_size,
-                    kv_size, group, head_stride, D, R, ROTARY: tl.constexpr, BLOCK_D: tl.constexpr,
-                    BLOCK_T: tl.constexpr, QKV_CACHE: tl.constexpr):
-    """Head ``h``: softmax(q . K[:pos+1]) V[:pos+1], the current position's key and value taken
-    from ``qkv`` (fp32; read with cache modifier QKV_CACHE), earlier ones from the cache, whose
-    first BLOCK_T positions (``keys``, ``values``) :func:`_cache_tile` read; the first head of
-    each key/value group then writes them into the cache at ``pos`` (no head reads that slot
-    this step).
-
-    ROTARY: q and the new key are rotated at ``pos`` first (their first R dims), and the key
-    is cached rotated, as the static decoder caches it."""
-    kv = h // group
-    rd = tl.arange(0, BLOCK_D)
-    d_mask = rd < D
-    base = kv * head_stride
-    q = _rotated(qkv_ptr + h * D, rd, d_mask, cos, sin, R, ROTARY, QKV_CACHE) * scale
-    k_new = _rotated(qkv_ptr + q_size + kv * D, rd, d_mask, cos, sin, R, ROTARY, QKV_CACHE)
-    v_new = tl.load(qkv_ptr + q_size + kv_size + kv * D + rd, mask=d_mask, other=0.0, cache_modifier=QKV_CACHE)
+        cos, sin = 1.0, 0.0
+    _wait_for_previous(PDL)
+    q = _rotated(qkv_ptr + h * D, rd, d_mask, cos, sin, R, ROTARY) * scale
+    k_new = _rotated(qkv_ptr + q_size + kv * D, rd, d_mask, cos, sin, R, ROTARY)
+    v_new = tl.load(qkv_ptr + q_size + kv_size + kv * D + rd, mask=d_mask, other=0.0)
     m_i = tl.sum(q * k_new, axis=0)  # running maximum, from the current position's score
     l_i = m_i * 0.0 + 1.0  # running sum of exp(score - m_i)
     acc = v_new  # running sum of exp(score - m_i) * value
-    m_i, l_i, acc = _attend(q, keys, values, tl.arange(0, BLOCK_T) < pos, m_i, l_i, acc)
+    m_i, l_i, acc = _attend(q, keys, values, t_mask, m_i, l_i, acc)
     for t0 in range(BLOCK_T, pos, BLOCK_T):  # positions past the first tile, read as they come
         rt_next = t0 + tl.arange(0, BLOCK_T)
         t_mask_next = rt_next < pos
@@ -477,54 +444,6 @@ def _head_attention(h, pos, keys, values, cos, sin, qkv_ptr, k_cache_ptr, v_cach
     if h % group == 0:
         tl.store(k_cache_ptr + base + pos * D + rd, k_new.to(k_cache_ptr.dtype.element_ty), mask=d_mask)
         tl.store(v_cache_ptr + base + pos * D + rd, v_new.to(v_cache_ptr.dtype.element_ty), mask=d_mask)
-
-
-@triton.jit
-def _decode_attention_kernel(qkv_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, out_ptr, cos_ptr, sin_ptr, scale, q_size,
-                             kv_size, group, head_stride, D, R, PDL: tl.constexpr, ROTARY: tl.constexpr,
-                             BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
-    """:func:`_head_attention` for head ``program_id(0)``. The position and the cache before it
-    were written by earlier steps, not by the kernel before (the projection): the first tile
-    (:func:`_cache_tile`) is loaded before waiting for it, so only q, k and v are read after."""
-    h = tl.program_id(0)
-    pos, keys, values, cos, sin = _cache_tile(k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, h // group,
-                                              head_stride, D, R, ROTARY, BLOCK_D, BLOCK_T)
-    _wait_for_previous(PDL)
-    _head_attention(h, pos, keys, values, cos, sin, qkv_ptr, k_cache_ptr, v_cache_ptr, out_ptr, scale, q_size, kv_size,
-                    group, head_stride, D, R, ROTARY, BLOCK_D, BLOCK_T, "")
-
-
-@triton.jit
-def _overlaps(a0, a1, b0, b1):
-    """Whether rows [a0, a1) and [b0, b1) share one."""
-    return (a0 < b1) & (b0 < a1)
-
-
-@triton.jit
-def _attend_when_ready(r0, N, qkv_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, out_ptr, cos_ptr, sin_ptr, arrived_ptr,
-                       needed_ptr, scale, heads, q_size, kv_size, group, head_stride, D, R, ROTARY: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
-    """In the q/k/v GEMV (ATTEND), after a row block's rows [r0, r0 + BLOCK_N) are stored: count
-    it as arrived for every head whose q, k or v rows it holds (one acquire-release counter per
-    head in ``arrived_ptr``); for each head whose ``needed_ptr`` count of row blocks this
-    completes, reset its counter and attend (:func:`_head_attention`, q, k and v read from L2,
-    where the other programs' stores are)."""
-    hs = tl.arange(0, BLOCK_H)
-    g = hs // group
-    r1 = tl.minimum(r0 + BLOCK_N, N)
-    holds = (hs < heads) & (_overlaps(r0, r1, hs * D, hs * D + D)
-                            | _overlaps(r0, r1, q_size + g * D, q_size + g * D + D)
-                            | _overlaps(r0, r1, q_size + kv_size + g * D, q_size + kv_size + g * D + D))
-    tl.debug_barrier()  # every thread's rows stored before the counters say so (released by them)
-    before = tl.atomic_add(arrived_ptr + hs, tl.full([BLOCK_H], 1, tl.int32), mask=holds, sem="acq_rel")
-    completes = holds & (before == tl.load(needed_ptr + hs, mask=hs < heads, other=0) - 1)
-    for h in range(0, heads):
-        if tl.sum(tl.where(hs == h, completes, False).to(tl.int32), axis=0) > 0:
-            tl.store(arrived_ptr + h, 0)  # ready for the next launch
-            pos, keys, values, cos, sin = _cache_tile(k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, h // group,
-                                                      head_stride, D, R, ROTARY, BLOCK_D, BLOCK_T)
-            _head_attention(h, pos, keys, values, cos, sin, qkv_ptr, k_cache_ptr, v_cache_ptr, out_ptr, scale, q_size,
-                            kv_size, group, head_stride, D, R, ROTARY, BLOCK_D, BLOCK_T, ".cg")
 
 
 @triton.jit
@@ -543,72 +462,10 @@ def decode_attention(qkv, keys, values, pos, out, *, heads, kv_heads, head_dim, 
     """One decode step's attention over the static cache ``keys``/``values`` (1, kv_heads,
     capacity, head_dim), contiguous; ``qkv`` holds q (heads × head_dim), then k, then v
     (kv_heads × head_dim each), fp32; ``out`` (heads × head_dim) fp32. ``rotary``: (cos, sin),
-    fp32 tables (capacity, rotary dims), applied to q and k at ``pos``. A kernel of its own;
-    :class:`Attention` runs the same in the q/k/v GEMV's tail."""
-    shape = _AttentionShape(keys, heads, kv_heads, head_dim, rotary)
+    fp32 tables (capacity, rotary dims), applied to q and k at ``pos``."""
+    capacity = keys.shape[2]
     cos, sin = rotary if rotary is not None else (out, out)
-    _decode_attention_kernel[(heads,)](qkv, keys, values, pos, out, cos, sin, scale, *shape.sizes(),
-                                       ROTARY=rotary is not None, BLOCK_D=shape.block_d, BLOCK_T=ATTENTION_BLOCK_T,
-                                       **_pdl())
-
-
-class _AttentionShape:
-    """The sizes the attention kernels take: q's and k's (or v's) sizes, heads per key/value
-    head, one key/value head's stride in the cache, the head size, the rotary dims."""
-
-    def __init__(self, keys, heads, kv_heads, head_dim, rotary):
-        self.q_size, self.kv_size, self.group = heads * head_dim, kv_heads * head_dim, heads // kv_heads
-        self.head_stride, self.head_dim = keys.shape[2] * head_dim, head_dim
-        self.rotary_dims = rotary[0].shape[1] if rotary is not None else 0
-        self.block_d = triton.next_power_of_2(head_dim)
-
-    def sizes(self) -> tuple:
-        return self.q_size, self.kv_size, self.group, self.head_stride, self.head_dim, self.rotary_dims
-
-
-def heads_needed(block_n: int, heads: int, kv_heads: int, head_dim: int) -> list[int]:
-    """Per head, how many of the q/k/v GEMV's row blocks (``block_n`` rows each) hold its q,
-    k or v rows: the arrivals after which :class:`Attention` attends for it."""
-    q_size, kv_size, group = heads * head_dim, kv_heads * head_dim, heads // kv_heads
-    needed = []
-    for h in range(heads):
-        g = h // group
-        rows = [(h * head_dim, (h + 1) * head_dim), (q_size + g * head_dim, q_size + (g + 1) * head_dim),
-                (q_size + kv_size + g * head_dim, q_size + kv_size + (g + 1) * head_dim)]
-        needed.append(len({b for first, end in rows for b in range(first // block_n, (end - 1) // block_n + 1)}))
-    return needed
-
-
-class Attention:
-    """One layer's decode attention (what :func:`decode_attention` takes), run by the q/k/v
-    :func:`gemv` in its tail (its ``attend``) instead of a kernel of its own: one kernel less
-    per layer, and each head attends as soon as its rows are stored.
-
-    ``heads_arrived``: an int32 counter per head, zero between launches (one for every layer:
-    their GEMVs run one after another); ``heads_needed``: :func:`heads_needed` for the GEMV's
-    BLOCK_N, as an int32 tensor (``block_n``)."""
-
-    def __init__(self, keys, values, pos, out, *, heads, kv_heads, head_dim, scale, rotary, heads_arrived,
-                 heads_needed, block_n):
-        self.keys, self.values, self.pos, self.out, self.scale = keys, values, pos, out, scale
-        self.cos, self.sin = rotary if rotary is not None else (out, out)
-        self.rotary = rotary is not None
-        self.heads, self.shape = heads, _AttentionShape(keys, heads, kv_heads, head_dim, rotary)
-        self.heads_arrived, self.heads_needed, self.block_n = heads_arrived, heads_needed, block_n
-
-    def arguments(self) -> tuple:
-        return (self.keys, self.values, self.pos, self.out, self.cos, self.sin, self.heads_arrived, self.heads_needed,
-                self.scale, self.heads, *self.shape.sizes())
-
-    def constants(self) -> dict:
-        return dict(ROTARY=self.rotary, BLOCK_H=triton.next_power_of_2(self.heads), BLOCK_D=self.shape.block_d,
-                    BLOCK_T=ATTENTION_BLOCK_T)
-
-    @staticmethod
-    def no_arguments(placeholder) -> tuple:
-        """The attention's kernel arguments of a GEMV without one (``placeholder``: any tensor)."""
-        return (placeholder,) * 8 + (0.0,) + (0,) * 7
-
-    @staticmethod
-    def no_constants() -> dict:
-        return dict(ROTARY=False, BLOCK_H=1, BLOCK_D=1, BLOCK_T=1)
+    _decode_attention_kernel[(heads,)](qkv, keys, values, pos, out, cos, sin, scale, heads * head_dim,
+                                       kv_heads * head_dim, heads // kv_heads, capacity * head_dim, head_dim,
+                                       cos.shape[1] if rotary is not None else 0, ROTARY=rotary is not None,
+                                       BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_T=ATTENTION_BLOCK_T, **_pdl())

@@ -38,12 +38,8 @@ def compile_ptx(fn, types: dict, constants: dict, num_warps: int = 4) -> str:
 
 GEMV_TYPES = dict(x_ptr="*fp32", w_ptr="*bf16", up_ptr="*bf16", y_ptr="*fp32", bias_ptr="*fp32", norm_w_ptr="*fp32",
                   ln_rowsum_ptr="*fp32", best_ptr="*i64", partial_ptr="*fp32", arrived_ptr="*i32", N="i32", K="i32",
-                  stride_wn="i32", eps="fp32", k_cache_ptr="*bf16", v_cache_ptr="*bf16", pos_ptr="*i64",
-                  attn_ptr="*fp32", cos_ptr="*fp32", sin_ptr="*fp32", heads_arrived_ptr="*i32", heads_needed_ptr="*i32",
-                  scale="fp32", heads="i32", q_size="i32", kv_size="i32", group="i32", head_stride="i32", D="i32",
-                  R="i32")
+                  stride_wn="i32", eps="fp32")
 LN, RMS = fk.LAYER_NORM, fk.RMS_NORM
-NO_ATTENTION = dict(ATTEND=False, **fk.Attention.no_constants())
 
 
 @pytest.mark.parametrize("norm,act,glu,bias,residual,argmax,split_k", [
@@ -60,7 +56,7 @@ def test_the_gemv_compiles_with_vector_loads_and_its_weights_read_before_the_wai
                                                                                     argmax, split_k):
     ptx = compile_ptx(fk._gemv_kernel, GEMV_TYPES,
                       dict(NORM=norm, ACT=act, GLU=glu, HAS_BIAS=bias, RESIDUAL=residual, ARGMAX=argmax, PDL=True,
-                           **NO_ATTENTION, BLOCK_N=16, BLOCK_K=256, SPLIT_K=split_k))
+                           BLOCK_N=16, BLOCK_K=256, SPLIT_K=split_k))
     before = ptx[:ptx.index("griddepcontrol.wait")]
     weights = [line for line in before.split("\n") if "ld.global" in line and "evict_first" in line]
     # 16 rows x 256 bf16 over 128 threads: four 16-byte loads per matrix (two with the gate)
@@ -72,8 +68,7 @@ def test_the_gemv_compiles_with_vector_loads_and_its_weights_read_before_the_wai
 def test_a_gated_gemv_that_splits_k_is_refused_when_compiled():
     with pytest.raises(Exception, match="never splits|splits no K"):
         compile_ptx(fk._gemv_kernel, GEMV_TYPES, dict(NORM=RMS, ACT=fk.SILU, GLU=True, HAS_BIAS=False, RESIDUAL=False,
-                                                      ARGMAX=False, PDL=True, **NO_ATTENTION, BLOCK_N=16, BLOCK_K=256,
-                                                      SPLIT_K=2))
+                                                      ARGMAX=False, PDL=True, BLOCK_N=16, BLOCK_K=256, SPLIT_K=2))
 
 
 @pytest.mark.parametrize("rotary", [False, True])
@@ -85,16 +80,6 @@ def test_attention_compiles_with_the_cache_read_before_the_wait(rotary):
     before = ptx[:ptx.index("griddepcontrol.wait")]
     # the position, then keys and values of the first tile (and the rotary table's row)
     assert before.count("ld.global") >= (5 if rotary else 3)
-
-
-@pytest.mark.parametrize("norm,rotary,split_k", [(LN, False, 1), (LN, False, 4), (RMS, True, 1), (RMS, True, 4)])
-def test_the_qkv_gemv_compiles_with_attention_in_its_tail(norm, rotary, split_k):
-    ptx = compile_ptx(fk._gemv_kernel, GEMV_TYPES,
-                      dict(NORM=norm, ACT=fk.ACT_NONE, GLU=False, HAS_BIAS=norm == LN, RESIDUAL=False, ARGMAX=False,
-                           PDL=True, ATTEND=True, ROTARY=rotary, BLOCK_H=32, BLOCK_D=128, BLOCK_T=64, BLOCK_N=16,
-                           BLOCK_K=256, SPLIT_K=split_k))
-    # the heads' arrival counters (acquire-release), and q, k and v read from L2 after them
-    assert "atom.global.gpu.acq_rel.add" in ptx and "ld.global.cg" in ptx
 
 
 def test_the_embedding_and_greedy_kernels_compile():

@@ -25,8 +25,7 @@ def decoder(hidden=16, vocab=100):
     layer = SimpleNamespace(qkv_w=torch.empty(3 * hidden, hidden), out_w=torch.empty(hidden, hidden),
                             fc_w=torch.empty(4 * hidden, hidden), proj_w=torch.empty(hidden, 4 * hidden),
                             norm_1={"ln": None})
-    d = SimpleNamespace(layers=[layer], lm_head=torch.empty(vocab, hidden), x=torch.zeros(hidden), gated=False,
-                        attention_in_qkv=True)
+    d = SimpleNamespace(layers=[layer], lm_head=torch.empty(vocab, hidden), x=torch.zeros(hidden), gated=False)
     d.configs = {site: fk.default_config(n, k) for site, (n, k) in fused_tuning.site_shapes(d).items()}
     return d
 
