@@ -149,6 +149,25 @@ def pass_through(text: str) -> None:
         sys.stderr.write("\n".join(keep) + "\n")
 
 
+#: The most bytes one ONNX model may have when held in memory whole (protobuf's limit, 2 GiB)
+PROTOBUF_LIMIT_BYTES = 2**31
+
+
+def dedupes_tied_weights(model_ref) -> bool:
+    """Whether optimum's export may post-process the model: it deduplicates tied weights (gpt2's
+    and starcoder's embedding and vocabulary matrix) by loading the exported model whole, which
+    fails past :data:`PROTOBUF_LIMIT_BYTES` (starcoderbase-1b's 4.6 GB in fp32). Past that, the
+    export keeps both copies of a tied matrix instead. Counted on the meta device: no weights
+    are read."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_ref))
+    # every state-dict entry, tied ones twice: what the exported model holds before deduplication
+    return sum(t.numel() * 4 for t in model.state_dict().values()) < PROTOBUF_LIMIT_BYTES
+
+
 class OnnxEngine(Engine):
     name = "onnx"
     libraries = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu")
@@ -167,7 +186,8 @@ class OnnxEngine(Engine):
     def _export(self, tmp):
         from optimum.exporters.onnx import main_export
 
-        main_export(self.model.ref, output=tmp, task="text-generation-with-past", device="cpu", do_validation=False)
+        main_export(self.model.ref, output=tmp, task="text-generation-with-past", device="cpu", do_validation=False,
+                    no_post_process=not dedupes_tied_weights(self.model.ref))
 
     def load(self):
         from optimum.onnxruntime import ORTModelForCausalLM
