@@ -276,8 +276,8 @@ OPTIONS: tuple[Option, ...] = (
            choice("fp32", "bf16")),
     Option("compile-mode", "|".join(COMPILE_MODES), "auto",
            "how the compile engine captures its decode step: CUDA graph, torch.compile (inductor), both, "
-           "or neither; fused+graph: hand-fused Triton kernels captured (CUDA; gpt2, gpt_bigcode, llama); "
-           "auto: on CUDA with Triton fused+graph (gpt2, gpt_bigcode, llama) or inductor+graph, "
+           "or neither; fused+graph: hand-fused Triton kernels captured (CUDA; gpt2, gpt_bigcode, gpt_neox, phi, llama); "
+           "auto: on CUDA with Triton fused+graph (gpt2, gpt_bigcode, gpt_neox, phi, llama) or inductor+graph, "
            "on CPU inductor with a C++ compiler",
            choice(*COMPILE_MODES)),
     Option("threads", "N", "", "CPU threads for the engines", _optional(whole(1)), readme_default="library default"),

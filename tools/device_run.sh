@@ -36,6 +36,7 @@
 #   bash tools/device_run.sh llamacpp-cuda-check mini-gpt2-f16.gguf  # carry .whl-llamacuda, .whl-llamacuda-test
 #   bash tools/device_run.sh issue19-gemv starcoderbase-1b bf16  # carry .whl: the GEMVs' launch configurations, then the step
 #   bash tools/device_run.sh install-llamacuda; issue19-llamacuda codeparrot-small 32 2  # the CUDA llama.cpp in the plugin
+#   bash tools/device_run.sh ort-part aa ... ad; install-ort; issue19-onnx starcoderbase-1b 16 1  # carry .whl-engines last
 # DRY=1 runs a tiny CPU-only version of the same sessions locally to check the script.
 # Each session is capped with SIGINT (pytest then finishes cleanly); finished samples are
 # never lost. Results: one tarball of the report directories under $OUT.
@@ -252,6 +253,14 @@ PYEOF
     session "issue19-$model" 560 --greenserve-models="$model" --greenserve-configs="$configs" \
       --greenserve-prompts="$prompts" --greenserve-runs="$runs" --greenserve-idle=2 --greenserve-settle=1
     pack "issue19-$model" ;;
+  issue19-onnx)  # onnx-cuda beside torch-cuda (ARGS: model [prompts] [runs]). After install-ort on the same warm
+    # machine; carry .whl-engines (optimum-onnx, for the export)
+    [ -d $SITE/transformers ] || install .whl
+    [ -d $SITE/optimum ] || install .whl-engines
+    name=issue19-onnx-$2
+    session "$name" "${CAP:-300}" --greenserve-models="$2" --greenserve-configs=torch-cuda,onnx-cuda \
+      --greenserve-prompts="${3:-16}" --greenserve-runs="${4:-1}" --greenserve-idle=2 --greenserve-settle=1
+    pack "$name" ;;
   issue19-quality)  # bf16 judged by quality against fp32 (ARGS: [model] [prompts] [runs] [configs])
     [ -d $SITE/transformers ] || install .whl
     model=${2:-codeparrot-small}; name=issue19-bf16-$model

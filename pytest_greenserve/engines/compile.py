@@ -14,7 +14,7 @@ greedy choice included, as one unit:
 * ``inductor+graph`` (CUDA): the decoder's forward compiled, then the whole step captured as
   a CUDA graph (what gpt-fast's ``mode="reduce-overhead"`` does, captured by hand so the step's
   state stays on the device);
-* ``fused+graph`` (CUDA; gpt2, multi-query gpt_bigcode, llama): the decode step as hand-fused
+* ``fused+graph`` (CUDA; gpt2, multi-query gpt_bigcode, gpt_neox, phi, llama): the decode step as hand-fused
   Triton kernels, five per layer (:mod:`.fused_decoder`), captured as a CUDA graph; prefill
   as in ``graph``;
 * ``eager``: the static decoder without capture (a diagnostic: what the static cache alone gives);
@@ -326,7 +326,8 @@ class CompileEngine(Engine):
                 "compile_fallback": self.fallback, "kv_capacity": self.capacity,
                 "cuda_graphs_captured": self.captures, "prefill_graphs_held": len(self._prefill_graphs),
                 "prefill_graphs_dropped": self.prefill_graphs_dropped, "context_tokens": self.context_tokens,
-                # fused+graph: device memory of weight copies (gpt2's transposed, llama's q/k/v joined), MiB
+                # fused+graph: device memory of weight copies (gpt2's transposed, llama's and phi's q/k/v joined,
+                # gpt_neox's reordered), MiB
                 "fused_weight_copy_mib": self.fused.copied_weight_bytes / 2**20 if self.fused else None,
                 # fused+graph: each GEMV site's launch configuration, as chosen in the step's sequence
                 "fused_gemv_tuning": self.fused.tuning if self.fused else None}
