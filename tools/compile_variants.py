@@ -14,6 +14,7 @@ Variants:
   fused     the engine's fused+graph mode: hand-fused Triton kernels, five per layer (engines/fused_decoder.py)
   fused-nopdl  the same, every kernel launched without programmatic dependent launch
   fused-t32 the same, attention reading the cache 32 positions per iteration instead of 64
+  fused-eagerprefill  the same, prefill by the eager decoder (captured) instead of the fused kernels
 
 Per variant: ms/token (median request / new tokens, CUDA synchronised), the first request's
 tokens against the base variant's (exact; bf16 near-ties may differ, the plugin judges quality),
@@ -31,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32")
+VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32", "fused-eagerprefill")
 
 
 def child(a) -> dict:
@@ -39,6 +40,7 @@ def child(a) -> dict:
     import torch.nn.functional as F
     from transformers import AutoTokenizer
 
+    from pytest_greenserve.engines import compile as compile_engine
     from pytest_greenserve.engines import static_decoder
     from pytest_greenserve.engines.base import EngineOptions
     from pytest_greenserve.engines.compile import CompileEngine
@@ -53,6 +55,8 @@ def child(a) -> dict:
         fused_kernels.USE_PDL = fused_kernels.USE_PDL and v != "fused-nopdl"
         if v == "fused-t32":
             fused_kernels.ATTENTION_BLOCK_T = 32
+        if v == "fused-eagerprefill":
+            compile_engine.FUSED_PREFILL = False
     if v != "base" and not fused:
         torch._inductor.config.coordinate_descent_tuning = True
     if v == "autotune":
@@ -126,6 +130,7 @@ def child(a) -> dict:
             "step_parts_us": parts,
             "compile_mode": info["compile_mode"], "compile_fallback": info["compile_fallback"],
             "pdl": fused and fused_kernels.USE_PDL,
+            "fused_prefill": fused and compile_engine.FUSED_PREFILL,
             "device": torch.cuda.get_device_name() if cuda else "cpu"}
 
 

@@ -16,7 +16,8 @@ greedy choice included, as one unit:
   state stays on the device);
 * ``fused+graph`` (CUDA; gpt2, multi-query gpt_bigcode, gpt_neox, phi, llama): the decode step as hand-fused
   Triton kernels, five per layer (:mod:`.fused_decoder`), captured as a CUDA graph; prefill
-  as in ``graph``;
+  fused too (the prompt's tokens through each layer at once, each weight read once for all of
+  them: :meth:`.fused_decoder.FusedDecoder.prefill`), captured once per prompt length;
 * ``eager``: the static decoder without capture (a diagnostic: what the static cache alone gives);
 * ``auto`` (the default): on CUDA with Triton installed, ``fused+graph`` for the families it
   serves and ``inductor+graph`` for the others; ``graph`` without Triton; on CPU ``inductor``
@@ -65,6 +66,10 @@ CAPTURE_WARMUP = 3
 PREFILL_GRAPHS_MAX = 32
 
 
+#: fused+graph's prefill runs the fused kernels (False: the eager decoder, captured, as ``graph``
+#: does); read when a prompt length's prefill is captured, so tools/compile_variants.py can
+#: compare both
+FUSED_PREFILL = True
 #: What ``auto`` falls back to, in order, where its mode fails to build: the next fastest, down
 #: to the uncompiled step (which still captures on CUDA, or runs the static decoder on CPU)
 FALLBACKS = {"fused+graph": ["inductor+graph", "graph"], "inductor+graph": ["graph"], "inductor": ["eager"]}
@@ -258,8 +263,12 @@ class CompileEngine(Engine):
                 self.prefill_graphs_dropped += 1
             ids = torch.zeros(1, n, dtype=torch.long, device=self.device)
             positions = torch.arange(n, device=self.device)
-            # prefill runs the eager decoder (inductor would compile once per prompt length)
-            graph = self._capture(lambda: self._advance(self.decoder(ids, positions), positions[-1:]))
+            if self.fused is not None and FUSED_PREFILL:
+                # every layer over the prompt's tokens at once, each weight read once for all
+                graph = self._capture(lambda: self.fused.prefill(ids[0], self.tok, self.pos, self.generated))
+            else:
+                # the eager decoder (inductor would compile once per prompt length)
+                graph = self._capture(lambda: self._advance(self.decoder(ids, positions), positions[-1:]))
             # a graph reads its inputs by address: keep them alive as long as the graph
             self._prefill_graphs[n] = (graph, ids, positions)
         graph, ids, _ = self._prefill_graphs[n]

@@ -210,6 +210,11 @@ class FusedDecoder:
         self.x, self.qkv, self.attn = buffer(hidden), buffer(qkv_size), buffer(self.heads * self.head_dim)
         self.mlp = buffer(self.layers[0].fc_w.shape[0])
         self.logits = buffer(self.lm_head.shape[0])
+        # prefill's activations, one row per prompt position (up to the cache's capacity)
+        capacity = self.keys[0].shape[2]
+        self.rows = {name: buffer(capacity * v.numel()).view(capacity, v.numel())
+                     for name, v in (("x", self.x), ("qkv", self.qkv), ("attn", self.attn), ("mlp", self.mlp))}
+        self.first_position = torch.zeros(1, dtype=torch.long, device=device)  # where a prompt starts
         # what GEMVs that split K across programs share (they run one after another)
         self.scratch = fused_kernels.GemvScratch(max(self.logits.numel(), self.mlp.numel(), qkv_size), device)
         # the greedy choice, packed (fused_kernels.gemv's ``best``); consumed and reset each step
@@ -246,24 +251,50 @@ class FusedDecoder:
                                       rotary=self.rotary)
 
     def _layer(self, i: int, attention: bool = True) -> None:
-        """Layer ``i``: its four GEMVs, and (``attention``) its attention between the first two.
-        With a parallel residual, the MLP's first GEMV reads x before attention's output is
-        added to it."""
-        k, x, layer, configs, scratch = self.kernels, self.x, self.layers[i], self.configs, self.scratch
-        k.gemv(x, layer.qkv_w, self.qkv, bias=layer.qkv_b, **layer.norm_1, scratch=scratch, config=configs["qkv"])
-        if attention:
-            self.attention(i)
+        """Layer ``i`` of a decode step: its four GEMVs, and (``attention``) its attention."""
+        def project(site, x, w, y, **epilogue):
+            self.kernels.gemv(x, w, y, scratch=self.scratch, config=self.configs[site], **epilogue)
 
-        def attention_output():
-            k.gemv(self.attn, layer.out_w, x, bias=layer.out_b, residual=True, scratch=scratch, config=configs["out"])
+        self._layer_kernels(self.layers[i], project, self.x, self.qkv, self.attn, self.mlp,
+                            (lambda: self.attention(i)) if attention else None)
 
+    def _layer_kernels(self, layer: _Layer, project, x, qkv, attn, mlp, attention) -> None:
+        """One layer's four projections (``project(site, x, w, y, **epilogue)``) over the
+        activations ``x``, ``qkv``, ``attn`` and ``mlp``, with ``attention()`` between the first
+        two. With a parallel residual, the MLP's first projection reads x before attention's
+        output is added to it."""
+        project("qkv", x, layer.qkv_w, qkv, bias=layer.qkv_b, **layer.norm_1)
+        if attention is not None:
+            attention()
         if not self.parallel:
-            attention_output()
-        k.gemv(x, layer.fc_w, self.mlp, bias=layer.fc_b, **layer.norm_2, act=self.act, up=layer.up_w,
-               scratch=scratch, config=configs["fc"])
+            project("out", attn, layer.out_w, x, bias=layer.out_b, residual=True)
+        project("fc", x, layer.fc_w, mlp, bias=layer.fc_b, **layer.norm_2, act=self.act, up=layer.up_w)
         if self.parallel:
-            attention_output()
-        k.gemv(self.mlp, layer.proj_w, x, bias=layer.proj_b, residual=True, scratch=scratch, config=configs["proj"])
+            project("out", attn, layer.out_w, x, bias=layer.out_b, residual=True)
+        project("proj", mlp, layer.proj_w, x, bias=layer.proj_b, residual=True)
+
+    @torch.no_grad()
+    def prefill(self, ids, tok, pos, generated) -> None:
+        """A prompt ``ids`` (n,) at positions 0 to n - 1: every layer over all its tokens at
+        once (each weight read once, not once per token), its keys and values written into the
+        cache, and the greedy choice after its last token, as :meth:`step` makes it: ``pos =
+        n; generated[n] = tok = choice``."""
+        k, n = self.kernels, ids.numel()
+        x, qkv, attn, mlp = (self.rows[name][:n] for name in ("x", "qkv", "attn", "mlp"))
+        k.embed(ids, self.first_position, self.wte, self.wpe, x)
+
+        def project(site, x, w, y, **epilogue):
+            k.rows_gemm(x, w, y, **epilogue)
+
+        for i, layer in enumerate(self.layers):
+            self._layer_kernels(layer, project, x, qkv, attn, mlp, lambda: k.prefill_attention(
+                qkv, self.keys[i], self.values[i], attn, heads=self.heads, kv_heads=self.kv_heads,
+                head_dim=self.head_dim, scale=layer.scaling, rotary=self.rotary))
+        # the vocabulary GEMV for the last token only
+        self.kernels.gemv(x[n - 1], self.lm_head, self.logits, bias=self.lm_bias, **self.norm_f, best=self.best,
+                          scratch=self.scratch, config=self.configs["lm_head"])
+        pos.fill_(n - 1)
+        k.greedy_advance(self.best, tok, pos, generated)
 
     def layers_at(self, pos, attention: bool = True) -> None:
         """Every layer at position ``pos`` (what fused_tuning times), without the embedding and

@@ -216,13 +216,7 @@ def _gemv_epilogue(y, y_up, x_sum, x_squares, rn, n_mask, y_ptr, bias_ptr, ln_ro
         y_up = rstd * y_up
     if HAS_BIAS:
         y += tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
-    if ACT == _GELU_TANH:  # tanh approximation (gpt2's gelu_new): 0.5 y (1 + tanh(u)) = y sigmoid(2u)
-        u = 0.7978845608028654 * (y + 0.044715 * y * y * y)
-        y = y * tl.sigmoid(2.0 * u)
-    if ACT == _GELU_ERF:  # exact GELU
-        y = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))
-    if ACT == _SILU:
-        y = y * tl.sigmoid(y)
+    y = _activated(y, ACT)
     if GLU:
         y = y * y_up
     if RESIDUAL:
@@ -230,6 +224,19 @@ def _gemv_epilogue(y, y_up, x_sum, x_squares, rn, n_mask, y_ptr, bias_ptr, ln_ro
     tl.store(y_ptr + rn, y, mask=n_mask)
     if ARGMAX:
         tl.atomic_max(best_ptr, tl.max(_pack_best(tl.where(n_mask, y, float("-inf")), rn), axis=0))
+
+
+@triton.jit
+def _activated(y, ACT: tl.constexpr):
+    """The epilogues' activation, elementwise."""
+    if ACT == _GELU_TANH:  # tanh approximation (gpt2's gelu_new): 0.5 y (1 + tanh(u)) = y sigmoid(2u)
+        u = 0.7978845608028654 * (y + 0.044715 * y * y * y)
+        y = y * tl.sigmoid(2.0 * u)
+    if ACT == _GELU_ERF:  # exact GELU
+        y = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))
+    if ACT == _SILU:
+        y = y * tl.sigmoid(y)
+    return y
 
 
 @triton.jit
@@ -361,34 +368,39 @@ def greedy_advance(best, tok, pos, generated):
 @triton.jit
 def _embed_kernel(tok_ptr, pos_ptr, wte_ptr, wpe_ptr, x_ptr, H, stride_te, stride_pe,
                   HAS_POS: tl.constexpr, PDL: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)  # token ``row`` of the tokens embedded, at position pos + row
     _wait_for_previous(PDL)
-    tok = tl.load(tok_ptr)
-    pos = tl.load(pos_ptr)
+    tok = tl.load(tok_ptr + row)
+    pos = tl.load(pos_ptr) + row
     for h0 in range(0, H, BLOCK):
         rh = h0 + tl.arange(0, BLOCK)
         m = rh < H
         v = tl.load(wte_ptr + tok * stride_te + rh, mask=m, other=0.0).to(tl.float32)
         if HAS_POS:
             v += tl.load(wpe_ptr + pos * stride_pe + rh, mask=m, other=0.0).to(tl.float32)
-        tl.store(x_ptr + rh, v, mask=m)
+        tl.store(x_ptr + row * H + rh, v, mask=m)
 
 
 def embed(tok, pos, wte, wpe, x):
-    """``x = wte[tok] + wpe[pos]`` in fp32 (``wpe`` None: no learned positions)."""
+    """``x[i] = wte[tok[i]] + wpe[pos + i]`` in fp32 for each of ``tok``'s tokens (one in a
+    decode step, a prompt's in prefill; ``x`` one row of the hidden size per token); ``wpe``
+    None: no learned positions."""
     hidden = wte.shape[1]
-    _embed_kernel[(1,)](tok, pos, wte, wpe if wpe is not None else wte, x, hidden, wte.stride(0),
-                        wpe.stride(0) if wpe is not None else 0, HAS_POS=wpe is not None,
-                        BLOCK=min(1024, triton.next_power_of_2(hidden)), **_pdl())
+    _embed_kernel[(tok.numel(),)](tok, pos, wte, wpe if wpe is not None else wte, x, hidden, wte.stride(0),
+                                  wpe.stride(0) if wpe is not None else 0, HAS_POS=wpe is not None,
+                                  BLOCK=min(1024, triton.next_power_of_2(hidden)), **_pdl())
 
 
 @triton.jit
-def _rotated(base_ptr, rd, d_mask, cos, sin, R, ROTARY: tl.constexpr):
-    """The head vector at ``base_ptr`` (fp32), its first R dims rotated as transformers' rotary
-    embedding does: v cos + rotate_half(v) sin, rotate_half(v) = (-v[R/2:R], v[:R/2])."""
-    v = tl.load(base_ptr + rd, mask=d_mask, other=0.0)
+def _rotated(base_ptr, rd, mask, cos, sin, R, ROTARY: tl.constexpr):
+    """The head vector at ``base_ptr`` (fp32; dims ``rd``, where ``mask``), its first R dims
+    rotated as transformers' rotary embedding does: v cos + rotate_half(v) sin,
+    rotate_half(v) = (-v[R/2:R], v[:R/2]). ``base_ptr`` may be a column of row pointers
+    (BLOCK_T, 1), with ``mask``, ``cos`` and ``sin`` (BLOCK_T, BLOCK_D): one vector per row."""
+    v = tl.load(base_ptr + rd, mask=mask, other=0.0)
     if ROTARY:
         half = R // 2
-        partner = tl.load(base_ptr + tl.where(rd < half, rd + half, rd - half), mask=rd < R, other=0.0)
+        partner = tl.load(base_ptr + tl.where(rd < half, rd + half, rd - half), mask=mask & (rd < R), other=0.0)
         v = v * cos + tl.where(rd < half, -partner, partner) * sin
     return v
 
@@ -469,3 +481,169 @@ def decode_attention(qkv, keys, values, pos, out, *, heads, kv_heads, head_dim, 
                                        kv_heads * head_dim, heads // kv_heads, capacity * head_dim, head_dim,
                                        cos.shape[1] if rotary is not None else 0, ROTARY=rotary is not None,
                                        BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_T=ATTENTION_BLOCK_T, **_pdl())
+
+
+# -- prefill: a prompt's tokens at once --------------------------------------------------------
+#: Prompt tokens one program of :func:`rows_gemm` reads the weights for (more: another pass)
+ROWS_BLOCK_M = 64
+
+
+@triton.jit
+def _rows_gemm_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rowsum_ptr, M, N, K, stride_wn, eps,
+                      NORM: tl.constexpr, ACT: tl.constexpr, GLU: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      RESIDUAL: tl.constexpr, PDL: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """:func:`_gemv_kernel`'s y = act(f(x) w.T + bias) (+ y) for M tokens at once: x (M, K) and
+    y (M, N) row-major fp32; each program reads BLOCK_N rows of the weights once for BLOCK_M
+    tokens (tl.dot: bf16 weights take x rounded to bf16, as torch's bf16 GEMMs do; fp32
+    weights multiply in fp32). The norm's statistics are each token's, gathered in the same
+    pass over K."""
+    rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_mask = rm < M
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = rn < N
+    _wait_for_previous(PDL)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_up = tl.zeros([BLOCK_M, BLOCK_N] if GLU else [1, 1], dtype=tl.float32)
+    total = tl.zeros([BLOCK_M], dtype=tl.float32)
+    squares = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        k_mask = rk < K
+        x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        if NORM != _NORM_NONE:
+            total += tl.sum(x, axis=1)
+            squares += tl.sum(x * x, axis=1)
+            x = x * tl.load(norm_w_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)[None, :]
+        w_mask = n_mask[:, None] & k_mask[None, :]
+        w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=w_mask, other=0.0)
+        acc = _dot_rows(x, w, acc, UPCAST)
+        if GLU:
+            acc_up = _dot_rows(x, tl.load(up_ptr + rn[:, None] * stride_wn + rk[None, :], mask=w_mask, other=0.0),
+                               acc_up, UPCAST)
+    y, y_up = acc, acc_up
+    if NORM == _LAYER_NORM:
+        mean = total / K
+        rstd = 1.0 / tl.sqrt(tl.maximum(squares / K - mean * mean, 0.0) + eps)
+        y = rstd[:, None] * (y - mean[:, None] * tl.load(ln_rowsum_ptr + rn, mask=n_mask, other=0.0)[None, :])
+    if NORM == _RMS_NORM:
+        rstd = 1.0 / tl.sqrt(squares / K + eps)
+        y = rstd[:, None] * y
+        y_up = rstd[:, None] * y_up
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    y = _activated(y, ACT)
+    if GLU:
+        y = y * y_up
+    out = y_ptr + rm[:, None] * N + rn[None, :]
+    both = m_mask[:, None] & n_mask[None, :]
+    if RESIDUAL:
+        y += tl.load(out, mask=both, other=0.0)
+    tl.store(out, y, mask=both)
+
+
+@triton.jit
+def _dot_rows(x, w, acc, UPCAST: tl.constexpr):
+    """acc + x w.T: x (BLOCK_M, BLOCK_K) fp32, w (BLOCK_N, BLOCK_K) in the weights' dtype.
+    UPCAST (Triton's interpreter, whose tl.dot returns garbage for bf16 operands): the same
+    products of x rounded to the weights' dtype, taken in fp32."""
+    if w.dtype == tl.float32:
+        acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+    elif UPCAST:
+        acc = tl.dot(x.to(w.dtype).to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(x.to(w.dtype), tl.trans(w), acc)
+    return acc
+
+
+def rows_config(m: int, n: int, k: int, element_size: int) -> dict:
+    """:func:`rows_gemm`'s launch configuration (tl.dot takes blocks of 16 or more)."""
+    block_m = min(ROWS_BLOCK_M, max(16, triton.next_power_of_2(m)))
+    if INTERPRETED:  # each program is emulated in Python: few, wide ones
+        return dict(BLOCK_M=block_m, BLOCK_N=min(64, max(16, triton.next_power_of_2(n))),
+                    BLOCK_K=min(128, max(16, triton.next_power_of_2(k))))
+    # 16 rows per program: programs enough to fill the card at 2,048 rows; 512 bytes of each row
+    # per iteration, three iterations in flight (Triton pipelines a loop around tl.dot)
+    return dict(BLOCK_M=block_m, BLOCK_N=16, BLOCK_K=max(16, min(512 // element_size, triton.next_power_of_2(k))),
+                num_warps=4, num_stages=3)
+
+
+def rows_gemm(x, w, y, *, bias=None, ln=None, rms=None, act=ACT_NONE, up=None, residual=False):
+    """:func:`gemv` for each row of ``x`` (M, K) into ``y`` (M, N), both contiguous fp32; the
+    weights are read once per :data:`ROWS_BLOCK_M` rows. Prefill's GEMMs (no greedy choice)."""
+    m, k = x.shape
+    n = w.shape[0]
+    if ln is not None:
+        norm, (norm_w, rowsum, eps) = LAYER_NORM, ln
+    elif rms is not None:
+        norm, (norm_w, eps), rowsum = RMS_NORM, rms, x
+    else:
+        norm, norm_w, rowsum, eps = NORM_NONE, x, x, 0.0
+    config = rows_config(m, n, k, w.element_size())
+    grid = (triton.cdiv(n, config["BLOCK_N"]), triton.cdiv(m, config["BLOCK_M"]))
+    _rows_gemm_kernel[grid](x, w, up if up is not None else w, y, bias if bias is not None else y, norm_w, rowsum,
+                            m, n, k, w.stride(0), eps, NORM=norm, ACT=act, GLU=up is not None,
+                            HAS_BIAS=bias is not None, RESIDUAL=residual, **_pdl(), UPCAST=INTERPRETED, **config)
+
+
+@triton.jit
+def _prefill_attention_kernel(qkv_ptr, k_cache_ptr, v_cache_ptr, out_ptr, cos_ptr, sin_ptr, scale, q_size, kv_size,
+                              group, head_stride, D, R, PDL: tl.constexpr, ROTARY: tl.constexpr,
+                              BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Prompt position ``program_id(1)`` (= t), head ``program_id(0)``: softmax(q_t . K[:t+1])
+    V[:t+1] over the prompt's own keys and values (rows of ``qkv``: q, k, v of each position,
+    fp32; the prompt starts at position 0), rotated at their positions where ROTARY; the first
+    head of each key/value group writes position t's key (rotated) and value into the cache."""
+    h = tl.program_id(0)
+    t = tl.program_id(1)
+    kv = h // group
+    row = q_size + 2 * kv_size  # one position's q, k and v
+    rd = tl.arange(0, BLOCK_D)
+    d_mask = rd < D
+    r_mask = rd < R
+    _wait_for_previous(PDL)
+    if ROTARY:
+        cos = tl.load(cos_ptr + t * R + rd, mask=r_mask, other=1.0)
+        sin = tl.load(sin_ptr + t * R + rd, mask=r_mask, other=0.0)
+    else:
+        cos = tl.full([BLOCK_D], 1.0, tl.float32)
+        sin = tl.zeros([BLOCK_D], dtype=tl.float32)
+    q = _rotated(qkv_ptr + t * row + h * D, rd, d_mask, cos, sin, R, ROTARY) * scale
+    m_i = tl.full([], float("-inf"), tl.float32)
+    l_i = tl.zeros([], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for t0 in range(0, t + 1, BLOCK_T):
+        rt = t0 + tl.arange(0, BLOCK_T)
+        t_mask = rt <= t
+        both = t_mask[:, None] & d_mask[None, :]
+        if ROTARY:
+            r_both = t_mask[:, None] & r_mask[None, :]
+            cos_t = tl.load(cos_ptr + rt[:, None] * R + rd[None, :], mask=r_both, other=1.0)
+            sin_t = tl.load(sin_ptr + rt[:, None] * R + rd[None, :], mask=r_both, other=0.0)
+        else:
+            cos_t = tl.full([BLOCK_T, BLOCK_D], 1.0, tl.float32)
+            sin_t = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+        keys = _rotated((qkv_ptr + rt * row + q_size + kv * D)[:, None], rd[None, :], both, cos_t, sin_t, R, ROTARY)
+        values = tl.load(qkv_ptr + rt[:, None] * row + q_size + kv_size + kv * D + rd[None, :], mask=both, other=0.0)
+        m_i, l_i, acc = _attend(q, keys, values, t_mask, m_i, l_i, acc)
+    tl.store(out_ptr + t * (q_size) + h * D + rd, acc / l_i, mask=d_mask)
+    if h % group == 0:
+        k_t = _rotated(qkv_ptr + t * row + q_size + kv * D, rd, d_mask, cos, sin, R, ROTARY)
+        v_t = tl.load(qkv_ptr + t * row + q_size + kv_size + kv * D + rd, mask=d_mask, other=0.0)
+        slot = kv * head_stride + t * D + rd
+        tl.store(k_cache_ptr + slot, k_t.to(k_cache_ptr.dtype.element_ty), mask=d_mask)
+        tl.store(v_cache_ptr + slot, v_t.to(v_cache_ptr.dtype.element_ty), mask=d_mask)
+
+
+def prefill_attention(qkv, keys, values, out, *, heads, kv_heads, head_dim, scale, rotary=None):
+    """A prompt's attention (positions 0 to its length - 1), causal, over its own keys and
+    values: ``qkv`` (tokens, q + 2 kv sizes) fp32 as :func:`rows_gemm` wrote it, ``out``
+    (tokens, heads × head_dim) fp32; the prompt's keys and values are written into the cache
+    (:func:`decode_attention`'s layout)."""
+    tokens = qkv.shape[0]
+    capacity = keys.shape[2]
+    cos, sin = rotary if rotary is not None else (out, out)
+    _prefill_attention_kernel[(heads, tokens)](
+        qkv, keys, values, out, cos, sin, scale, heads * head_dim, kv_heads * head_dim, heads // kv_heads,
+        capacity * head_dim, head_dim, cos.shape[1] if rotary is not None else 0, ROTARY=rotary is not None,
+        BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_T=ATTENTION_BLOCK_T, **_pdl())

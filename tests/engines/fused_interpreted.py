@@ -5,9 +5,11 @@ step by step, on a tiny model.
     TRITON_INTERPRET=1 python tests/engines/fused_interpreted.py MODEL_DIR DTYPE STEPS
 
 The token the eager greedy choice would take first is forbidden (as EOS is in the engine), so
-the fused greedy choice must skip it. Prints one JSON line: per step, the largest logit
-difference (forbidden token left out), both greedy tokens, and whether the fused step moved the
-position on by one and wrote its token at it.
+the fused greedy choice must skip it. Prints one JSON line: the fused prefill of the same prompt
+against the eager one (the last token's largest logit difference, the largest difference in
+the cache it wrote, both greedy tokens, the position it left and whether it wrote its token
+there); then per step, the largest logit difference (forbidden token left out), both greedy
+tokens, and whether the fused step moved the position on by one and wrote its token at it.
 """
 import json
 import sys
@@ -43,9 +45,26 @@ def main(model_dir: str, dtype: str, steps: int) -> None:
             row[forbidden] = float("-inf")
             return int(row.argmax())
 
+        # the fused prefill over the same prompt, into a cleared cache: the last token's logits,
+        # the cache it leaves, and its greedy choice, against the eager prefill's
+        cache = [t.clone() for t in (*static.keys, *static.values)]
+        for t in (*static.keys, *static.values):
+            t.zero_()
+        tok, pos = torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+        generated = torch.zeros(64, dtype=torch.long)
+        fused.prefill(prompt[0], tok, pos, generated)
+        keep = torch.arange(vocab) != forbidden
+        cache_diff = max((got[..., :n, :].float() - want[..., :n, :].float()).abs().max().item()
+                         for got, want in zip((*static.keys, *static.values), cache))
+        prefill = {"max_abs_diff": (fused.logits[keep] - logits[keep]).abs().max().item(),
+                   "scale": logits.abs().max().item(), "cache_max_abs_diff": cache_diff,
+                   "cache_scale": max(t[..., :n, :].float().abs().max().item() for t in cache),
+                   "fused_token": int(tok), "static_token": choice(logits),
+                   "position": int(pos), "token_written": int(generated[n]) == int(tok)}
+        for got, want in zip((*static.keys, *static.values), cache):
+            got.copy_(want)  # the steps below start from the eager prefill's cache
         tok = torch.tensor([[choice(logits)]])
         pos = torch.tensor([n])
-        generated = torch.zeros(64, dtype=torch.long)
         for step in range(steps):
             here, token = n + step, tok.clone()
             # the fused step first (it writes the cache at pos); the eager step then rewrites the
@@ -58,7 +77,7 @@ def main(model_dir: str, dtype: str, steps: int) -> None:
                         "forbidden_logit": got[forbidden].item(),
                         "fused_token": int(tok), "static_token": choice(want),
                         "position_advanced": int(pos) == here + 1, "token_written": int(generated[here + 1]) == int(tok)})
-    print(json.dumps(out))
+    print(json.dumps({"prefill": prefill, "steps": out}))
 
 
 if __name__ == "__main__":

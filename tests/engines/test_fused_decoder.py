@@ -26,13 +26,17 @@ SCRIPT = Path(__file__).with_name("fused_interpreted.py")
 STEPS = 6
 
 
-@functools.lru_cache(maxsize=None)  # two tests read the same interpreted run (tens of seconds)
-def fused_against_static(model_dir: Path, dtype: str) -> list[dict]:
+@functools.lru_cache(maxsize=None)  # several tests read the same interpreted run (tens of seconds)
+def fused_run(model_dir: Path, dtype: str) -> dict:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, str(SCRIPT), str(model_dir), dtype, str(STEPS)], capture_output=True,
                           text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def fused_against_static(model_dir: Path, dtype: str) -> list[dict]:
+    return fused_run(model_dir, dtype)["steps"]
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gpt_bigcode", "gpt_neox", "phi", "llama"])
@@ -60,6 +64,25 @@ def test_fused_step_in_bf16_stays_within_bf16_rounding(family, tiny_model):
     (which rounds every activation too), not bit-equal to it."""
     for step in fused_against_static(tiny_model(family), "bfloat16"):
         assert step["max_abs_diff"] <= 0.05 * max(1.0, step["scale"]), (family, step)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_bigcode", "gpt_neox", "phi", "llama"])
+def test_fused_prefill_gives_the_eager_prefills_logits_cache_and_choice_in_fp32(family, tiny_model):
+    """The prompt's tokens through every layer at once (each weight read once for all of them):
+    the last token's logits and every cached key and value as the eager decoder's prefill
+    gives them, and the greedy choice written after the prompt."""
+    got = fused_run(tiny_model(family), "float32")["prefill"]
+    assert got["max_abs_diff"] <= 1e-4 * max(1.0, got["scale"]), (family, got)
+    assert got["cache_max_abs_diff"] <= 1e-4 * max(1.0, got["cache_scale"]), (family, got)
+    assert got["fused_token"] == got["static_token"] and got["token_written"], (family, got)
+    assert got["position"] == 11, (family, got)  # the prompt's 11 tokens: the choice is the 12th
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_fused_prefill_in_bf16_stays_within_bf16_rounding(family, tiny_model):
+    got = fused_run(tiny_model(family), "bfloat16")["prefill"]
+    assert got["max_abs_diff"] <= 0.05 * max(1.0, got["scale"]), (family, got)
+    assert got["cache_max_abs_diff"] <= 0.05 * max(1.0, got["cache_scale"]), (family, got)
 
 
 def test_gemv_with_k_split_across_programs_gives_the_unsplit_result_every_time():

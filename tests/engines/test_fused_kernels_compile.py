@@ -88,3 +88,32 @@ def test_the_embedding_and_greedy_kernels_compile():
                 dict(HAS_POS=True, PDL=True, BLOCK=1024))
     compile_ptx(fk._greedy_kernel, dict(best_ptr="*i64", tok_ptr="*i64", pos_ptr="*i64", generated_ptr="*i64"),
                 dict(PDL=True))
+
+
+ROWS_TYPES = dict(x_ptr="*fp32", w_ptr="*bf16", up_ptr="*bf16", y_ptr="*fp32", bias_ptr="*fp32", norm_w_ptr="*fp32",
+                  ln_rowsum_ptr="*fp32", M="i32", N="i32", K="i32", stride_wn="i32", eps="fp32")
+
+
+@pytest.mark.parametrize("weights,norm,act,glu,residual", [
+    ("*bf16", LN, fk.GELU_TANH, False, False),  # gpt2's MLP up, in bf16: tensor cores
+    ("*bf16", RMS, fk.SILU, True, False),  # llama's gate and up
+    ("*bf16", fk.NORM_NONE, fk.ACT_NONE, False, True),  # a residual projection
+    ("*fp32", LN, fk.ACT_NONE, False, False),  # fp32: multiplied in fp32
+])
+def test_the_prefill_gemm_compiles(weights, norm, act, glu, residual):
+    types = {**ROWS_TYPES, "w_ptr": weights, "up_ptr": weights}
+    ptx = compile_ptx(fk._rows_gemm_kernel, types,
+                      dict(NORM=norm, ACT=act, GLU=glu, HAS_BIAS=norm == LN, RESIDUAL=residual, PDL=True, UPCAST=False,
+                           BLOCK_M=16, BLOCK_N=16, BLOCK_K=256 if weights == "*bf16" else 128))
+    if weights == "*bf16":  # the tensor cores' bf16 MMA
+        assert "mma" in ptx and "bf16" in ptx
+    assert "griddepcontrol.wait" in ptx
+
+
+@pytest.mark.parametrize("rotary", [False, True])
+def test_the_prefill_attention_compiles(rotary):
+    types = dict(qkv_ptr="*fp32", k_cache_ptr="*bf16", v_cache_ptr="*bf16", out_ptr="*fp32", cos_ptr="*fp32",
+                 sin_ptr="*fp32", scale="fp32", q_size="i32", kv_size="i32", group="i32", head_stride="i32", D="i32",
+                 R="i32")
+    ptx = compile_ptx(fk._prefill_attention_kernel, types, dict(PDL=True, ROTARY=rotary, BLOCK_D=128, BLOCK_T=64))
+    assert "griddepcontrol.wait" in ptx
