@@ -14,7 +14,7 @@ Variants:
   fused     the engine's fused+graph mode: hand-fused Triton kernels, five per layer (engines/fused_decoder.py)
   fused-nopdl  the same, every kernel launched without programmatic dependent launch
   fused-t32 the same, attention reading the cache 32 positions per iteration instead of 64
-  fused-eagerprefill  the same, prefill by the eager decoder (captured) instead of the fused kernels
+  fused-prefill  the same, prefill by the fused kernels (FusedDecoder.prefill) instead of the eager decoder, captured
 
 Per variant: ms/token (median request / new tokens, CUDA synchronised), the first request's
 tokens against the base variant's (exact; bf16 near-ties may differ, the plugin judges quality),
@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32", "fused-eagerprefill")
+VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32", "fused-prefill")
 
 
 def child(a) -> dict:
@@ -55,8 +55,8 @@ def child(a) -> dict:
         fused_kernels.USE_PDL = fused_kernels.USE_PDL and v != "fused-nopdl"
         if v == "fused-t32":
             fused_kernels.ATTENTION_BLOCK_T = 32
-        if v == "fused-eagerprefill":
-            compile_engine.FUSED_PREFILL = False
+        if v == "fused-prefill":
+            compile_engine.FUSED_PREFILL = True
     if v != "base" and not fused:
         torch._inductor.config.coordinate_descent_tuning = True
     if v == "autotune":

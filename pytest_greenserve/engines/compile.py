@@ -16,8 +16,7 @@ greedy choice included, as one unit:
   state stays on the device);
 * ``fused+graph`` (CUDA; gpt2, multi-query gpt_bigcode, gpt_neox, phi, llama): the decode step as hand-fused
   Triton kernels, five per layer (:mod:`.fused_decoder`), captured as a CUDA graph; prefill
-  fused too (the prompt's tokens through each layer at once, each weight read once for all of
-  them: :meth:`.fused_decoder.FusedDecoder.prefill`), captured once per prompt length;
+  as in ``graph`` (a fused prefill exists, off: :data:`FUSED_PREFILL`);
 * ``eager``: the static decoder without capture (a diagnostic: what the static cache alone gives);
 * ``auto`` (the default): on CUDA with Triton installed, ``fused+graph`` for the families it
   serves and ``inductor+graph`` for the others; ``graph`` without Triton; on CPU ``inductor``
@@ -66,10 +65,12 @@ CAPTURE_WARMUP = 3
 PREFILL_GRAPHS_MAX = 32
 
 
-#: fused+graph's prefill runs the fused kernels (False: the eager decoder, captured, as ``graph``
-#: does); read when a prompt length's prefill is captured, so tools/compile_variants.py can
-#: compare both
-FUSED_PREFILL = True
+#: fused+graph's prefill runs the fused kernels (:meth:`.fused_decoder.FusedDecoder.prefill`)
+#: instead of the eager decoder, captured. Off: as it stands it is slower (a TTFT of 4.06 ms
+#: against 1.98 on starcoderbase-1b in bf16 on an H200, docs/measurements.md); its GEMMs' launch
+#: configuration is not tuned yet. Read when a prompt length's prefill is captured, so
+#: tools/compile_variants.py (variant fused-prefill) can compare both.
+FUSED_PREFILL = False
 #: What ``auto`` falls back to, in order, where its mode fails to build: the next fastest, down
 #: to the uncompiled step (which still captures on CUDA, or runs the static decoder on CPU)
 FALLBACKS = {"fused+graph": ["inductor+graph", "graph"], "inductor+graph": ["graph"], "inductor": ["eager"]}

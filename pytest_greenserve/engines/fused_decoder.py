@@ -26,7 +26,9 @@ The weights are the transformers model's own tensors, except gpt2's Conv1D matri
 llama's and phi's q, k and v matrices, copied once into one; and gpt_neox's q/k/v matrix,
 laid out per head (q, k, v of head 0, then of head 1...), copied once as all q, then k, then v.
 The KV cache is the static decoder's, so prefill (the eager decoder, captured) and this step
-share it. Activations are fp32 in every dtype, so bf16 reads bf16 weights and cache but
+share it. :meth:`FusedDecoder.prefill` runs a prompt through the same kinds of kernels, all its
+tokens at once; the engine does not use it by default (``compile.FUSED_PREFILL``: it is slower
+as it stands). Activations are fp32 in every dtype, so bf16 reads bf16 weights and cache but
 rounds nothing else. A layer norm's bias and its weights' row sums are folded once at load
 (fp32 vectors, one float per output row), so the GEMV after it reads its input once.
 """
@@ -210,10 +212,7 @@ class FusedDecoder:
         self.x, self.qkv, self.attn = buffer(hidden), buffer(qkv_size), buffer(self.heads * self.head_dim)
         self.mlp = buffer(self.layers[0].fc_w.shape[0])
         self.logits = buffer(self.lm_head.shape[0])
-        # prefill's activations, one row per prompt position (up to the cache's capacity)
-        capacity = self.keys[0].shape[2]
-        self.rows = {name: buffer(capacity * v.numel()).view(capacity, v.numel())
-                     for name, v in (("x", self.x), ("qkv", self.qkv), ("attn", self.attn), ("mlp", self.mlp))}
+        self.rows = None  # prefill's activations (made by its first call)
         self.first_position = torch.zeros(1, dtype=torch.long, device=device)  # where a prompt starts
         # what GEMVs that split K across programs share (they run one after another)
         self.scratch = fused_kernels.GemvScratch(max(self.logits.numel(), self.mlp.numel(), qkv_size), device)
@@ -280,6 +279,10 @@ class FusedDecoder:
         cache, and the greedy choice after its last token, as :meth:`step` makes it: ``pos =
         n; generated[n] = tok = choice``."""
         k, n = self.kernels, ids.numel()
+        if self.rows is None:  # one row per position, up to the cache's capacity
+            capacity = self.keys[0].shape[2]
+            self.rows = {name: torch.zeros(capacity, v.numel(), device=v.device, dtype=torch.float32)
+                         for name, v in (("x", self.x), ("qkv", self.qkv), ("attn", self.attn), ("mlp", self.mlp))}
         x, qkv, attn, mlp = (self.rows[name][:n] for name in ("x", "qkv", "attn", "mlp"))
         k.embed(ids, self.first_position, self.wte, self.wpe, x)
 
