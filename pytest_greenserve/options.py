@@ -276,7 +276,8 @@ OPTIONS: tuple[Option, ...] = (
            choice("fp32", "bf16")),
     Option("compile-mode", "|".join(COMPILE_MODES), "auto",
            "how the compile engine captures its decode step: CUDA graph, torch.compile (inductor), both, "
-           "or neither; fused+graph: hand-fused Triton kernels captured (CUDA; gpt2, gpt_bigcode, gpt_neox, phi, llama); "
+           "or neither; fused+graph: hand-fused Triton kernels captured (CUDA; gpt2, gpt_bigcode, gpt_neox, phi, llama, "
+           "gemma); "
            "auto: on CUDA with Triton fused+graph (gpt2, gpt_bigcode, gpt_neox, phi, llama) or inductor+graph, "
            "on CPU inductor with a C++ compiler",
            choice(*COMPILE_MODES)),

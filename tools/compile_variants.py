@@ -149,7 +149,7 @@ def anatomy(eng, position: int) -> dict:
             f.attention(i)
 
     def no_attention():
-        k.embed(eng.tok, eng.pos, f.wte, f.wpe, f.x)
+        k.embed(eng.tok, eng.pos, f.wte, f.wpe, f.x, scale=f.embed_scale)
         f.layers_at(eng.pos, attention=False)
         f.lm_head_gemv(f.best)
         k.greedy_advance(f.best, eng.tok, eng.pos, eng.generated)

@@ -14,12 +14,13 @@ greedy choice included, as one unit:
 * ``inductor+graph`` (CUDA): the decoder's forward compiled, then the whole step captured as
   a CUDA graph (what gpt-fast's ``mode="reduce-overhead"`` does, captured by hand so the step's
   state stays on the device);
-* ``fused+graph`` (CUDA; gpt2, multi-query gpt_bigcode, gpt_neox, phi, llama): the decode step as hand-fused
+* ``fused+graph`` (CUDA; gpt2, multi-query gpt_bigcode, gpt_neox, phi, llama, gemma): the decode step as hand-fused
   Triton kernels, five per layer (:mod:`.fused_decoder`), captured as a CUDA graph; prefill
   as in ``graph`` (a fused prefill exists, off: :data:`FUSED_PREFILL`);
 * ``eager``: the static decoder without capture (a diagnostic: what the static cache alone gives);
 * ``auto`` (the default): on CUDA with Triton installed, ``fused+graph`` for the families it
-  serves and ``inductor+graph`` for the others; ``graph`` without Triton; on CPU ``inductor``
+  serves that were measured on a card (``fused_decoder.MEASURED_FAMILIES``: not yet gemma)
+  and ``inductor+graph`` for the others; ``graph`` without Triton; on CPU ``inductor``
   when a C++ compiler is found, else ``eager``. If compiling fails, ``auto``
   falls back to the uncompiled mode and says so; a mode asked for by name fails instead.
 
@@ -128,9 +129,11 @@ class CompileEngine(Engine):
         vocab = text_config.vocab_size
         self.context_tokens = context_window(text_config)  # None: no fixed window known
         if asked == "auto" and self.mode == "inductor+graph":
+            from .fused_decoder import MEASURED_FAMILIES
             from .fused_decoder import unsupported_reason as fused_unsupported
 
-            if fused_unsupported(self.torch_model.config) is None:
+            config = self.torch_model.config
+            if fused_unsupported(config) is None and config.model_type in MEASURED_FAMILIES:
                 self.mode = "fused+graph"  # 1.4-1.8x faster than inductor+graph on an H200 (docs/measurements.md)
         self.prefill_graphs_dropped = 0
         # EOS may never win (generate's min_new_tokens processor): -inf added before the argmax

@@ -15,15 +15,18 @@ Families:
 - gpt_neox (pythia, stablecode) and phi (phi-2): layer norms, partial rotary positions and a
   parallel residual, x + attn(ln_1(x)) + mlp(ln_2(x)) (phi: one layer norm for both), so the
   MLP's first GEMV runs before attention's output projection adds to x;
-- llama (TinyLlama): RMS norms, rotary positions, grouped-query attention and a gated MLP,
-  whose gate and up projections one GEMV reads together.
+- llama (TinyLlama) and gemma (codegemma): RMS norms (gemma's scaled by 1 + weight),
+  rotary positions, grouped-query attention and a gated MLP, whose gate and up projections one
+  GEMV reads together; gemma's embedding scaled by the square root of the hidden size.
+  ``compile``'s ``auto`` picks the fused step for the families measured on a card
+  (:data:`MEASURED_FAMILIES`); gemma's has been checked in Triton's interpreter only.
 Rotary positions are applied to q and k inside attention, from transformers' own cos and sin
 table. Others are refused with the reason (:func:`unsupported_reason`); the ``compile`` engine
 then uses inductor.
 
 The weights are the transformers model's own tensors, except gpt2's Conv1D matrices, stored
 (K, N), which are copied once transposed to (N, K), the layout the kernels read row by row;
-llama's and phi's q, k and v matrices, copied once into one; and gpt_neox's q/k/v matrix,
+llama's, gemma's and phi's q, k and v matrices, copied once into one; and gpt_neox's q/k/v matrix,
 laid out per head (q, k, v of head 0, then of head 1...), copied once as all q, then k, then v.
 The KV cache is the static decoder's, so prefill (the eager decoder, captured) and this step
 share it. :meth:`FusedDecoder.prefill` runs a prompt through the same kinds of kernels, all its
@@ -40,8 +43,11 @@ from dataclasses import dataclass
 import torch
 
 
-#: The families with a fused step (the others get inductor+graph)
-FAMILIES = ("gpt2", "gpt_bigcode", "gpt_neox", "phi", "llama")
+#: The families with a fused step
+FAMILIES = ("gpt2", "gpt_bigcode", "gpt_neox", "phi", "llama", "gemma")
+#: Those whose fused step was measured on a card with the fp32 reference's tokens: ``auto``
+#: picks fused+graph for them (the others get inductor+graph unless fused+graph is asked for)
+MEASURED_FAMILIES = ("gpt2", "gpt_bigcode", "gpt_neox", "phi", "llama")
 
 
 def unsupported_reason(config) -> str | None:
@@ -89,8 +95,11 @@ def _folded(norm, weight, bias=None) -> tuple:
 
 
 def _rms(norm) -> dict:
-    """An RMS norm applied inside the GEMV after it (it has no bias to fold)."""
-    return {"rms": (norm.weight, norm.variance_epsilon)}
+    """An RMS norm applied inside the GEMV after it (it has no bias to fold). Gemma's scales by
+    1 + its weight (kept as an fp32 copy, as it computes it)."""
+    if hasattr(norm, "variance_epsilon"):
+        return {"rms": (norm.weight, norm.variance_epsilon)}
+    return {"rms": (1.0 + norm.weight.detach().float(), norm.eps)}
 
 
 def _gpt_layer(block, rows, scaling: float) -> _Layer:
@@ -161,7 +170,10 @@ class FusedDecoder:
         self.lm_head = model.get_output_embeddings().weight
         #: x + attn(ln_1(x)) + mlp(ln_2(x)) (gpt_neox, phi) rather than one after the other
         self.parallel = family == "phi" or (family == "gpt_neox" and cfg.use_parallel_residual)
-        if family in ("llama", "gpt_neox", "phi"):
+        #: what the embedding is multiplied by (gemma: the square root of the hidden size, as a
+        #: number of the model's dtype, as GemmaModel.forward takes it)
+        self.embed_scale = 1.0
+        if family in ("llama", "gemma", "gpt_neox", "phi"):
             self.act = fused_kernels.ACTIVATIONS[cfg.hidden_act]
             # transformers' own cos and sin table (rope scaling included), as fp32
             self.rotary = (decoder.cos.float().contiguous(), decoder.sin.float().contiguous())
@@ -181,6 +193,8 @@ class FusedDecoder:
                 self.layers = [_llama_layer(b, layer.scaling) for b, layer in zip(base.layers, w.layers)]
                 self.wte, self.wpe = base.embed_tokens.weight, None
                 self.norm_f, self.lm_bias = _rms(base.norm), None
+                if family == "gemma":
+                    self.embed_scale = float(torch.tensor(cfg.hidden_size ** 0.5, dtype=self.wte.dtype))
             #: bytes of weight copies made for the step (device memory beyond the model's own)
             self.copied_weight_bytes = sum(_bytes(layer.qkv_w) for layer in self.layers)
         else:
@@ -237,7 +251,7 @@ class FusedDecoder:
     @torch.no_grad()
     def __call__(self, tok, pos, best=None):
         self.pos = pos
-        self.kernels.embed(tok, pos, self.wte, self.wpe, self.x)
+        self.kernels.embed(tok, pos, self.wte, self.wpe, self.x, scale=self.embed_scale)
         for i in range(len(self.layers)):
             self._layer(i)
         self.lm_head_gemv(best)
@@ -284,7 +298,7 @@ class FusedDecoder:
             self.rows = {name: torch.zeros(capacity, v.numel(), device=v.device, dtype=torch.float32)
                          for name, v in (("x", self.x), ("qkv", self.qkv), ("attn", self.attn), ("mlp", self.mlp))}
         x, qkv, attn, mlp = (self.rows[name][:n] for name in ("x", "qkv", "attn", "mlp"))
-        k.embed(ids, self.first_position, self.wte, self.wpe, x)
+        k.embed(ids, self.first_position, self.wte, self.wpe, x, scale=self.embed_scale)
 
         def project(site, x, w, y, **epilogue):
             k.rows_gemm(x, w, y, **epilogue)

@@ -366,7 +366,7 @@ def greedy_advance(best, tok, pos, generated):
 
 
 @triton.jit
-def _embed_kernel(tok_ptr, pos_ptr, wte_ptr, wpe_ptr, x_ptr, H, stride_te, stride_pe,
+def _embed_kernel(tok_ptr, pos_ptr, wte_ptr, wpe_ptr, x_ptr, H, stride_te, stride_pe, scale,
                   HAS_POS: tl.constexpr, PDL: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)  # token ``row`` of the tokens embedded, at position pos + row
     _wait_for_previous(PDL)
@@ -375,19 +375,19 @@ def _embed_kernel(tok_ptr, pos_ptr, wte_ptr, wpe_ptr, x_ptr, H, stride_te, strid
     for h0 in range(0, H, BLOCK):
         rh = h0 + tl.arange(0, BLOCK)
         m = rh < H
-        v = tl.load(wte_ptr + tok * stride_te + rh, mask=m, other=0.0).to(tl.float32)
+        v = tl.load(wte_ptr + tok * stride_te + rh, mask=m, other=0.0).to(tl.float32) * scale
         if HAS_POS:
             v += tl.load(wpe_ptr + pos * stride_pe + rh, mask=m, other=0.0).to(tl.float32)
         tl.store(x_ptr + row * H + rh, v, mask=m)
 
 
-def embed(tok, pos, wte, wpe, x):
-    """``x[i] = wte[tok[i]] + wpe[pos + i]`` in fp32 for each of ``tok``'s tokens (one in a
-    decode step, a prompt's in prefill; ``x`` one row of the hidden size per token); ``wpe``
+def embed(tok, pos, wte, wpe, x, scale=1.0):
+    """``x[i] = scale wte[tok[i]] + wpe[pos + i]`` in fp32 for each of ``tok``'s tokens (one in
+    a decode step, a prompt's in prefill; ``x`` one row of the hidden size per token); ``wpe``
     None: no learned positions."""
     hidden = wte.shape[1]
     _embed_kernel[(tok.numel(),)](tok, pos, wte, wpe if wpe is not None else wte, x, hidden, wte.stride(0),
-                                  wpe.stride(0) if wpe is not None else 0, HAS_POS=wpe is not None,
+                                  wpe.stride(0) if wpe is not None else 0, scale, HAS_POS=wpe is not None,
                                   BLOCK=min(1024, triton.next_power_of_2(hidden)), **_pdl())
 
 

@@ -39,7 +39,7 @@ def fused_against_static(model_dir: Path, dtype: str) -> list[dict]:
     return fused_run(model_dir, dtype)["steps"]
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gpt_bigcode", "gpt_neox", "phi", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "gpt_bigcode", "gpt_neox", "phi", "llama", "gemma"])
 def test_fused_step_gives_the_static_decoders_logits_in_fp32(family, tiny_model):
     steps = fused_against_static(tiny_model(family), "float32")
     assert len(steps) == STEPS
@@ -47,7 +47,7 @@ def test_fused_step_gives_the_static_decoders_logits_in_fp32(family, tiny_model)
         assert step["max_abs_diff"] <= 1e-4 * max(1.0, step["scale"]), (family, i, step)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gpt_bigcode", "gpt_neox", "phi", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "gpt_bigcode", "gpt_neox", "phi", "llama", "gemma"])
 def test_fused_greedy_choice_takes_the_best_allowed_token_and_advances(family, tiny_model):
     """The last GEMV's atomic maximum and the greedy kernel choose as the eager argmax does, with
     the forbidden token (EOS in the engine: here the one the eager choice would take first)
@@ -58,7 +58,7 @@ def test_fused_greedy_choice_takes_the_best_allowed_token_and_advances(family, t
         assert step["position_advanced"] and step["token_written"], (family, i, step)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "phi", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "phi", "llama", "gemma"])
 def test_fused_step_in_bf16_stays_within_bf16_rounding(family, tiny_model):
     """bf16 weights and cache, fp32 activations: within bf16's rounding of the eager bf16 step
     (which rounds every activation too), not bit-equal to it."""
@@ -66,7 +66,7 @@ def test_fused_step_in_bf16_stays_within_bf16_rounding(family, tiny_model):
         assert step["max_abs_diff"] <= 0.05 * max(1.0, step["scale"]), (family, step)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gpt_bigcode", "gpt_neox", "phi", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "gpt_bigcode", "gpt_neox", "phi", "llama", "gemma"])
 def test_fused_prefill_gives_the_eager_prefills_logits_cache_and_choice_in_fp32(family, tiny_model):
     """The prompt's tokens through every layer at once (each weight read once for all of them):
     the last token's logits and every cached key and value as the eager decoder's prefill
@@ -115,5 +115,6 @@ def test_families_without_a_fused_step_are_refused_with_the_reason(tiny_model):
     assert unsupported_reason(AutoConfig.from_pretrained(tiny_model("gpt_neox"))) is None
     assert unsupported_reason(AutoConfig.from_pretrained(tiny_model("phi"))) is None
     assert unsupported_reason(AutoConfig.from_pretrained(tiny_model("llama"))) is None
+    assert unsupported_reason(AutoConfig.from_pretrained(tiny_model("gemma"))) is None
     reason = unsupported_reason(AutoConfig.from_pretrained(tiny_model("bloom")))
-    assert reason == "the fused decode step serves gpt2, gpt_bigcode, gpt_neox, phi, llama, not bloom"
+    assert reason == "the fused decode step serves gpt2, gpt_bigcode, gpt_neox, phi, llama, gemma, not bloom"

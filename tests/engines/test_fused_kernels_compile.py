@@ -84,7 +84,7 @@ def test_attention_compiles_with_the_cache_read_before_the_wait(rotary):
 
 def test_the_embedding_and_greedy_kernels_compile():
     compile_ptx(fk._embed_kernel, dict(tok_ptr="*i64", pos_ptr="*i64", wte_ptr="*bf16", wpe_ptr="*bf16", x_ptr="*fp32",
-                                       H="i32", stride_te="i32", stride_pe="i32"),
+                                       H="i32", stride_te="i32", stride_pe="i32", scale="fp32"),
                 dict(HAS_POS=True, PDL=True, BLOCK=1024))
     compile_ptx(fk._greedy_kernel, dict(best_ptr="*i64", tok_ptr="*i64", pos_ptr="*i64", generated_ptr="*i64"),
                 dict(PDL=True))
