@@ -327,18 +327,25 @@ def gemv(x, w, y, *, bias=None, ln=None, rms=None, act=ACT_NONE, up=None, residu
         raise ValueError("a split-K launch needs a GemvScratch")
     if config["SPLIT_K"] > MAX_SPLIT_K:  # GemvScratch holds that many partial sums per row
         raise ValueError(f"SPLIT_K is at most {MAX_SPLIT_K}, not {config['SPLIT_K']}")
-    if ln is not None:
-        norm, (norm_w, rowsum, eps) = LAYER_NORM, ln
-    elif rms is not None:
-        norm, (norm_w, eps), rowsum = RMS_NORM, rms, x
-    else:
-        norm, norm_w, rowsum, eps = NORM_NONE, x, x, 0.0
+    norm, norm_w, rowsum, eps = _norm_arguments(ln, rms, x)
     partial, arrived = (scratch.partial, scratch.arrived) if scratch is not None else (y, y)
     _gemv_kernel[(triton.cdiv(n, config["BLOCK_N"]), config["SPLIT_K"])](
         x, w, up if up is not None else w, y, bias if bias is not None else y, norm_w, rowsum,
         best if best is not None else y, partial, arrived, n, k, w.stride(0), eps, NORM=norm, ACT=act,
         GLU=up is not None, HAS_BIAS=bias is not None, RESIDUAL=residual, ARGMAX=best is not None, **_pdl(),
         **config)
+
+
+def _norm_arguments(ln, rms, placeholder) -> tuple:
+    """(NORM, its weight, the layer norm's rowsum, eps) of a GEMV's ``ln`` or ``rms``;
+    ``placeholder`` (any tensor) stands for what the norm does not use."""
+    if ln is not None:
+        norm_w, rowsum, eps = ln
+        return LAYER_NORM, norm_w, rowsum, eps
+    if rms is not None:
+        norm_w, eps = rms
+        return RMS_NORM, norm_w, placeholder, eps
+    return NORM_NONE, placeholder, placeholder, 0.0
 
 
 def _pdl() -> dict:
@@ -573,12 +580,7 @@ def rows_gemm(x, w, y, *, bias=None, ln=None, rms=None, act=ACT_NONE, up=None, r
     weights are read once per :data:`ROWS_BLOCK_M` rows. Prefill's GEMMs (no greedy choice)."""
     m, k = x.shape
     n = w.shape[0]
-    if ln is not None:
-        norm, (norm_w, rowsum, eps) = LAYER_NORM, ln
-    elif rms is not None:
-        norm, (norm_w, eps), rowsum = RMS_NORM, rms, x
-    else:
-        norm, norm_w, rowsum, eps = NORM_NONE, x, x, 0.0
+    norm, norm_w, rowsum, eps = _norm_arguments(ln, rms, x)
     config = rows_config(m, n, k, w.element_size())
     grid = (triton.cdiv(n, config["BLOCK_N"]), triton.cdiv(m, config["BLOCK_M"]))
     _rows_gemm_kernel[grid](x, w, up if up is not None else w, y, bias if bias is not None else y, norm_w, rowsum,
