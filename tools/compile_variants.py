@@ -18,8 +18,9 @@ Variants:
 
 Per variant: ms/token (median request / new tokens, CUDA synchronised), the first request's
 tokens against the base variant's (exact; bf16 near-ties may differ, the plugin judges quality),
-the compile seconds, and the GPU kernels one captured decode step runs (torch.profiler over
-replays of the decode graph; None where the profiler sees no kernels inside a graph).
+the compile seconds, and the GPU kernels one captured decode step and the first prompt's
+captured prefill run, by name with their GPU time (torch.profiler over replays of the graphs;
+None where the profiler sees no kernels inside a graph).
 """
 from __future__ import annotations
 
@@ -98,40 +99,53 @@ def child(a) -> dict:
         times.append(time.perf_counter() - t)
         ttfts.append(gen.ttft_s)
         first = first or out
-    kernels, kernel_names = None, {}
+    kernels, kernel_names, prefill_kernels, prefill_kernel_names = None, {}, None, {}
     try:
         if not cuda:
             raise RuntimeError("no CUDA graph to profile on CPU")
-        from torch.profiler import ProfilerActivity, profile
 
-        replays = 8
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(replays):
-                eng.pos.zero_()
-                eng._decode_graph.replay()
-            torch.cuda.synchronize()
-        events = [e for e in prof.events() if e.device_type.name == "CUDA" and "memcpy" not in e.name.lower()
-                  and "memset" not in e.name.lower()]
-        kernels = len(events) / replays if events else None
-        # which kernels a step runs, by name (cut to 60 characters): [count, GPU µs] per step
-        for e in events:
-            row = kernel_names.setdefault(e.name[:60], [0.0, 0.0])
-            row[0] += 1 / replays
-            row[1] += (getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0)) / replays
-        kernel_names = dict(sorted(kernel_names.items(), key=lambda kv: -kv[1][1]))
+        def decode():
+            eng.pos.zero_()
+            eng._decode_graph.replay()
+
+        kernels, kernel_names = profiled(decode, torch)
+        # the first prompt's prefill graph (captured per prompt length), likewise
+        prefill_graph = eng._prefill_graphs[len(prompts[0])][0]
+        prefill_kernels, prefill_kernel_names = profiled(prefill_graph.replay, torch)
     except Exception as exc:  # the profiler is a diagnostic: its failure costs nothing else
         print(f"profiler: {type(exc).__name__}: {exc}", file=sys.stderr)
     parts = anatomy(eng, len(prompts[0])) if fused else None
     info = eng.load_info()
     tuned = info.get("fused_gemv_tuning")  # per GEMV site: the launch configuration chosen, and its timings
     return {"variant": v, "dtype": a.dtype, "model": a.model, "ms_per_token": 1e3 * statistics.median(times) / a.new_tokens,
-            "first_tokens": first, "kernels_per_decode_step": kernels, "kernel_names": kernel_names, "gemv_configs": tuned, "load_s": load_s,
+            "first_tokens": first, "kernels_per_decode_step": kernels, "kernel_names": kernel_names,
+            "kernels_per_prefill": prefill_kernels, "prefill_kernel_names": prefill_kernel_names,
+            "gemv_configs": tuned, "load_s": load_s,
             "ttft_ms_median": 1e3 * statistics.median(ttfts) if all(t is not None for t in ttfts) else None,
             "step_parts_us": parts,
             "compile_mode": info["compile_mode"], "compile_fallback": info["compile_fallback"],
             "pdl": fused and fused_kernels.USE_PDL,
             "fused_prefill": fused and compile_engine.FUSED_PREFILL,
             "device": torch.cuda.get_device_name() if cuda else "cpu"}
+
+
+def profiled(replay, torch, replays: int = 8) -> tuple:
+    """The GPU kernels ``replay()`` runs (torch.profiler over ``replays`` calls): how many per
+    call, and by name (cut to 60 characters) [count, GPU µs] per call, the costliest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            replay()
+        torch.cuda.synchronize()
+    events = [e for e in prof.events() if e.device_type.name == "CUDA" and "memcpy" not in e.name.lower()
+              and "memset" not in e.name.lower()]
+    names = {}
+    for e in events:
+        row = names.setdefault(e.name[:60], [0.0, 0.0])
+        row[0] += 1 / replays
+        row[1] += (getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0)) / replays
+    return (len(events) / replays if events else None), dict(sorted(names.items(), key=lambda kv: -kv[1][1]))
 
 
 def anatomy(eng, position: int) -> dict:
