@@ -66,6 +66,18 @@ def test_fused_step_in_bf16_stays_within_bf16_rounding(family, tiny_model):
         assert step["max_abs_diff"] <= 0.05 * max(1.0, step["scale"]), (family, step)
 
 
+def test_gpt_neox_with_a_sequential_residual_gives_the_static_decoders_logits(tmp_path):
+    """gpt_neox without its parallel residual (pythia and stablecode have it; other gpt_neox
+    models may not): attention's output projection adds to x before the MLP reads it."""
+    from pytest_greenserve.models import build_model_dir, load_project_tokenizer, tiny_config_dict
+
+    config = {**tiny_config_dict("gpt_neox", len(load_project_tokenizer())), "use_parallel_residual": False}
+    got = fused_run(build_model_dir(config, tmp_path / "gpt_neox-sequential", 0), "float32")
+    for step in [got["prefill"], *got["steps"]]:
+        assert step["max_abs_diff"] <= 1e-4 * max(1.0, step["scale"]), step
+        assert step["fused_token"] == step["static_token"], step
+
+
 @pytest.mark.parametrize("family", ["gpt2", "gpt_bigcode", "gpt_neox", "phi", "llama", "gemma"])
 def test_fused_prefill_gives_the_eager_prefills_logits_cache_and_choice_in_fp32(family, tiny_model):
     """The prompt's tokens through every layer at once (each weight read once for all of them):
