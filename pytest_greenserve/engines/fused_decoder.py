@@ -307,9 +307,7 @@ class FusedDecoder:
             self._layer_kernels(layer, project, x, qkv, attn, mlp, lambda: k.prefill_attention(
                 qkv, self.keys[i], self.values[i], attn, heads=self.heads, kv_heads=self.kv_heads,
                 head_dim=self.head_dim, scale=layer.scaling, rotary=self.rotary))
-        # the vocabulary GEMV for the last token only
-        self.kernels.gemv(x[n - 1], self.lm_head, self.logits, bias=self.lm_bias, **self.norm_f, best=self.best,
-                          scratch=self.scratch, config=self.configs["lm_head"])
+        self.lm_head_gemv(self.best, x=x[n - 1])  # the last token only
         pos.fill_(n - 1)
         k.greedy_advance(self.best, tok, pos, generated)
 
@@ -322,10 +320,11 @@ class FusedDecoder:
         for i in range(len(self.layers)):
             self._layer(i, attention)
 
-    def lm_head_gemv(self, best=None) -> None:
-        """The vocabulary GEMV (final norm folded in); with ``best``, the greedy choice."""
-        self.kernels.gemv(self.x, self.lm_head, self.logits, bias=self.lm_bias, **self.norm_f, best=best,
-                          scratch=self.scratch, config=self.configs["lm_head"])
+    def lm_head_gemv(self, best=None, x=None) -> None:
+        """The vocabulary GEMV (final norm folded in) of ``x`` (by default the step's
+        activations); with ``best``, the greedy choice."""
+        self.kernels.gemv(self.x if x is None else x, self.lm_head, self.logits, bias=self.lm_bias, **self.norm_f,
+                          best=best, scratch=self.scratch, config=self.configs["lm_head"])
 
     def reset_greedy_choice(self) -> None:
         self.best.fill_(self.kernels.NO_BEST)

@@ -206,14 +206,7 @@ def _gemv_epilogue(y, y_up, x_sum, x_squares, rn, n_mask, y_ptr, bias_ptr, ln_ro
                    RESIDUAL: tl.constexpr, ARGMAX: tl.constexpr):
     """:func:`_gemv_kernel`'s rows, summed over all K: the norm, bias, activation, gate,
     residual, the store, and the greedy choice's atomic maximum."""
-    if NORM == _LAYER_NORM:
-        mean = x_sum / K
-        rstd = 1.0 / tl.sqrt(tl.maximum(x_squares / K - mean * mean, 0.0) + eps)
-        y = rstd * (y - mean * tl.load(ln_rowsum_ptr + rn, mask=n_mask, other=0.0))
-    if NORM == _RMS_NORM:
-        rstd = 1.0 / tl.sqrt(x_squares / K + eps)
-        y = rstd * y
-        y_up = rstd * y_up
+    y, y_up = _normed(y, y_up, x_sum, x_squares, ln_rowsum_ptr + rn, n_mask, K, eps, NORM)
     if HAS_BIAS:
         y += tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
     y = _activated(y, ACT)
@@ -224,6 +217,23 @@ def _gemv_epilogue(y, y_up, x_sum, x_squares, rn, n_mask, y_ptr, bias_ptr, ln_ro
     tl.store(y_ptr + rn, y, mask=n_mask)
     if ARGMAX:
         tl.atomic_max(best_ptr, tl.max(_pack_best(tl.where(n_mask, y, float("-inf")), rn), axis=0))
+
+
+@triton.jit
+def _normed(y, y_up, x_sum, x_squares, rowsum_ptrs, n_mask, K, eps, NORM: tl.constexpr):
+    """The folded norm applied to sums over K (:func:`_gemv_kernel`): y and (RMS) y_up, given
+    the input's sum and sum of squares and (layer norm) the weights' row sums at
+    ``rowsum_ptrs``. The statistics and the row sums broadcast against y: one token's (scalars)
+    and a row vector in the GEMV, a column per token and a row in :func:`_rows_gemm_kernel`."""
+    if NORM == _LAYER_NORM:
+        mean = x_sum / K
+        rstd = 1.0 / tl.sqrt(tl.maximum(x_squares / K - mean * mean, 0.0) + eps)
+        y = rstd * (y - mean * tl.load(rowsum_ptrs, mask=n_mask, other=0.0))
+    if NORM == _RMS_NORM:
+        rstd = 1.0 / tl.sqrt(x_squares / K + eps)
+        y = rstd * y
+        y_up = rstd * y_up
+    return y, y_up
 
 
 @triton.jit
@@ -482,12 +492,21 @@ def decode_attention(qkv, keys, values, pos, out, *, heads, kv_heads, head_dim, 
     capacity, head_dim), contiguous; ``qkv`` holds q (heads × head_dim), then k, then v
     (kv_heads × head_dim each), fp32; ``out`` (heads × head_dim) fp32. ``rotary``: (cos, sin),
     fp32 tables (capacity, rotary dims), applied to q and k at ``pos``."""
-    capacity = keys.shape[2]
-    cos, sin = rotary if rotary is not None else (out, out)
-    _decode_attention_kernel[(heads,)](qkv, keys, values, pos, out, cos, sin, scale, heads * head_dim,
-                                       kv_heads * head_dim, heads // kv_heads, capacity * head_dim, head_dim,
-                                       cos.shape[1] if rotary is not None else 0, ROTARY=rotary is not None,
-                                       BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_T=ATTENTION_BLOCK_T, **_pdl())
+    tables, sizes, constants = _attention_arguments(keys, out, heads, kv_heads, head_dim, rotary)
+    _decode_attention_kernel[(heads,)](qkv, keys, values, pos, out, *tables, scale, *sizes, **constants)
+
+
+def _attention_arguments(keys, placeholder, heads, kv_heads, head_dim, rotary) -> tuple:
+    """What both attention kernels take after their tensors: the rotary tables (cos, sin;
+    ``placeholder``, any tensor, without rotary), the sizes (q's, k's or v's, heads per
+    key/value head, one key/value head's stride in the cache, the head size, the rotary dims),
+    and the launch constants."""
+    tables = rotary if rotary is not None else (placeholder, placeholder)
+    sizes = (heads * head_dim, kv_heads * head_dim, heads // kv_heads, keys.shape[2] * head_dim, head_dim,
+             rotary[0].shape[1] if rotary is not None else 0)
+    constants = dict(ROTARY=rotary is not None, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_T=ATTENTION_BLOCK_T,
+                     **_pdl())
+    return tables, sizes, constants
 
 
 # -- prefill: a prompt's tokens at once --------------------------------------------------------
@@ -528,15 +547,8 @@ def _rows_gemm_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rows
         if GLU:
             acc_up = _dot_rows(x, tl.load(up_ptr + rn[:, None] * stride_wn + rk[None, :], mask=w_mask, other=0.0),
                                acc_up, UPCAST)
-    y, y_up = acc, acc_up
-    if NORM == _LAYER_NORM:
-        mean = total / K
-        rstd = 1.0 / tl.sqrt(tl.maximum(squares / K - mean * mean, 0.0) + eps)
-        y = rstd[:, None] * (y - mean[:, None] * tl.load(ln_rowsum_ptr + rn, mask=n_mask, other=0.0)[None, :])
-    if NORM == _RMS_NORM:
-        rstd = 1.0 / tl.sqrt(squares / K + eps)
-        y = rstd[:, None] * y
-        y_up = rstd[:, None] * y_up
+    y, y_up = _normed(acc, acc_up, total[:, None], squares[:, None], (ln_rowsum_ptr + rn)[None, :], n_mask[None, :],
+                      K, eps, NORM)
     if HAS_BIAS:
         y += tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     y = _activated(y, ACT)
@@ -642,10 +654,5 @@ def prefill_attention(qkv, keys, values, out, *, heads, kv_heads, head_dim, scal
     values: ``qkv`` (tokens, q + 2 kv sizes) fp32 as :func:`rows_gemm` wrote it, ``out``
     (tokens, heads × head_dim) fp32; the prompt's keys and values are written into the cache
     (:func:`decode_attention`'s layout)."""
-    tokens = qkv.shape[0]
-    capacity = keys.shape[2]
-    cos, sin = rotary if rotary is not None else (out, out)
-    _prefill_attention_kernel[(heads, tokens)](
-        qkv, keys, values, out, cos, sin, scale, heads * head_dim, kv_heads * head_dim, heads // kv_heads,
-        capacity * head_dim, head_dim, cos.shape[1] if rotary is not None else 0, ROTARY=rotary is not None,
-        BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_T=ATTENTION_BLOCK_T, **_pdl())
+    tables, sizes, constants = _attention_arguments(keys, out, heads, kv_heads, head_dim, rotary)
+    _prefill_attention_kernel[(heads, qkv.shape[0])](qkv, keys, values, out, *tables, scale, *sizes, **constants)
