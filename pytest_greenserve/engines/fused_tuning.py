@@ -12,13 +12,15 @@ step's own sequence: every layer's four GEMVs and its attention on the model's o
 card has it, captured as one CUDA graph and replayed. One site at a time tries each candidate
 while the others keep their current choice (coordinate descent, the sites in the step's
 order); the vocabulary GEMV, one matrix larger than L2, is timed alone. The attention is timed
-with the GEMVs because the q/k/v GEMV's best configuration depends on the kernel after it: timed
-without it, the tuning split q/k/v's K four ways, which cost the whole step 17 µs on an H200.
+with the GEMVs because the best configurations depend on the kernel between them: timed
+without it, the tuning chose others (q/k/v's K split four ways among them), and
+starcoderbase-1b's bf16 step took 789 µs on an H200 against 772 µs (docs/measurements.md).
 
 The choice is kept on disk (:func:`tuned`), keyed by everything it depends on (the card, the
-sites' shapes and flags, the weights' dtype, the candidates, Triton's and torch's versions): a
-later load of the same shapes on the same kind of card, the roofline's child process included,
-reuses it instead of tuning again, and runs the same kernels. Delete the folder to tune again.
+sites' shapes and flags, the weights' dtype, the position timed at, the candidates, Triton's
+and torch's versions): a later load of the same shapes on the same kind of card, the
+roofline's child process included, reuses it instead of tuning again, and runs the same
+kernels. Delete the folder to tune again.
 """
 
 from __future__ import annotations
