@@ -297,11 +297,12 @@ class FusedDecoder:
             capacity = self.keys[0].shape[2]
             self.rows = {name: torch.zeros(capacity, v.numel(), device=v.device, dtype=torch.float32)
                          for name, v in (("x", self.x), ("qkv", self.qkv), ("attn", self.attn), ("mlp", self.mlp))}
+            self.rows_scratch = k.RowsScratch(max(self.mlp.numel(), self.qkv.numel(), self.x.numel()), self.x.device)
         x, qkv, attn, mlp = (self.rows[name][:n] for name in ("x", "qkv", "attn", "mlp"))
         k.embed(ids, self.first_position, self.wte, self.wpe, x, scale=self.embed_scale)
 
         def project(site, x, w, y, **epilogue):
-            k.rows_gemm(x, w, y, **epilogue)
+            k.rows_gemm(x, w, y, scratch=self.rows_scratch, **epilogue)
 
         for i, layer in enumerate(self.layers):
             self._layer_kernels(layer, project, x, qkv, attn, mlp, lambda: k.prefill_attention(

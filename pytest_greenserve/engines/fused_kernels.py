@@ -224,7 +224,8 @@ def _normed(y, y_up, x_sum, x_squares, rowsum_ptrs, n_mask, K, eps, NORM: tl.con
     """The folded norm applied to sums over K (:func:`_gemv_kernel`): y and (RMS) y_up, given
     the input's sum and sum of squares and (layer norm) the weights' row sums at
     ``rowsum_ptrs``. The statistics and the row sums broadcast against y: one token's (scalars)
-    and a row vector in the GEMV, a column per token and a row in :func:`_rows_gemm_kernel`."""
+    and a vector of weight rows in the GEMV; in :func:`_rows_gemm_kernel` (a row per weight row,
+    a column per token) a row of the tokens' statistics and a column of row sums."""
     if NORM == _LAYER_NORM:
         mean = x_sum / K
         rstd = 1.0 / tl.sqrt(tl.maximum(x_squares / K - mean * mean, 0.0) + eps)
@@ -515,25 +516,36 @@ ROWS_BLOCK_M = 64
 
 
 @triton.jit
-def _rows_gemm_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rowsum_ptr, M, N, K, stride_wn, eps,
-                      NORM: tl.constexpr, ACT: tl.constexpr, GLU: tl.constexpr, HAS_BIAS: tl.constexpr,
-                      RESIDUAL: tl.constexpr, PDL: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _rows_gemm_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rowsum_ptr, partial_ptr, arrived_ptr,
+                      M, N, K, stride_wn, eps, NORM: tl.constexpr, ACT: tl.constexpr, GLU: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, PDL: tl.constexpr, UPCAST: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
     """:func:`_gemv_kernel`'s y = act(f(x) w.T + bias) (+ y) for M tokens at once: x (M, K) and
-    y (M, N) row-major fp32; each program reads BLOCK_N rows of the weights once for BLOCK_M
-    tokens (tl.dot: bf16 weights take x rounded to bf16, as torch's bf16 GEMMs do; fp32
-    weights multiply in fp32). The norm's statistics are each token's, gathered in the same
-    pass over K."""
-    rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    y (M, N) row-major fp32. Each program reads BLOCK_N rows of the weights once for BLOCK_M
+    tokens (program_id(2)) and takes every SPLIT_K-th BLOCK_K chunk of K (program_id(1)).
+
+    The weights are the tensor cores' first operand (BLOCK_N rows, 64 or more, the side the
+    MMA is wide on) and the tokens the second (a prompt's 10-15 tokens fill 16 columns):
+    computed as (w f(x).T).T, so the weights go from memory to the MMA untouched and only the
+    small x chunk is normed and rounded (bf16 weights take x rounded to bf16, as torch's bf16
+    GEMMs do; fp32 weights multiply in fp32). The norm's statistics are each token's, gathered
+    in the same pass over K. SPLIT_K > 1: as :func:`_gemv_kernel`'s, partial sums and
+    statistics in ``partial_ptr``, a counter per (row block, token block) in ``arrived_ptr``,
+    the last program to arrive adds them in split order and applies the epilogue."""
+    tl.static_assert(not GLU or SPLIT_K == 1, "a gated GEMM splits no K")
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    block_m = tl.program_id(2)
+    rm = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = rm < M
-    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = rn < N
     _wait_for_previous(PDL)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc_up = tl.zeros([BLOCK_M, BLOCK_N] if GLU else [1, 1], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    acc_up = tl.zeros([BLOCK_N, BLOCK_M] if GLU else [1, 1], dtype=tl.float32)
     total = tl.zeros([BLOCK_M], dtype=tl.float32)
     squares = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(split * BLOCK_K, K, SPLIT_K * BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         k_mask = rk < K
         x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
@@ -543,60 +555,126 @@ def _rows_gemm_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rows
             x = x * tl.load(norm_w_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)[None, :]
         w_mask = n_mask[:, None] & k_mask[None, :]
         w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=w_mask, other=0.0)
-        acc = _dot_rows(x, w, acc, UPCAST)
+        acc = _dot_weights(w, x, acc, UPCAST)
         if GLU:
-            acc_up = _dot_rows(x, tl.load(up_ptr + rn[:, None] * stride_wn + rk[None, :], mask=w_mask, other=0.0),
-                               acc_up, UPCAST)
-    y, y_up = _normed(acc, acc_up, total[:, None], squares[:, None], (ln_rowsum_ptr + rn)[None, :], n_mask[None, :],
-                      K, eps, NORM)
+            acc_up = _dot_weights(tl.load(up_ptr + rn[:, None] * stride_wn + rk[None, :], mask=w_mask, other=0.0), x,
+                                  acc_up, UPCAST)
+    # y is (BLOCK_N, BLOCK_M): a row per weight row, a column per token
+    out = y_ptr + rm[None, :] * N + rn[:, None]
+    both = n_mask[:, None] & m_mask[None, :]
+    if SPLIT_K == 1:
+        _rows_epilogue(acc, acc_up, total, squares, out, both, rn, n_mask, bias_ptr, ln_rowsum_ptr, K, eps, NORM, ACT,
+                       GLU, HAS_BIAS, RESIDUAL)
+    else:
+        # partial_ptr: SPLIT_K partial (M, N) sums, then each (token block, row block, split)'s BLOCK_M sums
+        # and BLOCK_M sums of squares
+        tl.store(partial_ptr + split * M * N + rm[None, :] * N + rn[:, None], acc, mask=both)
+        counter = block_m * tl.num_programs(0) + pid
+        stats = partial_ptr + SPLIT_K * M * N + (counter * SPLIT_K + split) * 2 * BLOCK_M + tl.arange(0, BLOCK_M)
+        tl.store(stats, total)
+        tl.store(stats + BLOCK_M, squares)
+        tl.debug_barrier()  # every thread's partial stored before the counter says so (released by it)
+        if tl.atomic_add(arrived_ptr + counter, 1, sem="acq_rel") == SPLIT_K - 1:
+            acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+            total = tl.zeros([BLOCK_M], dtype=tl.float32)
+            squares = tl.zeros([BLOCK_M], dtype=tl.float32)
+            for s in tl.static_range(SPLIT_K):  # in split order, whichever program arrived last
+                acc += tl.load(partial_ptr + s * M * N + rm[None, :] * N + rn[:, None], mask=both, other=0.0,
+                               cache_modifier=".cg")
+                stats = partial_ptr + SPLIT_K * M * N + (counter * SPLIT_K + s) * 2 * BLOCK_M + tl.arange(0, BLOCK_M)
+                total += tl.load(stats, cache_modifier=".cg")
+                squares += tl.load(stats + BLOCK_M, cache_modifier=".cg")
+            tl.store(arrived_ptr + counter, 0)  # ready for the next launch
+            _rows_epilogue(acc, acc_up, total, squares, out, both, rn, n_mask, bias_ptr, ln_rowsum_ptr, K, eps, NORM,
+                           ACT, GLU, HAS_BIAS, RESIDUAL)
+
+
+@triton.jit
+def _rows_epilogue(y, y_up, total, squares, out, both, rn, n_mask, bias_ptr, ln_rowsum_ptr, K, eps, NORM: tl.constexpr,
+                   ACT: tl.constexpr, GLU: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr):
+    """:func:`_rows_gemm_kernel`'s sums over all K, (BLOCK_N, BLOCK_M): the norm, bias,
+    activation, gate, residual and the store at ``out``."""
+    y, y_up = _normed(y, y_up, total[None, :], squares[None, :], (ln_rowsum_ptr + rn)[:, None], n_mask[:, None], K,
+                      eps, NORM)
     if HAS_BIAS:
-        y += tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        y += tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[:, None]
     y = _activated(y, ACT)
     if GLU:
         y = y * y_up
-    out = y_ptr + rm[:, None] * N + rn[None, :]
-    both = m_mask[:, None] & n_mask[None, :]
     if RESIDUAL:
         y += tl.load(out, mask=both, other=0.0)
     tl.store(out, y, mask=both)
 
 
 @triton.jit
-def _dot_rows(x, w, acc, UPCAST: tl.constexpr):
-    """acc + x w.T: x (BLOCK_M, BLOCK_K) fp32, w (BLOCK_N, BLOCK_K) in the weights' dtype.
+def _dot_weights(w, x, acc, UPCAST: tl.constexpr):
+    """acc + w x.T: w (BLOCK_N, BLOCK_K) in the weights' dtype, x (BLOCK_M, BLOCK_K) fp32.
     UPCAST (Triton's interpreter, whose tl.dot returns garbage for bf16 operands): the same
     products of x rounded to the weights' dtype, taken in fp32."""
     if w.dtype == tl.float32:
-        acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+        acc = tl.dot(w, tl.trans(x), acc, input_precision="ieee")
     elif UPCAST:
-        acc = tl.dot(x.to(w.dtype).to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
+        acc = tl.dot(w.to(tl.float32), tl.trans(x.to(w.dtype).to(tl.float32)), acc, input_precision="ieee")
     else:
-        acc = tl.dot(x.to(w.dtype), tl.trans(w), acc)
+        acc = tl.dot(w, tl.trans(x.to(w.dtype)), acc)
     return acc
 
 
-def rows_config(m: int, n: int, k: int, element_size: int) -> dict:
-    """:func:`rows_gemm`'s launch configuration (tl.dot takes blocks of 16 or more)."""
+#: programs :func:`rows_config` splits K for, at least (the H200 has 132 multiprocessors)
+ROWS_MIN_PROGRAMS = 128
+
+
+def rows_config(m: int, n: int, k: int, element_size: int, glu: bool = False) -> dict:
+    """:func:`rows_gemm`'s launch configuration (tl.dot takes blocks of 16 or more): 64 weight
+    rows per program, K split until the programs fill the card (not for a gated MLP's first
+    GEMM, nor past :data:`ROWS_BLOCK_M` tokens, whose blocks of tokens fill it)."""
     block_m = min(ROWS_BLOCK_M, max(16, triton.next_power_of_2(m)))
     if INTERPRETED:  # each program is emulated in Python: few, wide ones
         return dict(BLOCK_M=block_m, BLOCK_N=min(64, max(16, triton.next_power_of_2(n))),
-                    BLOCK_K=min(128, max(16, triton.next_power_of_2(k))))
-    # 16 rows per program: programs enough to fill the card at 2,048 rows; 512 bytes of each row
-    # per iteration, three iterations in flight (Triton pipelines a loop around tl.dot)
-    return dict(BLOCK_M=block_m, BLOCK_N=16, BLOCK_K=max(16, min(512 // element_size, triton.next_power_of_2(k))),
-                num_warps=4, num_stages=3)
+                    BLOCK_K=min(128, max(16, triton.next_power_of_2(k))), SPLIT_K=1)
+    block_n, block_k = 64, 256 // element_size * 2  # 128 bf16 or 64 fp32 values of each row per iteration
+    split = 1
+    while (triton.cdiv(n, block_n) * split < ROWS_MIN_PROGRAMS and split < MAX_SPLIT_K
+           and k >= 2 * split * block_k and not glu and m <= ROWS_BLOCK_M):
+        split *= 2
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split, num_warps=4, num_stages=3)
 
 
-def rows_gemm(x, w, y, *, bias=None, ln=None, rms=None, act=ACT_NONE, up=None, residual=False):
+class RowsScratch:
+    """:func:`rows_gemm`'s split-K partial sums and counters for weights of up to ``max_rows``
+    rows (K is split only for prompts of :data:`ROWS_BLOCK_M` tokens or fewer; the counters
+    are zero between launches)."""
+
+    def __init__(self, max_rows: int, device):
+        import torch
+
+        counters = triton.cdiv(max_rows, 16)  # one token block, 16 weight rows or more per program
+        self.partial = torch.zeros(MAX_SPLIT_K * ROWS_BLOCK_M * (max_rows + 2 * counters), dtype=torch.float32,
+                                   device=device)
+        self.arrived = torch.zeros(counters, dtype=torch.int32, device=device)
+
+
+def rows_gemm(x, w, y, *, bias=None, ln=None, rms=None, act=ACT_NONE, up=None, residual=False, scratch=None,
+              config=None):
     """:func:`gemv` for each row of ``x`` (M, K) into ``y`` (M, N), both contiguous fp32; the
-    weights are read once per :data:`ROWS_BLOCK_M` rows. Prefill's GEMMs (no greedy choice)."""
+    weights are read once per :data:`ROWS_BLOCK_M` rows. Prefill's GEMMs (no greedy choice).
+    ``config``: BLOCK_N, BLOCK_K, SPLIT_K, num_warps and num_stages (BLOCK_M follows M), by
+    default :func:`rows_config`'s; SPLIT_K > 1 needs ``scratch``, a :class:`RowsScratch`."""
     m, k = x.shape
     n = w.shape[0]
+    config = rows_config(m, n, k, w.element_size(), glu=up is not None) | dict(config or {})
+    if config["SPLIT_K"] > 1:
+        if scratch is None or up is not None or m > ROWS_BLOCK_M or config["SPLIT_K"] > MAX_SPLIT_K:
+            raise ValueError(f"SPLIT_K={config['SPLIT_K']} needs a RowsScratch, no gate, {ROWS_BLOCK_M} tokens or "
+                             f"fewer, and a split of at most {MAX_SPLIT_K}")
+        counters = triton.cdiv(n, config["BLOCK_N"])
+        if config["SPLIT_K"] * (m * n + counters * 2 * config["BLOCK_M"]) > scratch.partial.numel():
+            raise ValueError(f"the RowsScratch is too small for {n} rows")
     norm, norm_w, rowsum, eps = _norm_arguments(ln, rms, x)
-    config = rows_config(m, n, k, w.element_size())
-    grid = (triton.cdiv(n, config["BLOCK_N"]), triton.cdiv(m, config["BLOCK_M"]))
+    partial, arrived = (scratch.partial, scratch.arrived) if scratch is not None else (y, y)
+    grid = (triton.cdiv(n, config["BLOCK_N"]), config["SPLIT_K"], triton.cdiv(m, config["BLOCK_M"]))
     _rows_gemm_kernel[grid](x, w, up if up is not None else w, y, bias if bias is not None else y, norm_w, rowsum,
-                            m, n, k, w.stride(0), eps, NORM=norm, ACT=act, GLU=up is not None,
+                            partial, arrived, m, n, k, w.stride(0), eps, NORM=norm, ACT=act, GLU=up is not None,
                             HAS_BIAS=bias is not None, RESIDUAL=residual, **_pdl(), UPCAST=INTERPRETED, **config)
 
 

@@ -7,7 +7,8 @@ One matrix of few long rows (as the MLP's down projection), with every epilogue 
 layer norm folded in, bias, GELU, residual and the greedy choice. Prints one JSON line: per
 SPLIT_K, the largest difference from torch and from the unsplit result, whether two launches
 gave the same bits, whether every row block's counter was back at zero, and the greedy choice;
-then ("gated") a gated MLP's first GEMV with an RMS norm folded in, against torch.
+then ("gated") a gated MLP's first GEMV with an RMS norm folded in, against torch; then ("rows")
+the prefill's GEMM of the same matrix over five tokens at once, per SPLIT_K likewise.
 """
 import json
 
@@ -51,6 +52,28 @@ def main() -> None:
     y = torch.zeros(n)
     fk.gemv(x, w, y, rms=(rms_w, 1e-6), act=fk.SILU, up=up, config=dict(BLOCK_N=8, BLOCK_K=128, SPLIT_K=1))
     out["gated"] = {"max_abs_diff_torch": (y - gated).abs().max().item(), "scale": gated.abs().max().item()}
+    # the prefill's GEMM: five tokens at once (fp32 weights, so torch's sums are the reference)
+    w32 = w.float()
+    rowsum, bias = fk.fold_layer_norm(w32, ln_w, ln_b, torch.randn(n))
+    xs = torch.randn(5, k) * 3 + 1
+    residuals = torch.randn(5, n)
+    normed = torch.nn.functional.layer_norm(xs, (k,), ln_w, ln_b, eps=1e-5)
+    want = torch.nn.functional.gelu(normed @ w32.T + (bias - w32 @ ln_b)) + residuals
+    rows_scratch = fk.RowsScratch(n, "cpu")
+    rows = {}
+    for split in (1, 2, 4):
+        runs = []
+        for _ in range(2):
+            y = residuals.clone()
+            fk.rows_gemm(xs, w32, y, bias=bias, ln=(ln_w, rowsum, 1e-5), act=fk.GELU_ERF, residual=True,
+                         scratch=rows_scratch, config=dict(BLOCK_N=16, BLOCK_K=128, SPLIT_K=split))
+            runs.append(y)
+        rows[split] = runs[0]
+        rows[f"{split}"] = {"max_abs_diff_torch": (runs[0] - want).abs().max().item(),
+                            "max_abs_diff_unsplit": (runs[0] - rows[1]).abs().max().item(),
+                            "same_bits_twice": torch.equal(runs[0], runs[1]),
+                            "counters_zero": int(rows_scratch.arrived.abs().sum()) == 0}
+    out["rows"] = {key: value for key, value in rows.items() if isinstance(key, str)}
     print(json.dumps(out))
 
 

@@ -101,14 +101,20 @@ def test_gemv_with_k_split_across_programs_gives_the_unsplit_result_every_time()
     """Split-K: the programs of a row block each sum part of K, and the last to arrive adds the
     parts in split order. The result matches torch and the unsplit GEMV to fp32 rounding, is
     the same bits on a second launch, leaves every counter at zero for the next launch, and
-    keeps the epilogues (layer norm, bias, GELU, residual, greedy choice) on the whole sum."""
+    keeps the epilogues (layer norm, bias, GELU, residual, greedy choice) on the whole sum. The
+    prefill's GEMM (several tokens at once) splits K the same way."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, str(SCRIPT.with_name("gemv_interpreted.py"))], capture_output=True,
                           text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     by_split = json.loads(done.stdout.strip().splitlines()[-1])
     gated = by_split.pop("gated")  # llama's gate and up projections in one GEMV: checked below
-    assert set(by_split) == {"1", "2", "4"}
+    rows = by_split.pop("rows")  # the prefill's GEMM over five tokens: the same checks
+    assert set(by_split) == set(rows) == {"1", "2", "4"}
+    for split, got in rows.items():
+        assert got["max_abs_diff_torch"] <= 1e-4, (split, got)
+        assert got["max_abs_diff_unsplit"] <= 1e-4, (split, got)
+        assert got["same_bits_twice"] and got["counters_zero"], (split, got)
     for split, got in by_split.items():
         assert got["max_abs_diff_torch"] <= 1e-4, (split, got)
         assert got["max_abs_diff_unsplit"] <= 1e-4, (split, got)

@@ -91,20 +91,22 @@ def test_the_embedding_and_greedy_kernels_compile():
 
 
 ROWS_TYPES = dict(x_ptr="*fp32", w_ptr="*bf16", up_ptr="*bf16", y_ptr="*fp32", bias_ptr="*fp32", norm_w_ptr="*fp32",
-                  ln_rowsum_ptr="*fp32", M="i32", N="i32", K="i32", stride_wn="i32", eps="fp32")
+                  ln_rowsum_ptr="*fp32", partial_ptr="*fp32", arrived_ptr="*i32", M="i32", N="i32", K="i32",
+                  stride_wn="i32", eps="fp32")
 
 
-@pytest.mark.parametrize("weights,norm,act,glu,residual", [
-    ("*bf16", LN, fk.GELU_TANH, False, False),  # gpt2's MLP up, in bf16: tensor cores
-    ("*bf16", RMS, fk.SILU, True, False),  # llama's gate and up
-    ("*bf16", fk.NORM_NONE, fk.ACT_NONE, False, True),  # a residual projection
-    ("*fp32", LN, fk.ACT_NONE, False, False),  # fp32: multiplied in fp32
+@pytest.mark.parametrize("weights,norm,act,glu,residual,split_k", [
+    ("*bf16", LN, fk.GELU_TANH, False, False, 1),  # gpt2's MLP up, in bf16: tensor cores
+    ("*bf16", LN, fk.ACT_NONE, False, False, 4),  # q/k/v, K split
+    ("*bf16", RMS, fk.SILU, True, False, 1),  # llama's gate and up
+    ("*bf16", fk.NORM_NONE, fk.ACT_NONE, False, True, 4),  # a residual projection, K split
+    ("*fp32", LN, fk.ACT_NONE, False, False, 2),  # fp32: multiplied in fp32
 ])
-def test_the_prefill_gemm_compiles(weights, norm, act, glu, residual):
+def test_the_prefill_gemm_compiles(weights, norm, act, glu, residual, split_k):
     types = {**ROWS_TYPES, "w_ptr": weights, "up_ptr": weights}
     ptx = compile_ptx(fk._rows_gemm_kernel, types,
                       dict(NORM=norm, ACT=act, GLU=glu, HAS_BIAS=norm == LN, RESIDUAL=residual, PDL=True, UPCAST=False,
-                           BLOCK_M=16, BLOCK_N=16, BLOCK_K=256 if weights == "*bf16" else 128))
+                           BLOCK_M=16, BLOCK_N=64, BLOCK_K=128 if weights == "*bf16" else 64, SPLIT_K=split_k))
     if weights == "*bf16":  # the tensor cores' bf16 MMA
         assert "mma" in ptx and "bf16" in ptx
     assert "griddepcontrol.wait" in ptx
