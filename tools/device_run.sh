@@ -35,7 +35,7 @@
 #   bash tools/device_run.sh issue19-genai tinyllama 16 2 bf16  # carry .whl-genai: ortgenai-cuda beside torch-cuda
 #   bash tools/device_run.sh llamacpp-cuda-check mini-gpt2-f16.gguf  # carry .whl-llamacuda, .whl-llamacuda-test
 #   bash tools/device_run.sh issue19-gemv starcoderbase-1b bf16  # carry .whl: the GEMVs' launch configurations, then the step
-#   bash tools/device_run.sh issue19-rows starcoderbase-1b bf16 12  # carry .whl: the fused prefill's GEMMs, then both prefills
+#   bash tools/device_run.sh issue19-rows starcoderbase-1b bf16 12  # carry .whl: the fused prefill's GEMMs, each configuration
 #   bash tools/device_run.sh install-llamacuda; issue19-llamacuda codeparrot-small 32 2  # the CUDA llama.cpp in the plugin
 #   bash tools/device_run.sh ort-part aa ... ad; install-ort; issue19-onnx starcoderbase-1b 16 1  # carry .whl-engines last
 # DRY=1 runs a tiny CPU-only version of the same sessions locally to check the script.
@@ -217,15 +217,12 @@ PYEOF
       | grep -vE "Warning|warnings.warn" | tail -60
     timeout -s INT 230 $PY tools/compile_variants.py "$model" --dtypes "$dtype" --variants "${4:-fused}" \
       --budget-s 200 --cache $CACHE --out "$OUT/variants-$model.json" 2>&1 | grep -vE "Warning|warnings.warn" | tail -20 ;;
-  issue19-rows)  # the fused prefill's GEMMs alone, every launch configuration (tools/rows_bench.py), then both
-    # prefills outside the meters (ARGS: [model] [dtype] [tokens] [budget_s])
+  issue19-rows)  # the fused prefill's GEMMs alone, every launch configuration (tools/rows_bench.py)
+    # (ARGS: [model] [dtype] [tokens]); then both prefills: issue19-variants MODEL DTYPE fused,fused-prefill
     [ -d $SITE/transformers ] || install .whl
     model=${2:-starcoderbase-1b} dtype=${3:-bf16}
-    timeout -s INT 300 $PY tools/rows_bench.py "$model" --dtype "$dtype" --tokens "${4:-12}" \
-      --out "$OUT/rows-$model-$dtype.json" > "$OUT/rows-$model-$dtype.log" 2>&1; tail -40 "$OUT/rows-$model-$dtype.log"
-    timeout -s INT 280 $PY tools/compile_variants.py "$model" --dtypes "$dtype" --variants fused,fused-prefill \
-      --budget-s "${5:-250}" --cache $CACHE --out "$OUT/variants-$model.json" > "$OUT/variants-$model.log" 2>&1
-    tail -20 "$OUT/variants-$model.log" ;;
+    timeout -s INT 540 $PY tools/rows_bench.py "$model" --dtype "$dtype" --tokens "${4:-12}" \
+      --out "$OUT/rows-$model-$dtype.json" > "$OUT/rows-$model-$dtype.log" 2>&1; tail -45 "$OUT/rows-$model-$dtype.log" ;;
   issue8-threads)  # onnx-cpu vs torch-cpu on the 16 cores, each thread setting in a fresh process (ARGS: models)
     [ -d $SITE/transformers ] || install .whl
     shift; $PY -c "import onnxruntime as o; print('onnxruntime', o.__version__)"
