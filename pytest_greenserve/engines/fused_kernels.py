@@ -632,7 +632,7 @@ def rows_config(m: int, n: int, k: int, element_size: int, glu: bool = False) ->
     if INTERPRETED:  # each program is emulated in Python: few, wide ones
         return dict(BLOCK_M=block_m, BLOCK_N=min(64, max(16, triton.next_power_of_2(n))),
                     BLOCK_K=min(128, max(16, triton.next_power_of_2(k))), SPLIT_K=1)
-    block_n, block_k = 64, 256 // element_size * 2  # 128 bf16 or 64 fp32 values of each row per iteration
+    block_n, block_k = 64, 256 // element_size  # 256 bytes of each row per iteration: 128 bf16 or 64 fp32 values
     split = 1
     while (triton.cdiv(n, block_n) * split < ROWS_MIN_PROGRAMS and split < MAX_SPLIT_K
            and k >= 2 * split * block_k and not glu and m <= ROWS_BLOCK_M):
