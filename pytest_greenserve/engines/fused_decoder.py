@@ -298,19 +298,30 @@ class FusedDecoder:
             self.rows = {name: torch.zeros(capacity, v.numel(), device=v.device, dtype=torch.float32)
                          for name, v in (("x", self.x), ("qkv", self.qkv), ("attn", self.attn), ("mlp", self.mlp))}
             self.rows_scratch = k.RowsScratch(max(self.mlp.numel(), self.qkv.numel(), self.x.numel()), self.x.device)
-        x, qkv, attn, mlp = (self.rows[name][:n] for name in ("x", "qkv", "attn", "mlp"))
-        k.embed(ids, self.first_position, self.wte, self.wpe, x, scale=self.embed_scale)
-
-        def project(site, x, w, y, **epilogue):
-            k.rows_gemm(x, w, y, scratch=self.rows_scratch, **epilogue)
-
-        for i, layer in enumerate(self.layers):
-            self._layer_kernels(layer, project, x, qkv, attn, mlp, lambda: k.prefill_attention(
-                qkv, self.keys[i], self.values[i], attn, heads=self.heads, kv_heads=self.kv_heads,
-                head_dim=self.head_dim, scale=layer.scaling, rotary=self.rotary))
-        self.lm_head_gemv(self.best, x=x[n - 1])  # the last token only
+        k.embed(ids, self.first_position, self.wte, self.wpe, self.rows["x"][:n], scale=self.embed_scale)
+        self.prefill_layers(n)
+        self.lm_head_gemv(self.best, x=self.rows["x"][n - 1])  # the last token only
         pos.fill_(n - 1)
         k.greedy_advance(self.best, tok, pos, generated)
+
+    def prefill_layers(self, n: int, attention: bool = True) -> None:
+        """Every layer of :meth:`prefill` over the first ``n`` positions' activations (after a
+        first prefill made them); ``attention`` False: the GEMMs alone (what
+        tools/compile_variants.py times apart)."""
+        x, qkv, attn, mlp = (self.rows[name][:n] for name in ("x", "qkv", "attn", "mlp"))
+
+        def project(site, x, w, y, **epilogue):
+            self.kernels.rows_gemm(x, w, y, scratch=self.rows_scratch, **epilogue)
+
+        for i, layer in enumerate(self.layers):
+            self._layer_kernels(layer, project, x, qkv, attn, mlp,
+                                (lambda i=i: self.prefill_attention(i, n)) if attention else None)
+
+    def prefill_attention(self, i: int, n: int) -> None:
+        """Layer ``i``'s attention over the first ``n`` positions of :meth:`prefill`'s q, k and v."""
+        self.kernels.prefill_attention(self.rows["qkv"][:n], self.keys[i], self.values[i], self.rows["attn"][:n],
+                                       heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim,
+                                       scale=self.layers[i].scaling, rotary=self.rotary)
 
     def layers_at(self, pos, attention: bool = True) -> None:
         """Every layer at position ``pos`` (what fused_tuning times), without the embedding and
