@@ -14,7 +14,8 @@ Variants:
   fused     the engine's fused+graph mode: hand-fused Triton kernels, five per layer (engines/fused_decoder.py)
   fused-nopdl  the same, every kernel launched without programmatic dependent launch
   fused-t32 the same, attention reading the cache 32 positions per iteration instead of 64
-  fused-prefill  the same, prefill by the fused kernels (FusedDecoder.prefill) instead of the eager decoder, captured
+  fused-eagerprefill  the same, prefill by the eager decoder, captured, instead of the fused kernels
+            (FusedDecoder.prefill; before the fused prefill became the default, variant fused-prefill turned it on)
 
 Per variant: ms/token (median request / new tokens, CUDA synchronised), the first request's
 tokens against the base variant's (exact; bf16 near-ties may differ, the plugin judges quality),
@@ -33,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32", "fused-prefill")
+VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32", "fused-eagerprefill")
 
 
 def child(a) -> dict:
@@ -56,8 +57,8 @@ def child(a) -> dict:
         fused_kernels.USE_PDL = fused_kernels.USE_PDL and v != "fused-nopdl"
         if v == "fused-t32":
             fused_kernels.ATTENTION_BLOCK_T = 32
-        if v == "fused-prefill":
-            compile_engine.FUSED_PREFILL = True
+        if v == "fused-eagerprefill":
+            compile_engine.FUSED_PREFILL = False
     if v != "base" and not fused:
         torch._inductor.config.coordinate_descent_tuning = True
     if v == "autotune":
@@ -182,7 +183,7 @@ def anatomy(eng, position: int) -> dict:
             eng.pos.fill_(position)
             fn()
         timed[name] = round(graph_us(launch, replays=20, warmup=3), 1)
-    if f.rows is not None:  # the fused prefill ran (variant fused-prefill): its parts, at the first prompt's length
+    if f.rows is not None:  # the fused prefill ran (not variant fused-eagerprefill): its parts, at the first prompt's length
         n = position
         timed["prefill GEMMs alone"] = round(graph_us(lambda: f.prefill_layers(n, attention=False)), 1)
         timed["prefill attention alone"] = round(graph_us(lambda: [f.prefill_attention(i, n)

@@ -218,7 +218,7 @@ PYEOF
     timeout -s INT 230 $PY tools/compile_variants.py "$model" --dtypes "$dtype" --variants "${4:-fused}" \
       --budget-s 200 --cache $CACHE --out "$OUT/variants-$model.json" 2>&1 | grep -vE "Warning|warnings.warn" | tail -20 ;;
   issue19-rows)  # the fused prefill's GEMMs alone, every launch configuration (tools/rows_bench.py)
-    # (ARGS: [model] [dtype] [tokens]); then both prefills: issue19-variants MODEL DTYPE fused,fused-prefill
+    # (ARGS: [model] [dtype] [tokens]); then both prefills: issue19-variants MODEL DTYPE fused,fused-eagerprefill
     [ -d $SITE/transformers ] || install .whl
     model=${2:-starcoderbase-1b} dtype=${3:-bf16}
     timeout -s INT 540 $PY tools/rows_bench.py "$model" --dtype "$dtype" --tokens "${4:-12}" \

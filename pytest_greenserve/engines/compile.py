@@ -16,7 +16,8 @@ greedy choice included, as one unit:
   state stays on the device);
 * ``fused+graph`` (CUDA; gpt2, multi-query gpt_bigcode, gpt_neox, phi, llama, gemma): the decode step as hand-fused
   Triton kernels, five per layer (:mod:`.fused_decoder`), captured as a CUDA graph; prefill
-  as in ``graph`` (a fused prefill exists, off: :data:`FUSED_PREFILL`);
+  by the same kinds of kernels over the prompt's tokens at once, captured per prompt length
+  (:data:`FUSED_PREFILL`);
 * ``eager``: the static decoder without capture (a diagnostic: what the static cache alone gives);
 * ``auto`` (the default): on CUDA with Triton installed, ``fused+graph`` for the families it
   serves that were measured on a card (``fused_decoder.MEASURED_FAMILIES``: not yet gemma)
@@ -66,12 +67,12 @@ CAPTURE_WARMUP = 3
 PREFILL_GRAPHS_MAX = 32
 
 
-#: fused+graph's prefill runs the fused kernels (:meth:`.fused_decoder.FusedDecoder.prefill`)
-#: instead of the eager decoder, captured. Off: as it stands it is slower (a TTFT of 4.06 ms
-#: against 1.98 on starcoderbase-1b in bf16 on an H200, docs/measurements.md); its GEMMs' launch
-#: configuration is not tuned yet. Read when a prompt length's prefill is captured, so
-#: tools/compile_variants.py (variant fused-prefill) can compare both.
-FUSED_PREFILL = False
+#: fused+graph's prefill runs the fused kernels (:meth:`.fused_decoder.FusedDecoder.prefill`,
+#: captured) instead of the eager decoder, captured: on starcoderbase-1b in bf16 on an H200 its
+#: graph runs in 1.34 ms against the eager one's 1.9-2.0 (docs/measurements.md). Read when a
+#: prompt length's prefill is captured, so tools/compile_variants.py (variant
+#: fused-eagerprefill) can compare both.
+FUSED_PREFILL = True
 #: What ``auto`` falls back to, in order, where its mode fails to build: the next fastest, down
 #: to the uncompiled step (which still captures on CUDA, or runs the static decoder on CPU)
 FALLBACKS = {"fused+graph": ["inductor+graph", "graph"], "inductor+graph": ["graph"], "inductor": ["eager"]}
