@@ -107,8 +107,8 @@ def test_the_prefill_gemm_compiles(weights, norm, act, glu, residual, split_k):
     ptx = compile_ptx(fk._rows_gemm_kernel, types,
                       dict(NORM=norm, ACT=act, GLU=glu, HAS_BIAS=norm == LN, RESIDUAL=residual, PDL=True, UPCAST=False,
                            BLOCK_M=16, BLOCK_N=64, BLOCK_K=128 if weights == "*bf16" else 64, SPLIT_K=split_k))
-    if weights == "*bf16":  # the tensor cores' bf16 MMA
-        assert "mma" in ptx and "bf16" in ptx
+    assert "mma" in ptx  # on the tensor cores in both dtypes:
+    assert ("bf16" if weights == "*bf16" else "tf32") in ptx  # fp32 as three TF32 products
     assert "griddepcontrol.wait" in ptx
 
 
