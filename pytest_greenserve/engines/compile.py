@@ -20,7 +20,7 @@ greedy choice included, as one unit:
   (:data:`FUSED_PREFILL`);
 * ``eager``: the static decoder without capture (a diagnostic: what the static cache alone gives);
 * ``auto`` (the default): on CUDA with Triton installed, ``fused+graph`` for the families it
-  serves that were measured on a card (``fused_decoder.MEASURED_FAMILIES``: not yet gemma)
+  serves that were measured on a card (``fused_decoder.MEASURED_FAMILIES``)
   and ``inductor+graph`` for the others; ``graph`` without Triton; on CPU ``inductor``
   when a C++ compiler is found, else ``eager``. If compiling fails, ``auto``
   falls back to the uncompiled mode and says so; a mode asked for by name fails instead.
