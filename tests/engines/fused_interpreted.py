@@ -2,7 +2,7 @@
 reads it when its kernels are defined): the fused decode step against the static decoder's own,
 step by step, on a tiny model.
 
-    TRITON_INTERPRET=1 python tests/engines/fused_interpreted.py MODEL_DIR DTYPE STEPS
+    TRITON_INTERPRET=1 python tests/engines/fused_interpreted.py MODEL_DIR DTYPE STEPS [PROMPT_TOKENS]
 
 The token the eager greedy choice would take first is forbidden (as EOS is in the engine), so
 the fused greedy choice must skip it. Prints one JSON line: the fused prefill of the same prompt
@@ -22,15 +22,16 @@ from pytest_greenserve.engines.fused_decoder import FusedDecoder
 from pytest_greenserve.engines.static_decoder import StaticDecoder
 
 
-def main(model_dir: str, dtype: str, steps: int) -> None:
+def main(model_dir: str, dtype: str, steps: int, prompt_tokens: int = 11) -> None:
     torch.manual_seed(0)
     # the prompt's 11 positions and the steps' span several of attention's tiles: the first
     # (read before the wait for the projection) and those read after
     fused_kernels.ATTENTION_BLOCK_T = 4
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
     vocab = model.config.vocab_size
-    prompt = torch.tensor([[(7 * i + 3) % vocab for i in range(11)]])
-    static = StaticDecoder(model, 64)
+    prompt = torch.tensor([[(7 * i + 3) % vocab for i in range(prompt_tokens)]])
+    capacity = 64 if prompt_tokens + steps < 64 else 128
+    static = StaticDecoder(model, capacity)
     n = prompt.shape[1]
     out = []
     with torch.no_grad():
@@ -51,7 +52,7 @@ def main(model_dir: str, dtype: str, steps: int) -> None:
         for t in (*static.keys, *static.values):
             t.zero_()
         tok, pos = torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-        generated = torch.zeros(64, dtype=torch.long)
+        generated = torch.zeros(capacity, dtype=torch.long)
         fused.prefill(prompt[0], tok, pos, generated)
         keep = torch.arange(vocab) != forbidden
         cache_diff = max((got[..., :n, :].float() - want[..., :n, :].float()).abs().max().item()
@@ -81,4 +82,4 @@ def main(model_dir: str, dtype: str, steps: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), *map(int, sys.argv[4:5]))

@@ -27,10 +27,10 @@ STEPS = 6
 
 
 @functools.lru_cache(maxsize=None)  # several tests read the same interpreted run (tens of seconds)
-def fused_run(model_dir: Path, dtype: str) -> dict:
+def fused_run(model_dir: Path, dtype: str, steps: int = STEPS, prompt_tokens: int = 11) -> dict:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, str(SCRIPT), str(model_dir), dtype, str(STEPS)], capture_output=True,
-                          text=True, env=env, timeout=600)
+    done = subprocess.run([sys.executable, str(SCRIPT), str(model_dir), dtype, str(steps), str(prompt_tokens)],
+                          capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -88,6 +88,21 @@ def test_fused_prefill_gives_the_eager_prefills_logits_cache_and_choice_in_fp32(
     assert got["cache_max_abs_diff"] <= 1e-4 * max(1.0, got["cache_scale"]), (family, got)
     assert got["fused_token"] == got["static_token"] and got["token_written"], (family, got)
     assert got["position"] == 11, (family, got)  # the prompt's 11 tokens: the choice is the 12th
+
+
+def test_a_prompt_longer_than_one_block_of_tokens_gets_the_eager_prefill(tiny_model):
+    """A prompt of more tokens than one program of the prefill's GEMM takes (ROWS_BLOCK_M, 64; a
+    server's client may send one): the second block of tokens, and attention over all of them,
+    still give the eager prefill's logits, cache and choice, and the step after it its own."""
+    from pytest_greenserve.engines.fused_kernels import ROWS_BLOCK_M
+
+    tokens = ROWS_BLOCK_M + 6
+    got = fused_run(tiny_model("llama"), "float32", 1, tokens)
+    prefill, step = got["prefill"], got["steps"][0]
+    assert prefill["max_abs_diff"] <= 1e-4 * max(1.0, prefill["scale"]), prefill
+    assert prefill["cache_max_abs_diff"] <= 1e-4 * max(1.0, prefill["cache_scale"]), prefill
+    assert prefill["fused_token"] == prefill["static_token"] and prefill["position"] == tokens, prefill
+    assert step["max_abs_diff"] <= 1e-4 * max(1.0, step["scale"]), step
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
