@@ -45,6 +45,19 @@ def shapes(model: str) -> tuple[list[dict], int]:
     ], layers
 
 
+def epilogue(g: dict, dev) -> dict:
+    """The kernel's epilogue arguments for shape ``g`` (:func:`shapes`): a random bias, a layer
+    norm folded in (random weight and row sums) where the shape has one, GELU, residual."""
+    import torch
+
+    from pytest_greenserve.engines import fused_kernels as fk
+
+    n, k = g["n"], g["k"]
+    ln = (torch.rand(k, device=dev) + 0.5, torch.randn(n, device=dev), 1e-5) if g.get("ln") else None
+    return dict(bias=torch.randn(n, device=dev), ln=ln, act=fk.GELU_TANH if g.get("gelu") else fk.ACT_NONE,
+                residual=bool(g.get("residual")))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
@@ -94,11 +107,8 @@ def main() -> None:
         x = torch.randn(k, device=dev)
         y = torch.randn(n, device=dev)
         y0 = y.clone()
-        bias = torch.randn(n, device=dev)
-        ln = (torch.rand(k, device=dev) + 0.5, torch.randn(n, device=dev), 1e-5) if g.get("ln") else None
         best = torch.full((1,), fk.NO_BEST, dtype=torch.long, device=dev) if g.get("argmax") else None
-        flags = dict(bias=bias, ln=ln, act=fk.GELU_TANH if g.get("gelu") else fk.ACT_NONE,
-                     residual=bool(g.get("residual")), best=best, scratch=scratch)
+        flags = dict(epilogue(g, dev), best=best, scratch=scratch)
         state[g["name"]] = (ws, x, y, flags)
         nbytes = n * k * dtype.itemsize
         rows = []

@@ -18,7 +18,7 @@ import itertools
 import json
 import time
 
-from gemv_bench import shapes
+from gemv_bench import epilogue, shapes
 
 
 def candidate_rows_configs(k: int) -> list[dict]:
@@ -71,10 +71,7 @@ def main() -> None:
         x = torch.randn(m, k, device=dev)
         y = torch.randn(m, n, device=dev)
         y0 = y.clone()
-        bias = torch.randn(n, device=dev)
-        ln = (torch.rand(k, device=dev) + 0.5, torch.randn(n, device=dev), 1e-5) if g.get("ln") else None
-        flags = dict(bias=bias, ln=ln, act=fk.GELU_TANH if g.get("gelu") else fk.ACT_NONE,
-                     residual=bool(g.get("residual")), scratch=scratch)
+        flags = dict(epilogue(g, dev), scratch=scratch)
         state[g["name"]] = (ws, x, y, flags)
         nbytes = n * k * dtype.itemsize
         rows = []
