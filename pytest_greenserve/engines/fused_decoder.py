@@ -28,7 +28,8 @@ The weights are the transformers model's own tensors, except gpt2's Conv1D matri
 (K, N), which are copied once transposed to (N, K), the layout the kernels read row by row;
 llama's, gemma's and phi's q, k and v matrices, copied once into one; and gpt_neox's q/k/v matrix,
 laid out per head (q, k, v of head 0, then of head 1...), copied once as all q, then k, then v.
-The KV cache is the static decoder's, which the engine's eager prefill fills too.
+The KV cache is the static decoder's, so the eager decoder's prefill (the engine's with
+``compile.FUSED_PREFILL`` off) fills the same one.
 :meth:`FusedDecoder.prefill` runs a prompt through the same kinds of kernels, all its tokens at
 once, each weight read once for all of them (the engine's prefill: ``compile.FUSED_PREFILL``).
 Activations are fp32 in every dtype, so bf16 reads bf16 weights and cache but

@@ -528,7 +528,7 @@ def _rows_gemm_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rows
     MMA is wide on) and the tokens the second (a prompt's 10-15 tokens fill 16 columns):
     computed as (w f(x).T).T, so the weights go from memory to the MMA untouched and only the
     small x chunk is normed and rounded (bf16 weights take x rounded to bf16, as torch's bf16
-    GEMMs do; fp32 weights multiply in fp32). The norm's statistics are each token's, gathered
+    GEMMs do; fp32 weights, x as three TF32 products: :func:`_dot_weights`). The norm's statistics are each token's, gathered
     in the same pass over K. SPLIT_K > 1: as :func:`_gemv_kernel`'s, partial sums and
     statistics in ``partial_ptr``, a counter per (row block, token block) in ``arrived_ptr``,
     the last program to arrive adds them in split order and applies the epilogue."""
@@ -671,7 +671,8 @@ def rows_gemm(x, w, y, *, bias=None, ln=None, rms=None, act=ACT_NONE, up=None, r
             raise ValueError(f"SPLIT_K={config['SPLIT_K']} needs a RowsScratch, no gate, {ROWS_BLOCK_M} tokens or "
                              f"fewer, and a split of at most {MAX_SPLIT_K}")
         counters = triton.cdiv(n, config["BLOCK_N"])
-        if config["SPLIT_K"] * (m * n + counters * 2 * config["BLOCK_M"]) > scratch.partial.numel():
+        if (config["SPLIT_K"] * (m * n + counters * 2 * config["BLOCK_M"]) > scratch.partial.numel()
+                or counters > scratch.arrived.numel()):
             raise ValueError(f"the RowsScratch is too small for {n} rows")
     norm, norm_w, rowsum, eps = _norm_arguments(ln, rms, x)
     partial, arrived = (scratch.partial, scratch.arrived) if scratch is not None else (y, y)
