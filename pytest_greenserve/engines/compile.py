@@ -333,7 +333,7 @@ class CompileEngine(Engine):
         step; ``capture_s``, CUDA graph captures since (one per new prompt length, in the
         runner's warm-up, never inside a measured request); the cache size; the graphs (captured
         in all, prefill graphs held now, and dropped as least recently used); the fused step's
-        weight copies."""
+        weight copies, GEMV configurations and whether its prefill is fused."""
         return {"compile_mode": self.mode, "load_s": getattr(self, "load_s", None),
                 "compile_s": getattr(self, "compile_s", None),
                 "capture_s": self.capture_s,
@@ -344,7 +344,9 @@ class CompileEngine(Engine):
                 # gpt_neox's reordered), MiB
                 "fused_weight_copy_mib": self.fused.copied_weight_bytes / 2**20 if self.fused else None,
                 # fused+graph: each GEMV site's launch configuration, as chosen in the step's sequence
-                "fused_gemv_tuning": self.fused.tuning if self.fused else None}
+                "fused_gemv_tuning": self.fused.tuning if self.fused else None,
+                # fused+graph: whether prefill runs the fused kernels (else the decoder, captured)
+                "fused_prefill": FUSED_PREFILL if self.fused else None}
 
     def close(self):
         import gc
