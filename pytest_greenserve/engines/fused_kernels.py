@@ -181,23 +181,37 @@ def _gemv_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rowsum_pt
                        ACT, GLU, HAS_BIAS, RESIDUAL, ARGMAX)
     else:
         # partial_ptr: SPLIT_K rows of N partial sums, then (x_sum, x_squares) per (row block, split)
+        stats = partial_ptr + SPLIT_K * N + pid * SPLIT_K * 2
         tl.store(partial_ptr + split * N + rn, y, mask=n_mask)
-        stats = partial_ptr + SPLIT_K * N + (pid * SPLIT_K + split) * 2
-        tl.store(stats, x_sum)
-        tl.store(stats + 1, x_squares)
-        tl.debug_barrier()  # every thread's partial stored before the counter says so (released by it)
-        if tl.atomic_add(arrived_ptr + pid, 1, sem="acq_rel") == SPLIT_K - 1:
-            y = tl.zeros([BLOCK_N], dtype=tl.float32)
-            x_sum = 0.0
-            x_squares = 0.0
-            for s in tl.static_range(SPLIT_K):  # in split order, whichever program arrived last
-                y += tl.load(partial_ptr + s * N + rn, mask=n_mask, other=0.0, cache_modifier=".cg")
-                stats = partial_ptr + SPLIT_K * N + (pid * SPLIT_K + s) * 2
-                x_sum += tl.load(stats, cache_modifier=".cg")
-                x_squares += tl.load(stats + 1, cache_modifier=".cg")
+        tl.store(stats + split * 2, x_sum)
+        tl.store(stats + split * 2 + 1, x_squares)
+        if _arrived_last(arrived_ptr + pid, SPLIT_K):
+            y = _in_split_order(partial_ptr + rn, N, n_mask, SPLIT_K)
+            x_sum = _in_split_order(stats, 2, True, SPLIT_K)
+            x_squares = _in_split_order(stats + 1, 2, True, SPLIT_K)
             tl.store(arrived_ptr + pid, 0)  # ready for the next launch
             _gemv_epilogue(y, y_up, x_sum, x_squares, rn, n_mask, y_ptr, bias_ptr, ln_rowsum_ptr, best_ptr, K, eps,
                            NORM, ACT, GLU, HAS_BIAS, RESIDUAL, ARGMAX)
+
+
+@triton.jit
+def _arrived_last(counter_ptr, SPLIT_K: tl.constexpr):
+    """Split-K, after a program stored its partial sums: count it as arrived at
+    ``counter_ptr`` (acquire-release: the partials it stored are released with the count, and
+    the last to arrive sees every other's); whether it was the last of the SPLIT_K."""
+    tl.debug_barrier()  # every thread's partial stored before the counter says so
+    return tl.atomic_add(counter_ptr, 1, sem="acq_rel") == SPLIT_K - 1
+
+
+@triton.jit
+def _in_split_order(ptrs, split_stride, mask, SPLIT_K: tl.constexpr):
+    """The SPLIT_K partial sums at ``ptrs + s * split_stride`` added in split order s = 0, 1,
+    ..., whichever program arrived last (so the result is the same bits on every launch); read
+    past L1 (.cg), since other programs wrote them."""
+    total = tl.load(ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+    for s in tl.static_range(1, SPLIT_K):
+        total += tl.load(ptrs + s * split_stride, mask=mask, other=0.0, cache_modifier=".cg")
+    return total
 
 
 @triton.jit
@@ -528,8 +542,8 @@ def _rows_gemm_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rows
     MMA is wide on) and the tokens the second (a prompt's 10-15 tokens fill 16 columns):
     computed as (w f(x).T).T, so the weights go from memory to the MMA untouched and only the
     small x chunk is normed and rounded (bf16 weights take x rounded to bf16, as torch's bf16
-    GEMMs do; fp32 weights, x as three TF32 products: :func:`_dot_weights`). The norm's statistics are each token's, gathered
-    in the same pass over K. SPLIT_K > 1: as :func:`_gemv_kernel`'s, partial sums and
+    GEMMs do; fp32 weights, x as three TF32 products: :func:`_dot_weights`). The norm's
+    statistics are each token's, gathered in the same pass over K. SPLIT_K > 1: as :func:`_gemv_kernel`'s, partial sums and
     statistics in ``partial_ptr``, a counter per (row block, token block) in ``arrived_ptr``,
     the last program to arrive adds them in split order and applies the epilogue."""
     tl.static_assert(not GLU or SPLIT_K == 1, "a gated GEMM splits no K")
@@ -568,22 +582,16 @@ def _rows_gemm_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rows
     else:
         # partial_ptr: SPLIT_K partial (M, N) sums, then each (token block, row block, split)'s BLOCK_M sums
         # and BLOCK_M sums of squares
-        tl.store(partial_ptr + split * M * N + rm[None, :] * N + rn[:, None], acc, mask=both)
+        partials = partial_ptr + rm[None, :] * N + rn[:, None]
         counter = block_m * tl.num_programs(0) + pid
-        stats = partial_ptr + SPLIT_K * M * N + (counter * SPLIT_K + split) * 2 * BLOCK_M + tl.arange(0, BLOCK_M)
-        tl.store(stats, total)
-        tl.store(stats + BLOCK_M, squares)
-        tl.debug_barrier()  # every thread's partial stored before the counter says so (released by it)
-        if tl.atomic_add(arrived_ptr + counter, 1, sem="acq_rel") == SPLIT_K - 1:
-            acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-            total = tl.zeros([BLOCK_M], dtype=tl.float32)
-            squares = tl.zeros([BLOCK_M], dtype=tl.float32)
-            for s in tl.static_range(SPLIT_K):  # in split order, whichever program arrived last
-                acc += tl.load(partial_ptr + s * M * N + rm[None, :] * N + rn[:, None], mask=both, other=0.0,
-                               cache_modifier=".cg")
-                stats = partial_ptr + SPLIT_K * M * N + (counter * SPLIT_K + s) * 2 * BLOCK_M + tl.arange(0, BLOCK_M)
-                total += tl.load(stats, cache_modifier=".cg")
-                squares += tl.load(stats + BLOCK_M, cache_modifier=".cg")
+        stats = partial_ptr + SPLIT_K * M * N + counter * SPLIT_K * 2 * BLOCK_M + tl.arange(0, BLOCK_M)
+        tl.store(partials + split * M * N, acc, mask=both)
+        tl.store(stats + split * 2 * BLOCK_M, total)
+        tl.store(stats + split * 2 * BLOCK_M + BLOCK_M, squares)
+        if _arrived_last(arrived_ptr + counter, SPLIT_K):
+            acc = _in_split_order(partials, M * N, both, SPLIT_K)
+            total = _in_split_order(stats, 2 * BLOCK_M, True, SPLIT_K)
+            squares = _in_split_order(stats + BLOCK_M, 2 * BLOCK_M, True, SPLIT_K)
             tl.store(arrived_ptr + counter, 0)  # ready for the next launch
             _rows_epilogue(acc, acc_up, total, squares, out, both, rn, n_mask, bias_ptr, ln_rowsum_ptr, K, eps, NORM,
                            ACT, GLU, HAS_BIAS, RESIDUAL)
