@@ -153,13 +153,11 @@ def anatomy(eng, position: int) -> dict:
     """The fused decode step at ``position`` (the first prompt's length) and its parts, each
     captured as a CUDA graph (the position reset inside) and replayed: µs per step of the whole
     step, of it without attention, of the GEMVs alone, and of the attention kernels alone.
-    Then the prefill of that prompt (the
-    engine's captured graph, replayed; no host copy or synchronisation, which TTFT includes)
-    and, where it is the fused prefill, its GEMMs alone and its attention alone."""
-    import torch
-
+    Then the prefill of that prompt (the engine's captured graph, replayed; no host copy or
+    synchronisation, which TTFT includes) and, where it is the fused prefill, its GEMMs alone
+    and its attention alone."""
     from pytest_greenserve.engines import fused_kernels as k
-    from pytest_greenserve.engines.fused_tuning import graph_us
+    from pytest_greenserve.engines.fused_tuning import graph_us, replay_us
 
     f = eng.fused
     f.pos = eng.pos
@@ -188,16 +186,8 @@ def anatomy(eng, position: int) -> dict:
         timed["prefill GEMMs alone"] = round(graph_us(lambda: f.prefill_layers(n, attention=False)), 1)
         timed["prefill attention alone"] = round(graph_us(lambda: [f.prefill_attention(i, n)
                                                                    for i in range(len(f.layers))]), 1)
-    graph = eng._prefill_graphs[position][0]  # the engine's own prefill, as captured
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(20):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    timed["prefill"] = round(start.elapsed_time(end) * 1000 / 20, 1)
+    # the engine's own prefill, as captured
+    timed["prefill"] = round(replay_us(eng._prefill_graphs[position][0], replays=20, warmup=1), 1)
     f.reset_greedy_choice()
     print("step parts, µs:", timed, file=sys.stderr)
     return timed

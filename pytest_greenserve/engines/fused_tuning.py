@@ -59,6 +59,14 @@ def graph_us(launch, replays: int = REPLAYS, warmup: int = 2) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         launch()
+    return replay_us(graph, replays, warmup)
+
+
+def replay_us(graph, replays: int = REPLAYS, warmup: int = 2) -> float:
+    """µs per replay of a captured CUDA ``graph``: ``warmup`` replays untimed, then ``replays``
+    timed with CUDA events."""
+    import torch
+
     for _ in range(warmup):
         graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
