@@ -126,14 +126,11 @@ def test_gemv_with_k_split_across_programs_gives_the_unsplit_result_every_time()
     gated = by_split.pop("gated")  # llama's gate and up projections in one GEMV: checked below
     rows = by_split.pop("rows")  # the prefill's GEMM over five tokens: the same checks
     assert set(by_split) == set(rows) == {"1", "2", "4"}
-    for split, got in rows.items():
+    for split, got in [*by_split.items(), *rows.items()]:
         assert got["max_abs_diff_torch"] <= 1e-4, (split, got)
         assert got["max_abs_diff_unsplit"] <= 1e-4, (split, got)
         assert got["same_bits_twice"] and got["counters_zero"], (split, got)
-    for split, got in by_split.items():
-        assert got["max_abs_diff_torch"] <= 1e-4, (split, got)
-        assert got["max_abs_diff_unsplit"] <= 1e-4, (split, got)
-        assert got["same_bits_twice"] and got["counters_zero"], (split, got)
+    for split, got in by_split.items():  # the GEMV's greedy choice (the prefill's GEMMs make none)
         assert got["greedy"] == got["torch_argmax"], (split, got)
     assert gated["max_abs_diff_torch"] <= 1e-4 * max(1.0, gated["scale"]), gated
 
