@@ -58,6 +58,17 @@ def epilogue(g: dict, dev) -> dict:
                 residual=bool(g.get("residual")))
 
 
+def per_copy_us(launch, copies: int, replays: int) -> float:
+    """µs per launch: ``launch(c)`` for every copy c of the weights, captured as one CUDA graph
+    and replayed."""
+    from pytest_greenserve.engines.fused_tuning import graph_us
+
+    def every_copy():
+        for c in range(copies):
+            launch(c)
+    return graph_us(every_copy, replays=replays, warmup=3) / copies
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
@@ -71,7 +82,6 @@ def main() -> None:
     import triton
 
     from pytest_greenserve.engines import fused_kernels as fk
-    from pytest_greenserve.engines.fused_tuning import graph_us
 
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     dev = "cuda"
@@ -81,11 +91,7 @@ def main() -> None:
     t0 = time.time()
 
     def timed(launch, copies: int) -> float:
-        """µs per launch: ``launch(c)`` for every copy, captured as one graph and replayed."""
-        def every_copy():
-            for c in range(copies):
-                launch(c)
-        return graph_us(every_copy, replays=a.replays, warmup=3) / copies
+        return per_copy_us(launch, copies, a.replays)
 
     # the card's streaming read (a reduction over 2 GB), the ceiling a GEMV can approach
     big = torch.empty(2**30, dtype=torch.bfloat16, device=dev).normal_()

@@ -18,7 +18,7 @@ import itertools
 import json
 import time
 
-from gemv_bench import epilogue, shapes
+from gemv_bench import epilogue, per_copy_us, shapes
 
 
 def candidate_rows_configs(k: int) -> list[dict]:
@@ -45,7 +45,6 @@ def main() -> None:
     import triton
 
     from pytest_greenserve.engines import fused_kernels as fk
-    from pytest_greenserve.engines.fused_tuning import graph_us
 
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     dev = "cuda"
@@ -55,11 +54,8 @@ def main() -> None:
     scratch = fk.RowsScratch(max(g["n"] for g in gemms), dev)
     t0 = time.time()
 
-    def timed(launch) -> float:
-        def every_layer():
-            for c in range(layers):
-                launch(c)
-        return graph_us(every_layer, replays=a.replays, warmup=3) / layers
+    def timed(launch) -> float:  # one launch per layer, each on its own copy of the weights
+        return per_copy_us(launch, layers, a.replays)
 
     result = {"model": a.model, "dtype": a.dtype, "tokens": m, "device": torch.cuda.get_device_name(),
               "pdl": fk.USE_PDL, "torch": torch.__version__, "triton": triton.__version__, "layers": layers,
