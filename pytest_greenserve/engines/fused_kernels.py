@@ -543,9 +543,10 @@ def _rows_gemm_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rows
     computed as (w f(x).T).T, so the weights go from memory to the MMA untouched and only the
     small x chunk is normed and rounded (bf16 weights take x rounded to bf16, as torch's bf16
     GEMMs do; fp32 weights, x as three TF32 products: :func:`_dot_weights`). The norm's
-    statistics are each token's, gathered in the same pass over K. SPLIT_K > 1: as :func:`_gemv_kernel`'s, partial sums and
-    statistics in ``partial_ptr``, a counter per (row block, token block) in ``arrived_ptr``,
-    the last program to arrive adds them in split order and applies the epilogue."""
+    statistics are each token's, gathered in the same pass over K. SPLIT_K > 1: as
+    :func:`_gemv_kernel`'s, partial sums and statistics in ``partial_ptr``, a counter per (row
+    block, token block) in ``arrived_ptr``, the last program to arrive adds them in split order
+    and applies the epilogue."""
     tl.static_assert(not GLU or SPLIT_K == 1, "a gated GEMM splits no K")
     pid = tl.program_id(0)
     split = tl.program_id(1)
