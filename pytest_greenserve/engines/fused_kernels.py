@@ -511,6 +511,183 @@ def decode_attention(qkv, keys, values, pos, out, *, heads, kv_heads, head_dim, 
     _decode_attention_kernel[(heads,)](qkv, keys, values, pos, out, *tables, scale, *sizes, **constants)
 
 
+@triton.jit
+def _attention_gemv_kernel(qkv_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, attn_ptr, w_ptr, y_ptr,
+                           bias_ptr, partial_ptr, arrived_ptr, N, K, stride_wn, scale, q_size, kv_size, group,
+                           head_stride, D, R, HAS_BIAS: tl.constexpr, EXACT_DOT: tl.constexpr, PDL: tl.constexpr,
+                           ROTARY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+    """:func:`_decode_attention_kernel` and the attention output's GEMV (y += attn W_o.T +
+    bias) in one kernel: each program reads the weights of BLOCK_N rows for one chunk of K
+    (SPLIT_K = cdiv(K, BLOCK_K): one chunk per program, loaded whole before the wait), then
+    computes the heads that chunk covers itself, from q, k and v and the cache.
+
+    Every row block computes its chunk's heads again: the heads are a few KB of cache, read
+    from L2, against a kernel boundary and a round trip through memory saved. The heads are
+    stored into ``attn_ptr`` (every program computes the same bits for a head, so it does not
+    matter whose store lands) and read back after a barrier as the GEMV's x.
+
+    A key/value group's heads attend at once, on the tensor cores: scores (BLOCK_H heads ×
+    BLOCK_T positions) = q K.T and the output p V, with the fp32 operands as three TF32
+    products (tf32x3, about fp32's precision; EXACT_DOT, Triton's interpreter: ieee). The
+    program of the first row block whose chunk holds a group's first head caches the step's key
+    and value at ``pos``. The group's first BLOCK_T cached positions are loaded before the
+    wait, as :func:`_decode_attention_kernel` loads them."""
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = rn < N
+    rk = split * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_mask = rk < K
+    w = _weights(w_ptr, rn, n_mask, rk, k_mask, stride_wn, True)  # this program's whole share of the weights
+    first_head = split * BLOCK_K // D
+    end_head = tl.minimum((split * BLOCK_K + BLOCK_K + D - 1) // D, q_size // D)  # past the chunk's last head
+    pos = tl.load(pos_ptr)
+    rd = tl.arange(0, BLOCK_D)
+    d_mask = rd < D
+    rt = tl.arange(0, BLOCK_T)
+    t_mask = rt < pos
+    both = t_mask[:, None] & d_mask[None, :]
+    tile = rt[:, None] * D + rd[None, :]
+    first_kv = first_head // group
+    keys = tl.load(k_cache_ptr + first_kv * head_stride + tile, mask=both, other=0.0)
+    values = tl.load(v_cache_ptr + first_kv * head_stride + tile, mask=both, other=0.0)
+    if ROTARY:
+        cos = tl.load(cos_ptr + pos * R + rd, mask=rd < R, other=1.0)
+        sin = tl.load(sin_ptr + pos * R + rd, mask=rd < R, other=0.0)
+    else:
+        cos = tl.full([BLOCK_D], 1.0, tl.float32)
+        sin = tl.zeros([BLOCK_D], dtype=tl.float32)
+    _wait_for_previous(PDL)
+    for kv in range(first_kv, (end_head - 1) // group + 1):
+        rh = kv * group + tl.arange(0, BLOCK_H)
+        h_mask = (rh >= first_head) & (rh < end_head) & (rh < kv * group + group)
+        hd_mask = h_mask[:, None] & d_mask[None, :]
+        q = _rotated((qkv_ptr + rh * D)[:, None], rd[None, :], hd_mask, cos[None, :], sin[None, :], R, ROTARY) * scale
+        k_new = _rotated(qkv_ptr + q_size + kv * D, rd, d_mask, cos, sin, R, ROTARY)
+        v_new = tl.load(qkv_ptr + q_size + kv_size + kv * D + rd, mask=d_mask, other=0.0)
+        m_i = tl.sum(q * k_new[None, :], axis=1)  # running maxima, from the current position's scores
+        l_i = tl.full([BLOCK_H], 1.0, tl.float32)
+        acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32) + v_new[None, :]
+        m_i, l_i, acc = _attend_heads(q, keys, values, t_mask, m_i, l_i, acc, EXACT_DOT)
+        base = kv * head_stride
+        for t0 in range(BLOCK_T, pos, BLOCK_T):  # positions past the first tile
+            rt_next = t0 + rt
+            t_mask_next = rt_next < pos
+            tile_next = base + rt_next[:, None] * D + rd[None, :]
+            both_next = t_mask_next[:, None] & d_mask[None, :]
+            m_i, l_i, acc = _attend_heads(q, tl.load(k_cache_ptr + tile_next, mask=both_next, other=0.0),
+                                          tl.load(v_cache_ptr + tile_next, mask=both_next, other=0.0), t_mask_next,
+                                          m_i, l_i, acc, EXACT_DOT)
+        tl.store(attn_ptr + rh[:, None] * D + rd[None, :], acc / l_i[:, None], mask=hd_mask)
+        if (pid == 0) & ((kv * group * D) // BLOCK_K == split):  # the group's first head is in this chunk
+            tl.store(k_cache_ptr + base + pos * D + rd, k_new.to(k_cache_ptr.dtype.element_ty), mask=d_mask)
+            tl.store(v_cache_ptr + base + pos * D + rd, v_new.to(v_cache_ptr.dtype.element_ty), mask=d_mask)
+        # the next group's first tile (none past the chunk's last group)
+        next_t = tl.where((kv + 1) * group < end_head, pos, 0)
+        next_mask = (rt < next_t)[:, None] & d_mask[None, :]
+        keys = tl.load(k_cache_ptr + base + head_stride + tile, mask=next_mask, other=0.0)
+        values = tl.load(v_cache_ptr + base + head_stride + tile, mask=next_mask, other=0.0)
+    tl.debug_barrier()  # every head this program stored, visible to all its threads
+    x = tl.load(attn_ptr + rk, mask=k_mask, other=0.0, cache_modifier=".cg")
+    y = tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+    if SPLIT_K == 1:
+        _gemv_epilogue(y, y, 0.0, 0.0, rn, n_mask, y_ptr, bias_ptr, bias_ptr, y_ptr, K, 0.0, _NORM_NONE, 0, False,
+                       HAS_BIAS, True, False)
+    else:
+        tl.store(partial_ptr + split * N + rn, y, mask=n_mask)
+        if _arrived_last(arrived_ptr + pid, SPLIT_K):
+            y = _in_split_order(partial_ptr + rn, N, n_mask, SPLIT_K)
+            tl.store(arrived_ptr + pid, 0)  # ready for the next launch
+            _gemv_epilogue(y, y, 0.0, 0.0, rn, n_mask, y_ptr, bias_ptr, bias_ptr, y_ptr, K, 0.0, _NORM_NONE, 0,
+                           False, HAS_BIAS, True, False)
+
+
+@triton.jit
+def _attend_heads(q, keys, values, t_mask, m_i, l_i, acc, EXACT_DOT: tl.constexpr):
+    """:func:`_attend` for a group's heads at once (q: BLOCK_H × BLOCK_D, m_i and l_i per head,
+    acc BLOCK_H × BLOCK_D), its two products on the tensor cores."""
+    s = tl.where(t_mask[None, :], _dot_cache(q, tl.trans(keys), EXACT_DOT), float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp(m_i - m_new)
+    p = tl.exp(s - m_new[:, None])
+    acc = acc * alpha[:, None] + _dot_cache(p, values, EXACT_DOT)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _dot_cache(a, cached, EXACT_DOT: tl.constexpr):
+    """a (fp32) times ``cached`` (a tile of the cache) on the tensor cores, in fp32: a rounded
+    to a bf16 or fp16 cache's dtype (as torch's attention in that dtype takes q and the
+    probabilities), or with an fp32 cache as three TF32 products (about fp32's precision).
+    EXACT_DOT (Triton's interpreter, whose tl.dot is wrong for bf16 operands): the same
+    roundings, multiplied in fp32."""
+    if EXACT_DOT:
+        product = tl.dot(a.to(cached.dtype).to(tl.float32), cached.to(tl.float32), input_precision="ieee")
+    elif cached.dtype == tl.float32:
+        product = tl.dot(a, cached, input_precision="tf32x3")
+    else:
+        product = tl.dot(a.to(cached.dtype), cached)
+    return product
+
+
+def attention_gemv_configs(n: int, k: int) -> list[dict]:
+    """:func:`attention_gemv`'s launch configurations for an (n, k) output projection: one
+    chunk of K per program (SPLIT_K = cdiv(k, BLOCK_K), at most :data:`MAX_SPLIT_K`), as
+    (BLOCK_N, BLOCK_K, num_warps, SPLIT_K); a program holds at most 16K weights. No software
+    pipelining (num_stages 1): its loop over the cache rarely runs past the first tile, and
+    Triton's stages would only cost it registers and shared memory."""
+    configs = []
+    for block_k in (128, 256, 512, 1024, 2048, 4096):
+        split = triton.cdiv(k, block_k)
+        if split > MAX_SPLIT_K or block_k > max(128, triton.next_power_of_2(k)):
+            continue
+        for block_n in (2, 4, 8, 16, 32):
+            if block_n * block_k <= 16384 and block_n <= triton.next_power_of_2(n):
+                configs += [dict(BLOCK_N=block_n, BLOCK_K=block_k, num_warps=w, SPLIT_K=split, num_stages=1)
+                            for w in (4, 8)]
+    return configs
+
+
+def attention_gemv_fits(config: dict, n: int, k: int) -> bool:
+    """Whether ``config`` is one of :func:`attention_gemv_configs` ``(n, k)``'s kind: one chunk
+    of K per program, within the split's bound."""
+    block_k, split = config["BLOCK_K"], config["SPLIT_K"]
+    return split == triton.cdiv(k, block_k) and split <= MAX_SPLIT_K and config["BLOCK_N"] <= triton.next_power_of_2(n)
+
+
+def default_attention_gemv_config(n: int, k: int) -> dict:
+    """:func:`attention_gemv`'s launch configuration before (or without) tuning."""
+    if INTERPRETED:  # each program is emulated in Python: few, wide ones
+        return dict(BLOCK_N=min(64, triton.next_power_of_2(n)), BLOCK_K=triton.next_power_of_2(k), SPLIT_K=1)
+    block_k = max(128, triton.next_power_of_2(triton.cdiv(k, 2)))
+    return dict(BLOCK_N=8, BLOCK_K=block_k, num_warps=8, SPLIT_K=triton.cdiv(k, block_k), num_stages=1)
+
+
+def attention_gemv(qkv, keys, values, pos, attn, w, y, *, heads, kv_heads, head_dim, scale, rotary=None, bias=None,
+                   scratch=None, config=None):
+    """:func:`decode_attention` (its arguments, ``attn`` its output) then ``gemv(attn, w, y,
+    bias=bias, residual=True)``, in one kernel: y += attention @ w.T + bias. ``config``: one
+    chunk of K per program (:func:`attention_gemv_configs`), by default
+    :func:`default_attention_gemv_config`'s; SPLIT_K > 1 needs ``scratch``, a
+    :class:`GemvScratch` for w's rows."""
+    n, k = w.shape
+    config = dict(config or default_attention_gemv_config(n, k))
+    if not attention_gemv_fits(config, n, k):
+        raise ValueError(f"{config} does not give each program one chunk of K={k}")
+    if config["SPLIT_K"] > 1 and scratch is None:
+        raise ValueError("a split-K launch needs a GemvScratch")
+    tables, sizes, constants = _attention_arguments(keys, attn, heads, kv_heads, head_dim, rotary)
+    # tl.dot takes 16 rows and positions at least
+    constants.update(BLOCK_H=max(16, triton.next_power_of_2(heads // kv_heads)),
+                     BLOCK_T=max(16, constants["BLOCK_T"]))
+    partial, arrived = (scratch.partial, scratch.arrived) if scratch is not None else (y, y)
+    _attention_gemv_kernel[(triton.cdiv(n, config["BLOCK_N"]), config["SPLIT_K"])](
+        qkv, keys, values, pos, *tables, attn, w, y, bias if bias is not None else y, partial, arrived, n, k,
+        w.stride(0), scale, *sizes, HAS_BIAS=bias is not None, EXACT_DOT=INTERPRETED, **constants, **config)
+
+
 def _attention_arguments(keys, placeholder, heads, kv_heads, head_dim, rotary) -> tuple:
     """What both attention kernels take after their tensors: the rotary tables (cos, sin;
     ``placeholder``, any tensor, without rotary), the sizes (q's, k's or v's, heads per
