@@ -14,8 +14,6 @@ Variants:
   fused     the engine's fused+graph mode: hand-fused Triton kernels, five per layer (engines/fused_decoder.py)
   fused-nopdl  the same, every kernel launched without programmatic dependent launch
   fused-t32 the same, attention reading the cache 32 positions per iteration instead of 64
-  fused-attnkernel  the same, attention in a kernel of its own before the attention output's GEMV
-            instead of inside it (fused_decoder.ATTENTION_IN_OUTPUT_GEMV off)
   fused-eagerprefill  the same, prefill by the eager decoder, captured, instead of the fused kernels
             (FusedDecoder.prefill; before the fused prefill became the default, variant fused-prefill turned it on)
 
@@ -36,8 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32", "fused-attnkernel",
-            "fused-eagerprefill")
+VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32", "fused-eagerprefill")
 
 
 def child(a) -> dict:
@@ -62,10 +59,6 @@ def child(a) -> dict:
             fused_kernels.ATTENTION_BLOCK_T = 32
         if v == "fused-eagerprefill":
             compile_engine.FUSED_PREFILL = False
-        if v == "fused-attnkernel":
-            from pytest_greenserve.engines import fused_decoder
-
-            fused_decoder.ATTENTION_IN_OUTPUT_GEMV = False
     if v != "base" and not fused:
         torch._inductor.config.coordinate_descent_tuning = True
     if v == "autotune":
@@ -134,7 +127,6 @@ def child(a) -> dict:
             "compile_mode": info["compile_mode"], "compile_fallback": info["compile_fallback"],
             "pdl": fused and fused_kernels.USE_PDL,
             "fused_prefill": fused and compile_engine.FUSED_PREFILL,
-            "attention_in_output_gemv": fused and eng.fused.attention_in_output,
             "device": torch.cuda.get_device_name() if cuda else "cpu"}
 
 

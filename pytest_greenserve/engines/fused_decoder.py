@@ -50,10 +50,6 @@ FAMILIES = ("gpt2", "gpt_bigcode", "gpt_neox", "phi", "llama", "gemma")
 #: picks fused+graph for them (the others get inductor+graph unless fused+graph is asked for)
 #: (gemma: codegemma-2b's replica in fp32 on an H200, 16 prompts, docs/measurements.md)
 MEASURED_FAMILIES = ("gpt2", "gpt_bigcode", "gpt_neox", "phi", "llama", "gemma")
-#: A decode step computes attention inside the attention output's GEMV
-#: (fused_kernels.attention_gemv), four kernels a layer, rather than in a kernel of its own
-#: before it (read at each FusedDecoder's construction, so tools/compile_variants.py can turn it off)
-ATTENTION_IN_OUTPUT_GEMV = True
 
 
 def unsupported_reason(config) -> str | None:
@@ -239,12 +235,10 @@ class FusedDecoder:
         # the greedy choice, packed (fused_kernels.gemv's ``best``); consumed and reset each step
         self.best = torch.full((1,), fused_kernels.NO_BEST, dtype=torch.long, device=device)
         self.pos = None  # the step's position (a device tensor), from the first call on
-        #: the step's attention runs inside the attention output's GEMV (ATTENTION_IN_OUTPUT_GEMV)
-        self.attention_in_output = ATTENTION_IN_OUTPUT_GEMV
-        from .fused_tuning import default_configs, tuned
+        from .fused_tuning import site_shapes, tuned
 
         #: each GEMV site's launch configuration (fused_tuning.SITES), tuned on CUDA
-        self.configs = default_configs(self)
+        self.configs = {site: fused_kernels.default_config(n, k) for site, (n, k) in site_shapes(self).items()}
         #: how the configurations were chosen (fused_tuning.tuned), or None where not tuned
         self.tuning = (tuned(self, tuning_cache, progress=progress)
                        if device.type == "cuda" and not fused_kernels.INTERPRETED else None)
@@ -272,21 +266,12 @@ class FusedDecoder:
                                       rotary=self.rotary)
 
     def _layer(self, i: int, attention: bool = True) -> None:
-        """Layer ``i`` of a decode step: its four GEMVs, and (``attention``) its attention, in
-        the attention output's GEMV where :attr:`attention_in_output`."""
-        in_output = attention and self.attention_in_output
-
+        """Layer ``i`` of a decode step: its four GEMVs, and (``attention``) its attention."""
         def project(site, x, w, y, **epilogue):
-            if site == "out" and in_output:
-                self.kernels.attention_gemv(self.qkv, self.keys[i], self.values[i], self.pos, x, w, y,
-                                            heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim,
-                                            scale=self.layers[i].scaling, rotary=self.rotary, bias=epilogue["bias"],
-                                            scratch=self.scratch, config=self.configs[site])
-            else:
-                self.kernels.gemv(x, w, y, scratch=self.scratch, config=self.configs[site], **epilogue)
+            self.kernels.gemv(x, w, y, scratch=self.scratch, config=self.configs[site], **epilogue)
 
         self._layer_kernels(self.layers[i], project, self.x, self.qkv, self.attn, self.mlp,
-                            (lambda: self.attention(i)) if attention and not in_output else None)
+                            (lambda: self.attention(i)) if attention else None)
 
     def _layer_kernels(self, layer: _Layer, project, x, qkv, attn, mlp, attention) -> None:
         """One layer's four projections (``project(site, x, w, y, **epilogue)``) over the
@@ -342,8 +327,7 @@ class FusedDecoder:
 
     def layers_at(self, pos, attention: bool = True) -> None:
         """Every layer at position ``pos`` (what fused_tuning times), without the embedding and
-        the vocabulary GEMV; ``attention`` False: the GEMVs alone (the attention output's
-        without attention, at the launch configuration tuned with it). They leave the activations
+        the vocabulary GEMV; ``attention`` False: the GEMVs alone. They leave the activations
         and the cache's slot at ``pos`` as the step never would: the step rebuilds the first
         from the embedding, and rewrites the slot before any later position reads it."""
         self.pos = pos

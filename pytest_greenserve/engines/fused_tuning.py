@@ -48,39 +48,6 @@ def site_shapes(decoder) -> dict[str, tuple[int, int]]:
             "proj": tuple(layer.proj_w.shape), "lm_head": tuple(decoder.lm_head.shape)}
 
 
-def candidates(decoder, site: str) -> list[dict]:
-    """The launch configurations tried for ``site``: the attention output's where it computes
-    attention (fused_kernels.attention_gemv_configs), else the GEMV's that fit its shape (a gated
-    MLP's first GEMV, gate and up at once, never splits K)."""
-    from . import fused_kernels as fk
-
-    n, k = site_shapes(decoder)[site]
-    if site == "out" and decoder.attention_in_output:
-        return fk.attention_gemv_configs(n, k)
-    return [config for config in fk.candidate_configs() if fk.fits(config, n, k)
-            and not (site == "fc" and decoder.gated and config["SPLIT_K"] > 1)]
-
-
-def fits(decoder, site: str, config: dict) -> bool:
-    """Whether ``config`` can launch ``site`` (a kept tuning is checked so before it is used)."""
-    from . import fused_kernels as fk
-
-    n, k = site_shapes(decoder)[site]
-    if site == "out" and decoder.attention_in_output:
-        return fk.attention_gemv_fits(config, n, k)
-    return fk.fits(config, n, k) and not (site == "fc" and decoder.gated and config["SPLIT_K"] > 1)
-
-
-def default_configs(decoder) -> dict[str, dict]:
-    """Each site's launch configuration before (or without) tuning."""
-    from . import fused_kernels as fk
-
-    configs = {site: fk.default_config(n, k) for site, (n, k) in site_shapes(decoder).items()}
-    if decoder.attention_in_output:
-        configs["out"] = fk.default_attention_gemv_config(*site_shapes(decoder)["out"])
-    return configs
-
-
 def graph_us(launch, replays: int = REPLAYS, warmup: int = 2) -> float:
     """µs per replay of ``launch()`` captured as a CUDA graph: run once before (to compile),
     ``warmup`` replays untimed, then ``replays`` timed with CUDA events (tools/gemv_bench.py
@@ -120,18 +87,24 @@ def tune(decoder) -> dict:
     seconds the tuning took."""
     import torch
 
+    from . import fused_kernels as fk
+
     started = time.perf_counter()
+    shapes = site_shapes(decoder)
     # the attention reads the cache up to here (its contents do not matter to the timing)
     pos = torch.full((1,), min(TUNING_POSITION, decoder.keys[0].shape[2] - 1), dtype=torch.long,
                      device=decoder.x.device)
     timed = {}
     for site in SITES:
+        n, k = shapes[site]
         launch = (lambda: decoder.lm_head_gemv(decoder.best)) if site == "lm_head" else (
             lambda: decoder.layers_at(pos))
         timed[site] = {"before_us": graph_us(launch)}
         best_us, best = timed[site]["before_us"], decoder.configs[site]
         tried = 0
-        for config in candidates(decoder, site):
+        for config in fk.candidate_configs():
+            if not fk.fits(config, n, k) or (site == "fc" and decoder.gated and config["SPLIT_K"] > 1):
+                continue  # a gated MLP's first GEMV (gate and up at once) never splits K
             decoder.configs[site] = config
             try:
                 us = graph_us(launch)
@@ -159,9 +132,8 @@ def tuning_key(decoder) -> dict:
     return {"card": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
             "shapes": {site: list(shape) for site, shape in site_shapes(decoder).items()},
             "norm": sorted(decoder.layers[0].norm_1), "gated": decoder.gated, "dtype": str(decoder.lm_head.dtype),
-            "pdl": fk.USE_PDL, "tuning_position": TUNING_POSITION, "attention_in_output": decoder.attention_in_output,
-            "candidates": hashlib.sha256(json.dumps({site: candidates(decoder, site) for site in SITES},
-                                                    sort_keys=True).encode()).hexdigest()[:12],
+            "pdl": fk.USE_PDL, "tuning_position": TUNING_POSITION,
+            "candidates": hashlib.sha256(json.dumps(fk.candidate_configs(), sort_keys=True).encode()).hexdigest()[:12],
             "triton": triton.__version__, "torch": torch.__version__}
 
 
@@ -187,8 +159,9 @@ def tuned(decoder, cache_dir: Path | None, tune_fn=None, progress=None) -> dict:
     path = Path(cache_dir) / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16] + ".json")
     try:
         kept = json.loads(path.read_text())
+        shapes = site_shapes(decoder)
         configs = {site: kept["record"]["sites"][site]["config"] for site in SITES}
-        if kept["key"] == key and all(fits(decoder, site, configs[site]) for site in SITES):
+        if kept["key"] == key and all(fk.fits(configs[site], *shapes[site]) for site in SITES):
             decoder.configs.update(configs)
             return {**kept["record"], "cache": "hit", "file": str(path)}
     except (OSError, ValueError, KeyError, TypeError):  # none yet, or torn: tune again

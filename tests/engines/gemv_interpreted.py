@@ -8,9 +8,7 @@ layer norm folded in, bias, GELU, residual and the greedy choice. Prints one JSO
 SPLIT_K, the largest difference from torch and from the unsplit result, whether two launches
 gave the same bits, whether every row block's counter was back at zero, and the greedy choice;
 then ("gated") a gated MLP's first GEMV with an RMS norm folded in, against torch; then ("rows")
-the prefill's GEMM of the same matrix over five tokens at once, per SPLIT_K likewise; then
-("attention_in_output") attention computed inside the attention output's GEMV, against
-attention's own kernel and the GEMV after it.
+the prefill's GEMM of the same matrix over five tokens at once, per SPLIT_K likewise.
 """
 import json
 
@@ -76,43 +74,7 @@ def main() -> None:
                               "max_abs_diff_unsplit": (y - unsplit).abs().max().item(),
                               "same_bits_twice": torch.equal(y, again),
                               "counters_zero": int(rows_scratch.arrived.abs().sum()) == 0}
-    out["attention_in_output"] = attention_in_output()
     print(json.dumps(out))
-
-
-def attention_in_output() -> dict:
-    """The attention output's GEMV with attention computed inside it against attention's own
-    kernel then the GEMV: multi-query, grouped-query with rotary positions and K split, and
-    heads straddling the chunks in bf16 (heads, key/value heads, head size, position, rotary dims,
-    dtype, launch configuration)."""
-    cases = {"multi-query": (16, 1, 32, 20, 0, torch.float32, None),
-             "grouped, rotary, split": (8, 2, 16, 37, 8, torch.float32, dict(BLOCK_N=8, BLOCK_K=32, SPLIT_K=4)),
-             "heads across chunks, bf16": (6, 6, 20, 5, 0, torch.bfloat16, dict(BLOCK_N=8, BLOCK_K=64, SPLIT_K=2))}
-    out, n, capacity = {}, 24, 64
-    for name, (heads, kv_heads, d, position, rotary_dims, dtype, config) in cases.items():
-        qkv = torch.randn((heads + 2 * kv_heads) * d)
-        keys, values = (torch.randn(1, kv_heads, capacity, d).to(dtype) for _ in range(2))
-        w, bias, residual = torch.randn(n, heads * d).to(dtype), torch.randn(n), torch.randn(n)
-        pos = torch.tensor([position])
-        rotary = None
-        if rotary_dims:
-            angles = torch.arange(capacity)[:, None] * torch.rand(rotary_dims // 2)[None, :]
-            angles = torch.cat([angles, angles], 1)
-            rotary = (angles.cos().contiguous(), angles.sin().contiguous())
-        heads_args = dict(heads=heads, kv_heads=kv_heads, head_dim=d, scale=d ** -0.5, rotary=rotary)
-        want_attn, want = torch.zeros(heads * d), residual.clone()
-        want_cache = keys.clone(), values.clone()
-        fk.decode_attention(qkv, *want_cache, pos, want_attn, **heads_args)
-        fk.gemv(want_attn, w, want, bias=bias, residual=True, config=dict(BLOCK_N=8, BLOCK_K=128, SPLIT_K=1))
-        scratch = fk.GemvScratch(n, "cpu")
-        attn, y, cache = torch.zeros(heads * d), residual.clone(), (keys.clone(), values.clone())
-        fk.attention_gemv(qkv, *cache, pos, attn, w, y, bias=bias, scratch=scratch, config=config, **heads_args)
-        out[name] = {"dtype": str(dtype).removeprefix("torch."), "attn_max_abs_diff": (attn - want_attn).abs().max().item(),
-                     "attn_scale": want_attn.abs().max().item(),
-                     "max_abs_diff": (y - want).abs().max().item(), "scale": want.abs().max().item(),
-                     "cache_equal": all(torch.equal(a, b) for a, b in zip(cache, want_cache)),
-                     "counters_zero": int(scratch.arrived.abs().sum()) == 0}
-    return out
 
 
 if __name__ == "__main__":

@@ -119,19 +119,3 @@ def test_the_prefill_attention_compiles(rotary):
                  R="i32")
     ptx = compile_ptx(fk._prefill_attention_kernel, types, dict(PDL=True, ROTARY=rotary, BLOCK_D=128, BLOCK_T=64))
     assert "griddepcontrol.wait" in ptx
-
-
-@pytest.mark.parametrize("rotary,split_k", [(False, 2), (True, 1)])
-def test_attention_in_the_output_gemv_compiles_with_its_weights_and_cache_read_before_the_wait(rotary, split_k):
-    types = dict(qkv_ptr="*fp32", k_cache_ptr="*bf16", v_cache_ptr="*bf16", pos_ptr="*i64", cos_ptr="*fp32",
-                 sin_ptr="*fp32", attn_ptr="*fp32", w_ptr="*bf16", y_ptr="*fp32", bias_ptr="*fp32",
-                 partial_ptr="*fp32", arrived_ptr="*i32", N="i32", K="i32", stride_wn="i32", scale="fp32",
-                 q_size="i32", kv_size="i32", group="i32", head_stride="i32", D="i32", R="i32")
-    ptx = compile_ptx(fk._attention_gemv_kernel, types,
-                      dict(HAS_BIAS=True, EXACT_DOT=False, PDL=True, ROTARY=rotary, BLOCK_D=128, BLOCK_T=64, BLOCK_H=16,
-                           BLOCK_N=8, BLOCK_K=1024, SPLIT_K=split_k), num_warps=8)
-    before = ptx[:ptx.index("griddepcontrol.wait")]
-    # 8 rows x 1024 bf16 over 256 threads: four 16-byte loads, before the wait with the cache's first tile
-    assert sum("evict_first" in line and "v4.b32" in line for line in before.split("\n")) == 4
-    assert before.count("ld.global") >= 4 + 2
-    assert "mma" in ptx and "tf32" in ptx  # the heads on the tensor cores, as three TF32 products

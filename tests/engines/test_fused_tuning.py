@@ -25,9 +25,8 @@ def decoder(hidden=16, vocab=100):
     layer = SimpleNamespace(qkv_w=torch.empty(3 * hidden, hidden), out_w=torch.empty(hidden, hidden),
                             fc_w=torch.empty(4 * hidden, hidden), proj_w=torch.empty(hidden, 4 * hidden),
                             norm_1={"ln": None})
-    d = SimpleNamespace(layers=[layer], lm_head=torch.empty(vocab, hidden), x=torch.zeros(hidden), gated=False,
-                        attention_in_output=False)
-    d.configs = fused_tuning.default_configs(d)
+    d = SimpleNamespace(layers=[layer], lm_head=torch.empty(vocab, hidden), x=torch.zeros(hidden), gated=False)
+    d.configs = {site: fk.default_config(n, k) for site, (n, k) in fused_tuning.site_shapes(d).items()}
     return d
 
 
@@ -86,19 +85,3 @@ def test_every_candidate_fits_the_split_k_scratch_and_a_larger_split_is_refused(
     config = dict(BLOCK_N=4, BLOCK_K=16, num_warps=4, SPLIT_K=2 * fk.MAX_SPLIT_K)
     with pytest.raises(ValueError, match=f"SPLIT_K is at most {fk.MAX_SPLIT_K}, not {2 * fk.MAX_SPLIT_K}"):
         fk.gemv(torch.zeros(16), torch.zeros(8, 16), torch.zeros(8), scratch=scratch, config=config)
-
-
-def test_attention_in_the_output_gemv_is_tuned_over_its_own_configurations_and_kept_apart():
-    """The attention output's GEMV that computes attention takes one chunk of K per program: its
-    candidates all do, a plain GEMV's kept configuration is not reused for it, and a tuning kept
-    with attention in a kernel of its own is another entry."""
-    d = decoder(hidden=256)
-    d.attention_in_output = True
-    d.configs = fused_tuning.default_configs(d)
-    n, k = fused_tuning.site_shapes(d)["out"]
-    out = fused_tuning.candidates(d, "out")
-    assert out and all(c["SPLIT_K"] == -(-k // c["BLOCK_K"]) <= fk.MAX_SPLIT_K for c in out)
-    assert fused_tuning.fits(d, "out", d.configs["out"])
-    assert not fused_tuning.fits(d, "out", dict(BLOCK_N=8, BLOCK_K=64, num_warps=4, SPLIT_K=2))  # 2 chunks each
-    apart = decoder(hidden=256)
-    assert fused_tuning.tuning_key(d) != fused_tuning.tuning_key(apart)
