@@ -14,8 +14,6 @@ Variants:
   fused     the engine's fused+graph mode: hand-fused Triton kernels, five per layer (engines/fused_decoder.py)
   fused-nopdl  the same, every kernel launched without programmatic dependent launch
   fused-t32 the same, attention reading the cache 32 positions per iteration instead of 64
-  fused-twochunks  the same, the GEMVs tuned over the twelfth session's candidates: a split of K
-            leaves each program two chunks at least (none reads all its weights before its wait)
   fused-eagerprefill  the same, prefill by the eager decoder, captured, instead of the fused kernels
             (FusedDecoder.prefill; before the fused prefill became the default, variant fused-prefill turned it on)
 
@@ -36,8 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32", "fused-twochunks",
-            "fused-eagerprefill")
+VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32", "fused-eagerprefill")
 
 
 def child(a) -> dict:
@@ -62,13 +59,6 @@ def child(a) -> dict:
             fused_kernels.ATTENTION_BLOCK_T = 32
         if v == "fused-eagerprefill":
             compile_engine.FUSED_PREFILL = False
-        if v == "fused-twochunks":
-            from pytest_greenserve.engines import fused_tuning
-
-            fits, key = fused_kernels.fits, fused_tuning.tuning_key
-            fused_kernels.fits = lambda c, n, k: fits(c, n, k) and (c["SPLIT_K"] == 1
-                                                                    or k >= 2 * c["SPLIT_K"] * c["BLOCK_K"])
-            fused_tuning.tuning_key = lambda d: {**key(d), "fits": "two chunks of K a program at least"}
     if v != "base" and not fused:
         torch._inductor.config.coordinate_descent_tuning = True
     if v == "autotune":

@@ -288,20 +288,18 @@ def candidate_configs() -> list[dict]:
     # more rows per program, and still programs enough to fill the card: K split 2-8 ways
     split = [(8, 512, 4, 2), (8, 512, 4, 4), (16, 512, 4, 4), (16, 512, 8, 4), (16, 256, 4, 8), (32, 256, 8, 4),
              (32, 512, 8, 2), (16, 1024, 8, 2), (16, 256, 4, 4), (16, 256, 8, 2), (8, 256, 4, 4), (32, 128, 4, 4),
-             (16, 512, 4, 2), (8, 1024, 8, 2), (4, 1024, 8, 2),
-             # one chunk per program over K = 8192 (an MLP's down projection): the whole share read before the wait
-             (4, 1024, 4, 8), (8, 1024, 8, 8), (16, 1024, 8, 8)]
+             (16, 512, 4, 2), (8, 1024, 8, 2), (4, 1024, 8, 2)]
     return ([dict(BLOCK_N=n, BLOCK_K=k, num_warps=w, SPLIT_K=1) for n, k, w in unsplit]
             + [dict(BLOCK_N=n, BLOCK_K=k, num_warps=w, SPLIT_K=s) for n, k, w, s in split])
 
 
 def fits(config: dict, n: int, k: int) -> bool:
     """Whether ``config`` suits an (n, k) matrix: no chunk or row block past the matrix's next
-    power of two, and a split that leaves every program a whole chunk of K at least. A
-    program with one chunk reads all its weights before it waits for the kernel before."""
+    power of two, and a split that leaves every program two chunks of K at least (less only
+    adds a reduction)."""
     block_n, block_k, split = config["BLOCK_N"], config["BLOCK_K"], config["SPLIT_K"]
     return (block_n <= triton.next_power_of_2(n) and block_k <= triton.next_power_of_2(k)
-            and (split == 1 or k >= split * block_k))
+            and (split == 1 or k >= 2 * split * block_k))
 
 
 def default_config(n: int, k: int) -> dict:
