@@ -152,7 +152,8 @@ def profiled(replay, torch, replays: int = 8) -> tuple:
 def anatomy(eng, position: int) -> dict:
     """The fused decode step at ``position`` (the first prompt's length) and its parts, each
     captured as a CUDA graph (the position reset inside) and replayed: µs per step of the whole
-    step, of it without attention, of the GEMVs alone, and of the attention kernels alone.
+    step, of it without attention, of the GEMVs alone, and of the attention kernels alone; and
+    µs per 8 steps captured as one graph (from ``position`` on).
     Then the prefill of that prompt (the engine's captured graph, replayed; no host copy or
     synchronisation, which TTFT includes) and, where it is the fused prefill, its GEMMs alone
     and its attention alone."""
@@ -172,7 +173,12 @@ def anatomy(eng, position: int) -> dict:
         f.lm_head_gemv(f.best)
         k.greedy_advance(f.best, eng.tok, eng.pos, eng.generated)
 
+    def steps(n):  # n steps in one graph: no graph boundary (nor its launch gap) between them
+        for _ in range(n):
+            f.step(eng.tok, eng.pos, eng.generated)
+
     parts = {"step": lambda: f.step(eng.tok, eng.pos, eng.generated), "step without attention": no_attention,
+             "8 steps in one graph": lambda: steps(8),
              "GEMVs alone": lambda: (f.layers_at(eng.pos, attention=False), f.lm_head_gemv(f.best)),
              "attention alone": attention_only}
     timed = {}
