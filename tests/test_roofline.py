@@ -156,9 +156,22 @@ def test_a_profile_without_kernels_counts_nothing_and_never_zero():
 
 
 def test_a_chrome_trace_becomes_events():
-    trace = {"traceEvents": [{"ph": "X", "cat": "kernel", "name": "k", "dur": 2.5},
+    trace = {"traceEvents": [{"ph": "X", "cat": "kernel", "name": "k", "dur": 2.5, "ts": 100.25},
                              {"ph": "f", "cat": "ac2g", "name": "flow"}, {"ph": "X", "cat": "cpu_op", "name": "a"}]}
-    assert roofline.trace_events(trace) == [("k", "kernel", 2.5), ("a", "cpu_op", 0.0)]
+    assert roofline.trace_events(trace) == [("k", "kernel", 2.5, 100.25), ("a", "cpu_op", 0.0, None)]
+
+
+def test_kernels_that_overlap_are_busy_time_once():
+    """Under programmatic dependent launch a kernel starts while the one before it finishes:
+    the GPU is busy for the time covered, not the durations' sum (which exceeded the wall time)."""
+    events = [("gemv_a", "kernel", 10.0, 0.0), ("gemv_b", "kernel", 10.0, 6.0),  # b starts early: 0-16 busy
+              ("attention", "kernel", 2.0, 8.0),  # inside both
+              ("gemv_c", "kernel", 4.0, 20.0),  # after a gap of 4
+              ("Memcpy DtoH (Device -> Pageable)", "gpu_memcpy", 1.0, None)]  # no start: its duration
+    c = roofline.count_events(events, tokens=1, wall_us=40.0)
+    assert c.gpu_busy_ms_per_token == pytest.approx((16 + 4 + 1) / 1000)
+    assert c.gpu_busy_pct == pytest.approx(100 * 21 / 40)
+    assert c.kernels_per_token == 4
 
 
 # ------------------------------------------------------------------ the sample's fields
