@@ -19,7 +19,7 @@ Families:
   rotary positions, grouped-query attention and a gated MLP, whose gate and up projections one
   GEMV reads together; gemma's embedding scaled by the square root of the hidden size.
   ``compile``'s ``auto`` picks the fused step for the families measured on a card
-  (:data:`MEASURED_FAMILIES`: all six; gemma's in fp32 only).
+  (:data:`MEASURED_FAMILIES`: all six, in fp32 and bf16).
 Rotary positions are applied to q and k inside attention, from transformers' own cos and sin
 table. Others are refused with the reason (:func:`unsupported_reason`); the ``compile`` engine
 then uses inductor.
