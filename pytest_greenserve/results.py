@@ -337,9 +337,10 @@ def samples_frame(rows: list[dict], metrics: dict[str, Metric] | None = None):
     df = pd.DataFrame(rows)
     # samples written before --greenserve-dtype have no dtype: they were all fp32
     df["dtype"] = df["dtype"].fillna("fp32") if "dtype" in df.columns else "fp32"
-    for col in sample_columns(metrics):
-        if col not in df.columns:
-            df[col] = None
+    missing = [col for col in sample_columns(metrics) if col not in df.columns]
+    if missing:  # added at once: one column at a time fragments the frame (pandas warns)
+        df = pd.concat([df, pd.DataFrame({col: [None] * len(df) for col in missing}, index=df.index, dtype=object)],
+                       axis=1)
     return df
 
 
