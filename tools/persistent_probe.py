@@ -136,7 +136,7 @@ def compile_only() -> int:
     signature = {**types, **{name: "constexpr" for name in constants}}
     aligned = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(types.values()) if t.startswith("*")}
     kernel = triton.compile(ASTSource(_persistent_kernel, signature, constants, aligned),
-                            target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8))
+                            target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, enable_fp_fusion=True))
     ptx = kernel.asm["ptx"]
     # the barrier: a release add by one thread, then acquire loads of the counter
     print(json.dumps({"ptx_lines": ptx.count("\n"), "release": ptx.count(".release"),
@@ -185,7 +185,7 @@ def main() -> int:
         v.copy_(x0)
         counter.zero_()
         _persistent_kernel[(programs,)](v, q, o, h, wq, wo, wf, wp, counter, layers, programs,
-                                        **persistent_constants(programs), num_warps=warps)
+                                        **persistent_constants(programs), num_warps=warps, enable_fp_fusion=True)
 
     def persistent_with(warps):
         def launch():

@@ -357,7 +357,7 @@ def gemv(x, w, y, *, bias=None, ln=None, rms=None, act=ACT_NONE, up=None, residu
     _gemv_kernel[(triton.cdiv(n, config["BLOCK_N"]), config["SPLIT_K"])](
         x, w, up if up is not None else w, y, bias if bias is not None else y, norm_w, rowsum,
         best if best is not None else y, partial, arrived, n, k, w.stride(0), eps, NORM=norm, ACT=act,
-        GLU=up is not None, HAS_BIAS=bias is not None, RESIDUAL=residual, ARGMAX=best is not None, **_pdl(),
+        GLU=up is not None, HAS_BIAS=bias is not None, RESIDUAL=residual, ARGMAX=best is not None, **_launch_options(),
         **config)
 
 
@@ -373,9 +373,13 @@ def _norm_arguments(ln, rms, placeholder) -> tuple:
     return NORM_NONE, placeholder, placeholder, 0.0
 
 
-def _pdl() -> dict:
-    """The launch arguments of programmatic dependent launch, where :data:`USE_PDL`."""
-    return {"PDL": True, "launch_pdl": True} if USE_PDL else {"PDL": False}
+def _launch_options() -> dict:
+    """What every kernel of the step is launched with: programmatic dependent launch where
+    :data:`USE_PDL`, and a multiply and add contracted into one FMA, as the kernels were
+    checked and measured with (Triton 3.9 warns that its default turns that off in 3.10, which
+    would change the step's rounding)."""
+    pdl = {"PDL": True, "launch_pdl": True} if USE_PDL else {"PDL": False}
+    return {**pdl, "enable_fp_fusion": True}
 
 
 @triton.jit
@@ -394,7 +398,7 @@ def _greedy_kernel(best_ptr, tok_ptr, pos_ptr, generated_ptr, PDL: tl.constexpr)
 def greedy_advance(best, tok, pos, generated):
     """The step's greedy choice (folded into ``best`` by :func:`gemv`) becomes the next token:
     ``pos += 1; generated[pos] = tok = choice``; ``best`` is reset to :data:`NO_BEST`."""
-    _greedy_kernel[(1,)](best, tok, pos, generated, **_pdl())
+    _greedy_kernel[(1,)](best, tok, pos, generated, **_launch_options())
 
 
 @triton.jit
@@ -420,7 +424,7 @@ def embed(tok, pos, wte, wpe, x, scale=1.0):
     hidden = wte.shape[1]
     _embed_kernel[(tok.numel(),)](tok, pos, wte, wpe if wpe is not None else wte, x, hidden, wte.stride(0),
                                   wpe.stride(0) if wpe is not None else 0, scale, HAS_POS=wpe is not None,
-                                  BLOCK=min(1024, triton.next_power_of_2(hidden)), **_pdl())
+                                  BLOCK=min(1024, triton.next_power_of_2(hidden)), **_launch_options())
 
 
 @triton.jit
@@ -520,7 +524,7 @@ def _attention_arguments(keys, placeholder, heads, kv_heads, head_dim, rotary) -
     sizes = (heads * head_dim, kv_heads * head_dim, heads // kv_heads, keys.shape[2] * head_dim, head_dim,
              rotary[0].shape[1] if rotary is not None else 0)
     constants = dict(ROTARY=rotary is not None, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_T=ATTENTION_BLOCK_T,
-                     **_pdl())
+                     **_launch_options())
     return tables, sizes, constants
 
 
@@ -688,7 +692,7 @@ def rows_gemm(x, w, y, *, bias=None, ln=None, rms=None, act=ACT_NONE, up=None, r
     grid = (triton.cdiv(n, config["BLOCK_N"]), config["SPLIT_K"], triton.cdiv(m, config["BLOCK_M"]))
     _rows_gemm_kernel[grid](x, w, up if up is not None else w, y, bias if bias is not None else y, norm_w, rowsum,
                             partial, arrived, m, n, k, w.stride(0), eps, NORM=norm, ACT=act, GLU=up is not None,
-                            HAS_BIAS=bias is not None, RESIDUAL=residual, **_pdl(), UPCAST=INTERPRETED, **config)
+                            HAS_BIAS=bias is not None, RESIDUAL=residual, **_launch_options(), UPCAST=INTERPRETED, **config)
 
 
 @triton.jit

@@ -28,7 +28,7 @@ def compile_ptx(fn, types: dict, constants: dict, num_warps: int = 4) -> str:
     aligned = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(types.values()) if t != "fp32"}
     try:
         kernel = triton.compile(ASTSource(fn, signature, constants, aligned), target=HOPPER,
-                                options=dict(num_warps=num_warps, launch_pdl=True))
+                                options=dict(num_warps=num_warps, launch_pdl=True, enable_fp_fusion=True))
     except RuntimeError as exc:  # no PTX assembler or LLVM backend in this Triton build
         if "ptxas" in str(exc).lower():
             pytest.skip(f"Triton cannot assemble for sm_90 here: {exc}")
