@@ -22,6 +22,7 @@ difference from torch.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -187,14 +188,9 @@ def main() -> int:
         _persistent_kernel[(programs,)](v, q, o, h, wq, wo, wf, wp, counter, layers, programs,
                                         **persistent_constants(programs), num_warps=warps, enable_fp_fusion=True)
 
-    def persistent_with(warps):
-        def launch():
-            persistent(warps)
-        return launch
-
     result = {"layers": layers, "programs": programs, "card": torch.cuda.get_device_name()}
-    for name, fn in (("kernels", kernels), ("persistent_8_warps", persistent_with(8)),
-                     ("persistent_16_warps", persistent_with(16))):
+    for name, fn in (("kernels", kernels), ("persistent_8_warps", functools.partial(persistent, 8)),
+                     ("persistent_16_warps", functools.partial(persistent, 16))):
         fn()
         torch.cuda.synchronize()
         result[f"{name}_max_rel_diff"] = ((v - want).abs().max() / want.abs().max()).item()
