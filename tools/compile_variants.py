@@ -16,6 +16,8 @@ Variants:
   fused-t32 the same, attention reading the cache 32 positions per iteration instead of 64
   fused-eagerprefill  the same, prefill by the eager decoder, captured, instead of the fused kernels
             (FusedDecoder.prefill; before the fused prefill became the default, variant fused-prefill turned it on)
+  fused-triggerfirst  the same, each kernel letting the next launch at its start, not after its wait
+            (fused_kernels.PDL_TRIGGER_FIRST)
 
 Per variant: ms/token (median request / new tokens, CUDA synchronised), the first request's
 tokens against the base variant's (exact; bf16 near-ties may differ, the plugin judges quality),
@@ -34,7 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32", "fused-eagerprefill")
+VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32", "fused-eagerprefill",
+            "fused-triggerfirst")
 
 
 def child(a) -> dict:
@@ -55,6 +58,7 @@ def child(a) -> dict:
         from pytest_greenserve.engines import fused_kernels
 
         fused_kernels.USE_PDL = fused_kernels.USE_PDL and v != "fused-nopdl"
+        fused_kernels.PDL_TRIGGER_FIRST = v == "fused-triggerfirst" or fused_kernels.PDL_TRIGGER_FIRST
         if v == "fused-t32":
             fused_kernels.ATTENTION_BLOCK_T = 32
         if v == "fused-eagerprefill":
@@ -126,6 +130,7 @@ def child(a) -> dict:
             "step_parts_us": parts,
             "compile_mode": info["compile_mode"], "compile_fallback": info["compile_fallback"],
             "pdl": fused and fused_kernels.USE_PDL,
+            "pdl_trigger_first": fused and fused_kernels.USE_PDL and fused_kernels.PDL_TRIGGER_FIRST,
             "fused_prefill": fused and compile_engine.FUSED_PREFILL,
             "device": torch.cuda.get_device_name() if cuda else "cpu"}
 

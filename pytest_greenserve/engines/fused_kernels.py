@@ -61,6 +61,11 @@ def _pdl_supported() -> bool:
 #: Launch every kernel of the step with programmatic dependent launch (read at each launch, so
 #: tools/compile_variants.py can compare it off)
 USE_PDL = _pdl_supported()
+#: Under PDL, where each kernel lets the next one launch: at its start (True), so the next can
+#: take the multiprocessors this one leaves free and read its first weights while this one
+#: runs; or after its own wait (False). Either way a kernel's wait lasts until the kernel
+#: before has finished and its writes are visible, so results are the same.
+PDL_TRIGGER_FIRST = False
 #: What :func:`greedy_advance`'s slot holds before a step's first atomic max (the int64 minimum)
 NO_BEST = -(2**63)
 _NO_BEST = tl.constexpr(NO_BEST)  # the same, for the kernels (a global they read must be constexpr)
@@ -81,11 +86,20 @@ _NORM_NONE, _LAYER_NORM, _RMS_NORM = tl.constexpr(NORM_NONE), tl.constexpr(LAYER
 ATTENTION_BLOCK_T = 64
 
 
+#: the kernels' ``PDL``: launched without programmatic dependent launch; with it, the next
+#: kernel let launch after the wait; or before it (:data:`PDL_TRIGGER_FIRST`)
+PDL_OFF, PDL_WAIT_THEN_TRIGGER, PDL_TRIGGER_THEN_WAIT = 0, 1, 2
+_PDL_TRIGGER_THEN_WAIT = tl.constexpr(PDL_TRIGGER_THEN_WAIT)
+
+
 @triton.jit
 def _wait_for_previous(PDL: tl.constexpr):
     """Under programmatic dependent launch: wait until the kernel before has finished (its
-    results visible), and let the next one launch."""
-    if PDL:
+    results visible), and let the next one launch (before the wait or after, as ``PDL`` says)."""
+    if PDL == _PDL_TRIGGER_THEN_WAIT:
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
+    elif PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
 
@@ -378,8 +392,10 @@ def _launch_options() -> dict:
     :data:`USE_PDL`, and a multiply and add contracted into one FMA, as the kernels were
     checked and measured with (Triton 3.9 warns that its default turns that off in 3.10, which
     would change the step's rounding)."""
-    pdl = {"PDL": True, "launch_pdl": True} if USE_PDL else {"PDL": False}
-    return {**pdl, "enable_fp_fusion": True}
+    if not USE_PDL:
+        return {"PDL": PDL_OFF, "enable_fp_fusion": True}
+    mode = PDL_TRIGGER_THEN_WAIT if PDL_TRIGGER_FIRST else PDL_WAIT_THEN_TRIGGER
+    return {"PDL": mode, "launch_pdl": True, "enable_fp_fusion": True}
 
 
 @triton.jit
