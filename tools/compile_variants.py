@@ -19,7 +19,6 @@ Variants:
   fused-triggerfirst  the same, each kernel letting the next launch at its start, not after its wait
             (fused_kernels.PDL_TRIGGER_FIRST); -gemv: the decode step's GEMVs only; -noout: those but
             the attention output's
-  fused-steps1  the same, each decode step a CUDA graph of its own (compile.DECODE_BLOCKS)
 
 Per variant: ms/token (median request / new tokens, CUDA synchronised), the first request's
 tokens against the base variant's (exact; bf16 near-ties may differ, the plugin judges quality),
@@ -39,7 +38,7 @@ import time
 from pathlib import Path
 
 VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32", "fused-eagerprefill",
-            "fused-triggerfirst", "fused-triggerfirst-gemv", "fused-triggerfirst-noout", "fused-steps1")
+            "fused-triggerfirst", "fused-triggerfirst-gemv", "fused-triggerfirst-noout")
 #: the variants that let the next kernel launch at a kernel's start, and the kernels that do
 _GEMV_SITES = frozenset({"qkv", "out", "fc", "proj", "lm_head"})
 TRIGGER_FIRST = {"fused-triggerfirst": _GEMV_SITES | {"gemv", "attention", "embed", "greedy", "prefill"},
@@ -68,8 +67,6 @@ def child(a) -> dict:
             fused_kernels.PDL_TRIGGER_FIRST = TRIGGER_FIRST[v]
         if v == "fused-t32":
             fused_kernels.ATTENTION_BLOCK_T = 32
-        if v == "fused-steps1":
-            compile_engine.DECODE_BLOCKS = (1,)
         if v == "fused-eagerprefill":
             compile_engine.FUSED_PREFILL = False
     if v != "base" and not fused:
@@ -120,7 +117,7 @@ def child(a) -> dict:
 
         def decode():
             eng.pos.zero_()
-            eng._decode_graphs[1].replay()  # one step
+            eng._decode_graph.replay()
 
         kernels, kernel_names = profiled(decode, torch)
         # the first prompt's prefill graph (captured per prompt length), likewise
@@ -141,7 +138,6 @@ def child(a) -> dict:
             "pdl": fused and fused_kernels.USE_PDL,
             "pdl_trigger_first": sorted(fused_kernels.PDL_TRIGGER_FIRST) if fused and fused_kernels.USE_PDL else None,
             "fused_prefill": fused and compile_engine.FUSED_PREFILL,
-            "decode_blocks": list(compile_engine.DECODE_BLOCKS),
             "device": torch.cuda.get_device_name() if cuda else "cpu"}
 
 

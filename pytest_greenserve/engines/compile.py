@@ -6,9 +6,8 @@ This engine runs the model as a :class:`~.static_decoder.StaticDecoder` (fixed s
 preallocated KV cache, the current position in a device tensor) and captures one decode step,
 greedy choice included, as one unit:
 
-* ``graph`` (CUDA): the eager step recorded as CUDA graphs and replayed: one launch per token
-  instead of hundreds, and fewer still where several steps are captured in one graph
-  (:data:`DECODE_BLOCKS`);
+* ``graph`` (CUDA): the eager step recorded once as a CUDA graph and replayed per token: one
+  launch per token instead of hundreds;
 * ``inductor`` (CPU or CUDA): the whole step, greedy choice and state updates included,
   compiled by ``torch.compile(fullgraph=True, dynamic=False)``, which fuses its operators
   (C++ on CPU, Triton on CUDA);
@@ -66,11 +65,6 @@ CAPTURE_WARMUP = 3
 #: prefill graphs kept, one per prompt length, least recently used dropped past this: the
 #: benchmark's prompts have 6 lengths (10-15 tokens), a server's clients any number
 PREFILL_GRAPHS_MAX = 32
-#: Decode steps captured together, one CUDA graph per size, largest first: a request's steps
-#: run as the fewest graph launches these add up to (31 steps: 16 + 8 + 4 + 2 + 1). The card
-#: pauses between two graphs; between two steps of one graph it does not (read at
-#: :meth:`CompileEngine._prepare`, so tools/compile_variants.py can compare one step a graph)
-DECODE_BLOCKS = (16, 8, 4, 2, 1)
 
 
 #: fused+graph's prefill runs the fused kernels (:meth:`.fused_decoder.FusedDecoder.prefill`,
@@ -220,7 +214,7 @@ class CompileEngine(Engine):
                 step = torch.compile(step, fullgraph=True, dynamic=False)
         self._decode_forward = forward
         self._decode_step = step
-        self._decode_graphs: dict[int, object] = {}  # steps -> that many decode steps captured (DECODE_BLOCKS)
+        self._decode_graph = None
         # prompt length -> (graph, its input tensors), most recently used last (PREFILL_GRAPHS_MAX)
         self._prefill_graphs: OrderedDict[int, tuple] = OrderedDict()
 
@@ -286,16 +280,11 @@ class CompileEngine(Engine):
         ids.copy_(torch.tensor([list(input_ids)], dtype=torch.long))
         graph.replay()
 
-    def _decode(self, steps: int) -> None:
-        """``steps`` decode steps: the captured blocks, largest first, or one call a step."""
-        if not self._decode_graphs:
-            for _ in range(steps):
-                self._decode_step()
-            return
-        for size, graph in self._decode_graphs.items():  # largest first, down to one step
-            while steps >= size:
-                graph.replay()
-                steps -= size
+    def _decode(self) -> None:
+        if self._decode_graph is None:
+            self._decode_step()
+        else:
+            self._decode_graph.replay()
 
     def _prepare(self) -> None:
         """Compile (inductor) and capture (CUDA graphs) the decode step now, before any request:
@@ -304,10 +293,7 @@ class CompileEngine(Engine):
 
         with torch.no_grad():
             if "graph" in self.mode:
-                blocks = sorted(set(DECODE_BLOCKS) | {1}, reverse=True)  # one step always: any count adds up
-                steps = self._decode_step
-                self._decode_graphs = {size: self._capture(lambda size=size: [steps() for _ in range(size)])
-                                       for size in blocks}
+                self._decode_graph = self._capture(self._decode_step)
             elif "inductor" in self.mode:
                 self._decode_step()  # the first call compiles
 
@@ -335,7 +321,8 @@ class CompileEngine(Engine):
             self._prefill(input_ids)
             self.tok.item()  # the first new token exists now (.item() synchronises a CUDA device)
             ttft = time.perf_counter() - start
-            self._decode(new_tokens - 1)
+            for _ in range(new_tokens - 1):
+                self._decode()
             out = self.generated[n:n + new_tokens].tolist()  # .tolist() synchronises
         return Generation(token_ids=out, ttft_s=ttft)
 
@@ -365,7 +352,7 @@ class CompileEngine(Engine):
         import gc
 
         self.decoder = self.torch_model = self.fused = None
-        self._decode_graphs = {}
+        self._decode_graph = None
         self._prefill_graphs = OrderedDict()
         self._decode_forward = self._decode_step = None
         gc.collect()

@@ -235,32 +235,3 @@ def test_prefill_graphs_stay_bounded_under_200_random_prompt_lengths(tiny_handle
             assert out == reference.generate(ids, new_tokens).token_ids
     finally:
         reference.close()
-
-
-def test_a_requests_decode_steps_run_as_the_fewest_captured_blocks_that_add_up(tiny_handle, prompt_ids, monkeypatch):
-    """Decode steps are captured several to a graph (DECODE_BLOCKS), since the card pauses
-    between two graphs: a request's steps run as the fewest launches that add up to exactly its
-    count, and its tokens still equal torch's. Capture is replaced by an eager replay, as above."""
-    from pytest_greenserve.engines import compile as compile_module
-
-    assert compile_module.DECODE_BLOCKS == (16, 8, 4, 2, 1)
-    handle = tiny_handle("gpt2")
-    engine = CompileEngine(handle, "cpu", options("eager"))
-    engine.load()
-    engine.mode = "graph"
-    monkeypatch.setattr(engine, "_capture", _EagerGraph)
-    engine._prepare()
-    launches = []
-    for size, graph in engine._decode_graphs.items():
-        monkeypatch.setattr(graph, "replay", lambda size=size, run=graph.replay: (launches.append(size), run()))
-    reference = TorchEngine(handle, "cpu", options("eager"))
-    reference.load()
-    try:
-        for new_tokens, blocks in [(1, []), (2, [1]), (6, [4, 1]), (32, [16, 8, 4, 2, 1]), (40, [16, 16, 4, 2, 1])]:
-            launches.clear()
-            out = engine.generate(prompt_ids[:12], new_tokens).token_ids
-            assert launches == blocks
-            assert out == reference.generate(prompt_ids[:12], new_tokens).token_ids
-    finally:
-        reference.close()
-        engine.close()
