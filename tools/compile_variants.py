@@ -16,9 +16,6 @@ Variants:
   fused-t32 the same, attention reading the cache 32 positions per iteration instead of 64
   fused-eagerprefill  the same, prefill by the eager decoder, captured, instead of the fused kernels
             (FusedDecoder.prefill; before the fused prefill became the default, variant fused-prefill turned it on)
-  fused-triggerfirst  the same, each kernel letting the next launch at its start, not after its wait
-            (fused_kernels.PDL_TRIGGER_FIRST); -gemv: the decode step's GEMVs only; -noout: those but
-            the attention output's
 
 Per variant: ms/token (median request / new tokens, CUDA synchronised), the first request's
 tokens against the base variant's (exact; bf16 near-ties may differ, the plugin judges quality),
@@ -37,12 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32", "fused-eagerprefill",
-            "fused-triggerfirst", "fused-triggerfirst-gemv", "fused-triggerfirst-noout")
-#: the variants that let the next kernel launch at a kernel's start, and the kernels that do
-_GEMV_SITES = frozenset({"qkv", "out", "fc", "proj", "lm_head"})
-TRIGGER_FIRST = {"fused-triggerfirst": _GEMV_SITES | {"gemv", "attention", "embed", "greedy", "prefill"},
-                 "fused-triggerfirst-gemv": _GEMV_SITES, "fused-triggerfirst-noout": _GEMV_SITES - {"out"}}
+VARIANTS = ("base", "cdt", "cdt-math", "autotune", "fused", "fused-nopdl", "fused-t32", "fused-eagerprefill")
 
 
 def child(a) -> dict:
@@ -63,8 +55,6 @@ def child(a) -> dict:
         from pytest_greenserve.engines import fused_kernels
 
         fused_kernels.USE_PDL = fused_kernels.USE_PDL and v != "fused-nopdl"
-        if v in TRIGGER_FIRST:
-            fused_kernels.PDL_TRIGGER_FIRST = TRIGGER_FIRST[v]
         if v == "fused-t32":
             fused_kernels.ATTENTION_BLOCK_T = 32
         if v == "fused-eagerprefill":
@@ -136,7 +126,6 @@ def child(a) -> dict:
             "step_parts_us": parts,
             "compile_mode": info["compile_mode"], "compile_fallback": info["compile_fallback"],
             "pdl": fused and fused_kernels.USE_PDL,
-            "pdl_trigger_first": sorted(fused_kernels.PDL_TRIGGER_FIRST) if fused and fused_kernels.USE_PDL else None,
             "fused_prefill": fused and compile_engine.FUSED_PREFILL,
             "device": torch.cuda.get_device_name() if cuda else "cpu"}
 

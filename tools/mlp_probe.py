@@ -87,7 +87,7 @@ def mlp(x, wf, wpt, out, zero, config):
     ff, h = wf.shape
     assert ff % r == 0 and h % block_k == 0 and h % block_o == 0
     assert triton.cdiv(ff, r) * ZERO_BLOCK >= h, "too few programs to zero the next accumulator"
-    opts = fk._launch_options("fc")
+    opts = fk._launch_options()
     _mlp_kernel[(ff // r,)](x, wf, wpt, out, zero, h, R=r, BLOCK_K=block_k, BLOCK_O=block_o, num_warps=warps,
                             **opts)
 
@@ -99,7 +99,7 @@ def compile_only() -> int:
     types = dict(x_ptr="*fp32", wf_ptr="*bf16", wpt_ptr="*bf16", out_ptr="*fp32", zero_ptr="*fp32", H="i32")
     result = {}
     for r, block_k, block_o, warps in MLP_CONFIGS:
-        constants = dict(PDL=fk.PDL_WAIT_THEN_TRIGGER, R=r, BLOCK_K=block_k, BLOCK_O=block_o)
+        constants = dict(PDL=True, R=r, BLOCK_K=block_k, BLOCK_O=block_o)
         signature = {**types, **{name: "constexpr" for name in constants}}
         aligned = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(types.values())}
         kernel = triton.compile(ASTSource(_mlp_kernel, signature, constants, aligned),
@@ -168,10 +168,10 @@ def main() -> int:
         v.copy_(x0)
         sums.zero_()  # as the MLP chain does (a memset node in both graphs)
         for i in range(layers):
-            fk.gemv(v, wq[i], q, config=TUNED["qkv"], kind="qkv")
-            fk.gemv(q, wo[i], o, config=TUNED["out"], kind="out")
-            fk.gemv(o, wf[i], h, act=fk.GELU_TANH, config=TUNED["fc"], kind="fc")
-            fk.gemv(h, wp[i], v, config=TUNED["proj"], kind="proj")
+            fk.gemv(v, wq[i], q, config=TUNED["qkv"])
+            fk.gemv(q, wo[i], o, config=TUNED["out"])
+            fk.gemv(o, wf[i], h, act=fk.GELU_TANH, config=TUNED["fc"])
+            fk.gemv(h, wp[i], v, config=TUNED["proj"])
         return v
 
     def fused(config):
@@ -179,8 +179,8 @@ def main() -> int:
         sums.zero_()
         x = v
         for i in range(layers):
-            fk.gemv(x, wq[i], q, config=TUNED["qkv"], kind="qkv")
-            fk.gemv(q, wo[i], o, config=TUNED["out"], kind="out")
+            fk.gemv(x, wq[i], q, config=TUNED["qkv"])
+            fk.gemv(q, wo[i], o, config=TUNED["out"])
             mlp(o, wf[i], wpt[i], sums[i % 2], sums[(i + 1) % 2], config)
             x = sums[i % 2]
         return x

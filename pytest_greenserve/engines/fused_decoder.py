@@ -268,7 +268,7 @@ class FusedDecoder:
     def _layer(self, i: int, attention: bool = True) -> None:
         """Layer ``i`` of a decode step: its four GEMVs, and (``attention``) its attention."""
         def project(site, x, w, y, **epilogue):
-            self.kernels.gemv(x, w, y, scratch=self.scratch, config=self.configs[site], kind=site, **epilogue)
+            self.kernels.gemv(x, w, y, scratch=self.scratch, config=self.configs[site], **epilogue)
 
         self._layer_kernels(self.layers[i], project, self.x, self.qkv, self.attn, self.mlp,
                             (lambda: self.attention(i)) if attention else None)
@@ -338,7 +338,7 @@ class FusedDecoder:
         """The vocabulary GEMV (final norm folded in) of ``x`` (by default the step's
         activations); with ``best``, the greedy choice."""
         self.kernels.gemv(self.x if x is None else x, self.lm_head, self.logits, bias=self.lm_bias, **self.norm_f,
-                          best=best, scratch=self.scratch, config=self.configs["lm_head"], kind="lm_head")
+                          best=best, scratch=self.scratch, config=self.configs["lm_head"])
 
     def reset_greedy_choice(self) -> None:
         self.best.fill_(self.kernels.NO_BEST)

@@ -61,13 +61,6 @@ def _pdl_supported() -> bool:
 #: Launch every kernel of the step with programmatic dependent launch (read at each launch, so
 #: tools/compile_variants.py can compare it off)
 USE_PDL = _pdl_supported()
-#: Under PDL, the kinds of the step's kernels that let the next one launch at their start, so
-#: it can take the multiprocessors they leave free and read its first weights while they run;
-#: the others let it launch after their own wait. Kinds: a GEMV site ("qkv", "out", "fc",
-#: "proj", "lm_head"; "gemv" for any other), "attention", "embed", "greedy" and "prefill" (its
-#: GEMMs and attention). Either way a kernel's wait lasts until the kernel before has finished
-#: and its writes are visible, so results are the same.
-PDL_TRIGGER_FIRST: frozenset[str] = frozenset()
 #: What :func:`greedy_advance`'s slot holds before a step's first atomic max (the int64 minimum)
 NO_BEST = -(2**63)
 _NO_BEST = tl.constexpr(NO_BEST)  # the same, for the kernels (a global they read must be constexpr)
@@ -88,20 +81,11 @@ _NORM_NONE, _LAYER_NORM, _RMS_NORM = tl.constexpr(NORM_NONE), tl.constexpr(LAYER
 ATTENTION_BLOCK_T = 64
 
 
-#: the kernels' ``PDL``: launched without programmatic dependent launch; with it, the next
-#: kernel let launch after the wait; or before it (:data:`PDL_TRIGGER_FIRST`)
-PDL_OFF, PDL_WAIT_THEN_TRIGGER, PDL_TRIGGER_THEN_WAIT = 0, 1, 2
-_PDL_TRIGGER_THEN_WAIT = tl.constexpr(PDL_TRIGGER_THEN_WAIT)
-
-
 @triton.jit
 def _wait_for_previous(PDL: tl.constexpr):
     """Under programmatic dependent launch: wait until the kernel before has finished (its
-    results visible), and let the next one launch (before the wait or after, as ``PDL`` says)."""
-    if PDL == _PDL_TRIGGER_THEN_WAIT:
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
-    elif PDL:
+    results visible), and let the next one launch."""
+    if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
 
@@ -351,7 +335,7 @@ def fold_layer_norm(weight, ln_weight, ln_bias, bias=None):
 
 
 def gemv(x, w, y, *, bias=None, ln=None, rms=None, act=ACT_NONE, up=None, residual=False, best=None, scratch=None,
-         config=None, kind="gemv"):
+         config=None):
     """``y = act(f(x) @ w.T + bias)`` (``+ y`` where ``residual``), y an fp32 vector of w's rows.
 
     f: ``ln`` (layer norm weight, rowsum, eps), with ``bias`` and rowsum from
@@ -360,8 +344,7 @@ def gemv(x, w, y, *, bias=None, ln=None, rms=None, act=ACT_NONE, up=None, residu
     ``best``: an int64 slot holding :data:`NO_BEST`, into which y's greedy choice is folded (for
     :func:`greedy_advance`). ``config``: the launch configuration (BLOCK_N, BLOCK_K, SPLIT_K,
     num_warps), by default :func:`default_config`'s; SPLIT_K > 1 needs ``scratch``, a
-    :class:`GemvScratch` for w's rows. ``kind``: the GEMV's site in the step, for
-    :data:`PDL_TRIGGER_FIRST`.
+    :class:`GemvScratch` for w's rows.
     """
     n, k = w.shape
     config = dict(config or default_config(n, k))
@@ -374,7 +357,7 @@ def gemv(x, w, y, *, bias=None, ln=None, rms=None, act=ACT_NONE, up=None, residu
     _gemv_kernel[(triton.cdiv(n, config["BLOCK_N"]), config["SPLIT_K"])](
         x, w, up if up is not None else w, y, bias if bias is not None else y, norm_w, rowsum,
         best if best is not None else y, partial, arrived, n, k, w.stride(0), eps, NORM=norm, ACT=act,
-        GLU=up is not None, HAS_BIAS=bias is not None, RESIDUAL=residual, ARGMAX=best is not None, **_launch_options(kind),
+        GLU=up is not None, HAS_BIAS=bias is not None, RESIDUAL=residual, ARGMAX=best is not None, **_launch_options(),
         **config)
 
 
@@ -390,16 +373,13 @@ def _norm_arguments(ln, rms, placeholder) -> tuple:
     return NORM_NONE, placeholder, placeholder, 0.0
 
 
-def _launch_options(kind: str) -> dict:
+def _launch_options() -> dict:
     """What every kernel of the step is launched with: programmatic dependent launch where
-    :data:`USE_PDL` (the next kernel let launch first where ``kind`` is in
-    :data:`PDL_TRIGGER_FIRST`), and a multiply and add contracted into one FMA, as the kernels
-    were checked and measured with (Triton 3.9 warns that its default turns that off in 3.10,
-    which would change the step's rounding)."""
-    if not USE_PDL:
-        return {"PDL": PDL_OFF, "enable_fp_fusion": True}
-    mode = PDL_TRIGGER_THEN_WAIT if kind in PDL_TRIGGER_FIRST else PDL_WAIT_THEN_TRIGGER
-    return {"PDL": mode, "launch_pdl": True, "enable_fp_fusion": True}
+    :data:`USE_PDL`, and a multiply and add contracted into one FMA, as the kernels were
+    checked and measured with (Triton 3.9 warns that its default turns that off in 3.10, which
+    would change the step's rounding)."""
+    pdl = {"PDL": True, "launch_pdl": True} if USE_PDL else {"PDL": False}
+    return {**pdl, "enable_fp_fusion": True}
 
 
 @triton.jit
@@ -418,7 +398,7 @@ def _greedy_kernel(best_ptr, tok_ptr, pos_ptr, generated_ptr, PDL: tl.constexpr)
 def greedy_advance(best, tok, pos, generated):
     """The step's greedy choice (folded into ``best`` by :func:`gemv`) becomes the next token:
     ``pos += 1; generated[pos] = tok = choice``; ``best`` is reset to :data:`NO_BEST`."""
-    _greedy_kernel[(1,)](best, tok, pos, generated, **_launch_options("greedy"))
+    _greedy_kernel[(1,)](best, tok, pos, generated, **_launch_options())
 
 
 @triton.jit
@@ -444,7 +424,7 @@ def embed(tok, pos, wte, wpe, x, scale=1.0):
     hidden = wte.shape[1]
     _embed_kernel[(tok.numel(),)](tok, pos, wte, wpe if wpe is not None else wte, x, hidden, wte.stride(0),
                                   wpe.stride(0) if wpe is not None else 0, scale, HAS_POS=wpe is not None,
-                                  BLOCK=min(1024, triton.next_power_of_2(hidden)), **_launch_options("embed"))
+                                  BLOCK=min(1024, triton.next_power_of_2(hidden)), **_launch_options())
 
 
 @triton.jit
@@ -531,20 +511,20 @@ def decode_attention(qkv, keys, values, pos, out, *, heads, kv_heads, head_dim, 
     capacity, head_dim), contiguous; ``qkv`` holds q (heads × head_dim), then k, then v
     (kv_heads × head_dim each), fp32; ``out`` (heads × head_dim) fp32. ``rotary``: (cos, sin),
     fp32 tables (capacity, rotary dims), applied to q and k at ``pos``."""
-    tables, sizes, constants = _attention_arguments(keys, out, heads, kv_heads, head_dim, rotary, "attention")
+    tables, sizes, constants = _attention_arguments(keys, out, heads, kv_heads, head_dim, rotary)
     _decode_attention_kernel[(heads,)](qkv, keys, values, pos, out, *tables, scale, *sizes, **constants)
 
 
-def _attention_arguments(keys, placeholder, heads, kv_heads, head_dim, rotary, kind) -> tuple:
+def _attention_arguments(keys, placeholder, heads, kv_heads, head_dim, rotary) -> tuple:
     """What both attention kernels take after their tensors: the rotary tables (cos, sin;
     ``placeholder``, any tensor, without rotary), the sizes (q's, k's or v's, heads per
     key/value head, one key/value head's stride in the cache, the head size, the rotary dims),
-    and the launch constants (``kind``: :func:`_launch_options`')."""
+    and the launch constants."""
     tables = rotary if rotary is not None else (placeholder, placeholder)
     sizes = (heads * head_dim, kv_heads * head_dim, heads // kv_heads, keys.shape[2] * head_dim, head_dim,
              rotary[0].shape[1] if rotary is not None else 0)
     constants = dict(ROTARY=rotary is not None, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_T=ATTENTION_BLOCK_T,
-                     **_launch_options(kind))
+                     **_launch_options())
     return tables, sizes, constants
 
 
@@ -712,7 +692,7 @@ def rows_gemm(x, w, y, *, bias=None, ln=None, rms=None, act=ACT_NONE, up=None, r
     grid = (triton.cdiv(n, config["BLOCK_N"]), config["SPLIT_K"], triton.cdiv(m, config["BLOCK_M"]))
     _rows_gemm_kernel[grid](x, w, up if up is not None else w, y, bias if bias is not None else y, norm_w, rowsum,
                             partial, arrived, m, n, k, w.stride(0), eps, NORM=norm, ACT=act, GLU=up is not None,
-                            HAS_BIAS=bias is not None, RESIDUAL=residual, **_launch_options("prefill"), UPCAST=INTERPRETED, **config)
+                            HAS_BIAS=bias is not None, RESIDUAL=residual, **_launch_options(), UPCAST=INTERPRETED, **config)
 
 
 @triton.jit
@@ -769,5 +749,5 @@ def prefill_attention(qkv, keys, values, out, *, heads, kv_heads, head_dim, scal
     values: ``qkv`` (tokens, q + 2 kv sizes) fp32 as :func:`rows_gemm` wrote it, ``out``
     (tokens, heads × head_dim) fp32; the prompt's keys and values are written into the cache
     (:func:`decode_attention`'s layout)."""
-    tables, sizes, constants = _attention_arguments(keys, out, heads, kv_heads, head_dim, rotary, "prefill")
+    tables, sizes, constants = _attention_arguments(keys, out, heads, kv_heads, head_dim, rotary)
     _prefill_attention_kernel[(heads, qkv.shape[0])](qkv, keys, values, out, *tables, scale, *sizes, **constants)

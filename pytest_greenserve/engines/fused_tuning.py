@@ -132,7 +132,7 @@ def tuning_key(decoder) -> dict:
     return {"card": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
             "shapes": {site: list(shape) for site, shape in site_shapes(decoder).items()},
             "norm": sorted(decoder.layers[0].norm_1), "gated": decoder.gated, "dtype": str(decoder.lm_head.dtype),
-            "pdl": fk.USE_PDL, "pdl_trigger_first": sorted(fk.PDL_TRIGGER_FIRST), "tuning_position": TUNING_POSITION,
+            "pdl": fk.USE_PDL, "tuning_position": TUNING_POSITION,
             "candidates": hashlib.sha256(json.dumps(fk.candidate_configs(), sort_keys=True).encode()).hexdigest()[:12],
             "triton": triton.__version__, "torch": torch.__version__}
 

@@ -65,17 +65,6 @@ def test_the_gemv_compiles_with_vector_loads_and_its_weights_read_before_the_wai
         assert "atom.global.gpu.acq_rel.add" in ptx
 
 
-@pytest.mark.parametrize("pdl,first", [(fk.PDL_WAIT_THEN_TRIGGER, "griddepcontrol.wait"),
-                                       (fk.PDL_TRIGGER_THEN_WAIT, "griddepcontrol.launch_dependents")])
-def test_the_next_kernel_is_let_launch_before_or_after_the_wait_as_asked(pdl, first):
-    ptx = compile_ptx(fk._gemv_kernel, GEMV_TYPES,
-                      dict(NORM=LN, ACT=fk.ACT_NONE, GLU=False, HAS_BIAS=True, RESIDUAL=False, ARGMAX=False, PDL=pdl,
-                           BLOCK_N=16, BLOCK_K=256, SPLIT_K=1))
-    wait, trigger = ptx.index("griddepcontrol.wait"), ptx.index("griddepcontrol.launch_dependents")
-    assert ptx.count("griddepcontrol.wait") == ptx.count("griddepcontrol.launch_dependents") == 1
-    assert min(wait, trigger) == ptx.index(first)
-
-
 def test_a_gated_gemv_that_splits_k_is_refused_when_compiled():
     with pytest.raises(Exception, match="never splits|splits no K"):
         compile_ptx(fk._gemv_kernel, GEMV_TYPES, dict(NORM=RMS, ACT=fk.SILU, GLU=True, HAS_BIAS=False, RESIDUAL=False,
