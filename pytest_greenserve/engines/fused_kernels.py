@@ -155,7 +155,13 @@ def _gemv_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rowsum_pt
     k_mask = rk < K
     w = _weights(w_ptr, rn, n_mask, rk, k_mask, stride_wn, True)
     w_up = _weights(up_ptr, rn, n_mask, rk, k_mask, stride_wn, GLU)
+    # the epilogue's constants (bias, the layer norm's row sums) are read before the wait too,
+    # and the residual right after it: read at the end, their latency would lengthen the
+    # kernel's tail, which the next kernel waits for
+    bias = _row_constants(bias_ptr, rn, n_mask, HAS_BIAS)
+    rowsum = _row_constants(ln_rowsum_ptr, rn, n_mask, NORM == _LAYER_NORM)
     _wait_for_previous(PDL)  # the first weights are in flight; x is the kernel before's result
+    residual = _row_constants(y_ptr, rn, n_mask, RESIDUAL)  # y's rows: final now the kernels before have finished
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     acc_up = tl.zeros([BLOCK_N, BLOCK_K] if GLU else [1, 1], dtype=tl.float32)
     total = tl.zeros([BLOCK_K], dtype=tl.float32)
@@ -177,7 +183,7 @@ def _gemv_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rowsum_pt
     x_sum = tl.sum(total, axis=0)
     x_squares = tl.sum(squares, axis=0)
     if SPLIT_K == 1:
-        _gemv_epilogue(y, y_up, x_sum, x_squares, rn, n_mask, y_ptr, bias_ptr, ln_rowsum_ptr, best_ptr, K, eps, NORM,
+        _gemv_epilogue(y, y_up, x_sum, x_squares, rn, n_mask, y_ptr, bias, rowsum, residual, best_ptr, K, eps, NORM,
                        ACT, GLU, HAS_BIAS, RESIDUAL, ARGMAX)
     else:
         # partial_ptr: SPLIT_K rows of N partial sums, then (x_sum, x_squares) per (row block, split)
@@ -190,7 +196,7 @@ def _gemv_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rowsum_pt
             x_sum = _in_split_order(stats, 2, True, SPLIT_K)
             x_squares = _in_split_order(stats + 1, 2, True, SPLIT_K)
             tl.store(arrived_ptr + pid, 0)  # ready for the next launch
-            _gemv_epilogue(y, y_up, x_sum, x_squares, rn, n_mask, y_ptr, bias_ptr, ln_rowsum_ptr, best_ptr, K, eps,
+            _gemv_epilogue(y, y_up, x_sum, x_squares, rn, n_mask, y_ptr, bias, rowsum, residual, best_ptr, K, eps,
                            NORM, ACT, GLU, HAS_BIAS, RESIDUAL, ARGMAX)
 
 
@@ -215,35 +221,45 @@ def _in_split_order(ptrs, split_stride, mask, SPLIT_K: tl.constexpr):
 
 
 @triton.jit
-def _gemv_epilogue(y, y_up, x_sum, x_squares, rn, n_mask, y_ptr, bias_ptr, ln_rowsum_ptr, best_ptr, K, eps,
+def _row_constants(ptr, rn, n_mask, LOAD: tl.constexpr):
+    """A vector's values at rows ``rn`` in fp32; without LOAD: a placeholder."""
+    if LOAD:
+        values = tl.load(ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
+    else:
+        values = tl.zeros([1], dtype=tl.float32)
+    return values
+
+
+@triton.jit
+def _gemv_epilogue(y, y_up, x_sum, x_squares, rn, n_mask, y_ptr, bias, rowsum, residual, best_ptr, K, eps,
                    NORM: tl.constexpr, ACT: tl.constexpr, GLU: tl.constexpr, HAS_BIAS: tl.constexpr,
                    RESIDUAL: tl.constexpr, ARGMAX: tl.constexpr):
     """:func:`_gemv_kernel`'s rows, summed over all K: the norm, bias, activation, gate,
-    residual, the store, and the greedy choice's atomic maximum."""
-    y, y_up = _normed(y, y_up, x_sum, x_squares, ln_rowsum_ptr + rn, n_mask, K, eps, NORM)
+    residual (their values read already), the store, and the greedy choice's atomic maximum."""
+    y, y_up = _normed(y, y_up, x_sum, x_squares, rowsum, K, eps, NORM)
     if HAS_BIAS:
-        y += tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
+        y += bias
     y = _activated(y, ACT)
     if GLU:
         y = y * y_up
     if RESIDUAL:
-        y += tl.load(y_ptr + rn, mask=n_mask, other=0.0)
+        y += residual
     tl.store(y_ptr + rn, y, mask=n_mask)
     if ARGMAX:
         tl.atomic_max(best_ptr, tl.max(_pack_best(tl.where(n_mask, y, float("-inf")), rn), axis=0))
 
 
 @triton.jit
-def _normed(y, y_up, x_sum, x_squares, rowsum_ptrs, n_mask, K, eps, NORM: tl.constexpr):
+def _normed(y, y_up, x_sum, x_squares, rowsum, K, eps, NORM: tl.constexpr):
     """The folded norm applied to sums over K (:func:`_gemv_kernel`): y and (RMS) y_up, given
-    the input's sum and sum of squares and (layer norm) the weights' row sums at
-    ``rowsum_ptrs``. The statistics and the row sums broadcast against y: one token's (scalars)
-    and a vector of weight rows in the GEMV; in :func:`_rows_gemm_kernel` (a row per weight row,
-    a column per token) a row of the tokens' statistics and a column of row sums."""
+    the input's sum and sum of squares and (layer norm) the weights' row sums ``rowsum``. The
+    statistics and the row sums broadcast against y: one token's (scalars) and a vector of
+    weight rows in the GEMV; in :func:`_rows_gemm_kernel` (a row per weight row, a column per
+    token) a row of the tokens' statistics and a column of row sums."""
     if NORM == _LAYER_NORM:
         mean = x_sum / K
         rstd = 1.0 / tl.sqrt(tl.maximum(x_squares / K - mean * mean, 0.0) + eps)
-        y = rstd * (y - mean * tl.load(rowsum_ptrs, mask=n_mask, other=0.0))
+        y = rstd * (y - mean * rowsum)
     if NORM == _RMS_NORM:
         rstd = 1.0 / tl.sqrt(x_squares / K + eps)
         y = rstd * y
@@ -607,8 +623,8 @@ def _rows_epilogue(y, y_up, total, squares, out, both, rn, n_mask, bias_ptr, ln_
                    ACT: tl.constexpr, GLU: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr):
     """:func:`_rows_gemm_kernel`'s sums over all K, (BLOCK_N, BLOCK_M): the norm, bias,
     activation, gate, residual and the store at ``out``."""
-    y, y_up = _normed(y, y_up, total[None, :], squares[None, :], (ln_rowsum_ptr + rn)[:, None], n_mask[:, None], K,
-                      eps, NORM)
+    rowsum = _row_constants(ln_rowsum_ptr, rn, n_mask, NORM == _LAYER_NORM)[:, None]
+    y, y_up = _normed(y, y_up, total[None, :], squares[None, :], rowsum, K, eps, NORM)
     if HAS_BIAS:
         y += tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[:, None]
     y = _activated(y, ACT)
