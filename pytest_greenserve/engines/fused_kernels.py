@@ -103,16 +103,25 @@ def _weights(w_ptr, rn, n_mask, rk, k_mask, stride_wn, LOAD: tl.constexpr):
 
 
 @triton.jit
-def _gemv_chunk(x_ptr, w, w_up, rk, k_mask, norm_w_ptr, acc, acc_up, total, squares, NORM: tl.constexpr,
-                GLU: tl.constexpr):
-    """One BLOCK_K chunk of :func:`_gemv_kernel`'s loop: x's chunk (times the norm's weight
-    where NORM) times the weights ``w`` (and ``w_up`` where GLU) already loaded, and the norm's
-    running statistics."""
+def _x_chunk(x_ptr, norm_w_ptr, rk, k_mask, NORM: tl.constexpr):
+    """x's BLOCK_K chunk ``rk`` and (where NORM) the norm's weights there, fp32."""
     xk = tl.load(x_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
+    if NORM != _NORM_NONE:
+        gk = tl.load(norm_w_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
+    else:
+        gk = tl.zeros([1], dtype=tl.float32)
+    return xk, gk
+
+
+@triton.jit
+def _gemv_chunk(xk, gk, w, w_up, acc, acc_up, total, squares, NORM: tl.constexpr, GLU: tl.constexpr):
+    """One BLOCK_K chunk of :func:`_gemv_kernel`'s loop: x's chunk ``xk`` (times the norm's
+    weights ``gk`` where NORM) times the weights ``w`` (and ``w_up`` where GLU), all loaded
+    already, and the norm's running statistics."""
     if NORM != _NORM_NONE:
         total += xk
         squares += xk * xk
-        xk = xk * tl.load(norm_w_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
+        xk = xk * gk
     acc += w.to(tl.float32) * xk[None, :]
     if GLU:
         acc_up += w_up.to(tl.float32) * xk[None, :]
@@ -162,22 +171,23 @@ def _gemv_kernel(x_ptr, w_ptr, up_ptr, y_ptr, bias_ptr, norm_w_ptr, ln_rowsum_pt
     rowsum = _row_constants(ln_rowsum_ptr, rn, n_mask, NORM == _LAYER_NORM)
     _wait_for_previous(PDL)  # the first weights are in flight; x is the kernel before's result
     residual = _row_constants(y_ptr, rn, n_mask, RESIDUAL)  # y's rows: final now the kernels before have finished
+    xk, gk = _x_chunk(x_ptr, norm_w_ptr, rk, k_mask, NORM)
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     acc_up = tl.zeros([BLOCK_N, BLOCK_K] if GLU else [1, 1], dtype=tl.float32)
     total = tl.zeros([BLOCK_K], dtype=tl.float32)
     squares = tl.zeros([BLOCK_K], dtype=tl.float32)
     for k0 in range((split + SPLIT_K) * BLOCK_K, K, SPLIT_K * BLOCK_K):
-        # the next chunk's weights are loaded before this one's are used: two chunks in flight
-        # per thread (Triton does not pipeline a loop without a dot on its own)
+        # the next chunk's weights and x are loaded before this one's are used: two chunks in
+        # flight per thread, and no chunk waits for its x (Triton does not pipeline a loop
+        # without a dot on its own)
         rk_next = k0 + tl.arange(0, BLOCK_K)
         k_mask_next = rk_next < K
         w_next = _weights(w_ptr, rn, n_mask, rk_next, k_mask_next, stride_wn, True)
         w_up_next = _weights(up_ptr, rn, n_mask, rk_next, k_mask_next, stride_wn, GLU)
-        acc, acc_up, total, squares = _gemv_chunk(x_ptr, w, w_up, rk, k_mask, norm_w_ptr, acc, acc_up, total,
-                                                  squares, NORM, GLU)
-        w, w_up, rk, k_mask = w_next, w_up_next, rk_next, k_mask_next
-    acc, acc_up, total, squares = _gemv_chunk(x_ptr, w, w_up, rk, k_mask, norm_w_ptr, acc, acc_up, total, squares,
-                                              NORM, GLU)
+        xk_next, gk_next = _x_chunk(x_ptr, norm_w_ptr, rk_next, k_mask_next, NORM)
+        acc, acc_up, total, squares = _gemv_chunk(xk, gk, w, w_up, acc, acc_up, total, squares, NORM, GLU)
+        w, w_up, xk, gk = w_next, w_up_next, xk_next, gk_next
+    acc, acc_up, total, squares = _gemv_chunk(xk, gk, w, w_up, acc, acc_up, total, squares, NORM, GLU)
     y = tl.sum(acc, axis=1)
     y_up = tl.sum(acc_up, axis=1)
     x_sum = tl.sum(total, axis=0)
