@@ -37,6 +37,7 @@
 #   bash tools/device_run.sh issue19-gemv starcoderbase-1b bf16  # carry .whl: the GEMVs' launch configurations, then the step
 #   bash tools/device_run.sh issue19-rows starcoderbase-1b bf16 12  # carry .whl: the fused prefill's GEMMs, each configuration
 #   bash tools/device_run.sh issue19-persistent  # carry .whl: the GEMV chain as kernels against one persistent kernel
+#   bash tools/device_run.sh issue19-ab starcoderbase-1b bf16  # carry .whl and .whl-base: this checkout's step against an earlier commit's
 #   bash tools/device_run.sh issue19-mlp  # the GEMV chain with the MLP's two GEMVs as one kernel (tools/mlp_probe.py)
 #   bash tools/device_run.sh install-llamacuda; issue19-llamacuda codeparrot-small 32 2  # the CUDA llama.cpp in the plugin
 #   bash tools/device_run.sh ort-part aa ... ad; install-ort; issue19-onnx starcoderbase-1b 16 1  # carry .whl-engines last
@@ -225,6 +226,14 @@ PYEOF
     model=${2:-starcoderbase-1b} dtype=${3:-bf16}
     timeout -s INT 540 $PY tools/rows_bench.py "$model" --dtype "$dtype" --tokens "${4:-12}" \
       --out "$OUT/rows-$model-$dtype.json" > "$OUT/rows-$model-$dtype.log" 2>&1; tail -45 "$OUT/rows-$model-$dtype.log" ;;
+  issue19-ab)  # the fused step at this checkout, then at an earlier commit's package carried in .whl-base
+    # (git archive COMMIT pytest_greenserve tools | tar -x -C .whl-base), its own tuning cache; ARGS: [model] [dtype]
+    [ -d $SITE/transformers ] || install .whl
+    [ -d .whl-base/pytest_greenserve ] || { echo "no .whl-base/pytest_greenserve: carry the earlier commit's package"; exit 2; }
+    model=${2:-starcoderbase-1b} dtype=${3:-bf16}
+    bash "$0" issue19-variants "$model" "$dtype" fused 200
+    mkdir -p "$OUT/base"
+    (cd .whl-base && OUT=$OUT/base GREENSERVE_CACHE=/tmp/gscache-base bash tools/device_run.sh issue19-variants "$model" "$dtype" fused 200) ;;
   issue19-mlp)  # starcoderbase-1b's GEMV chain with the MLP's two GEMVs as one kernel (tools/mlp_probe.py; no model needed)
     timeout -s KILL 200 $PY tools/mlp_probe.py --out "$OUT/mlp-probe.json" 2>&1 | grep -vE "Warning|warnings.warn" | tail -20 ;;
   issue19-persistent)  # starcoderbase-1b's GEMV chain as chained kernels against one persistent kernel

@@ -29,10 +29,11 @@ captured as a CUDA graph. With ``TRITON_INTERPRET=1`` the same kernels run on CP
 
 On Hopper and later (:data:`USE_PDL`) every kernel is launched with programmatic dependent
 launch: it may start while the kernel before it is still running, reads what never changes
-(its first block of weights) and only then waits for that kernel's results (``gdc_wait``), so
-the ~1 µs launch gap between two of the step's 120-odd kernels overlaps work. Only constant
-weights are read before the wait and nothing is written before it, so the order of results
-is that of a plain launch.
+(its first block of weights; a GEMV also its bias and row sums) and only then waits for that
+kernel's results (``gdc_wait``), so the ~1 µs launch gap between two of the step's 120-odd
+kernels overlaps work. Only what no kernel of the step before it writes is read before the
+wait (constants; attention's position and cache, written by earlier steps), and nothing is
+written before it, so the order of results is that of a plain launch.
 """
 
 from __future__ import annotations
