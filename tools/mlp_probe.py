@@ -38,15 +38,11 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from persistent_probe import HIDDEN, TUNED, report, starcoder_chain  # noqa: E402  (the same chain, shapes and configurations)
 
 from pytest_greenserve.engines import fused_kernels as fk  # noqa: E402
-
-HIDDEN, QKV, FF = 2048, 2304, 8192  # starcoderbase-1b (multi-query: 2048 + 2 x 128 q/k/v rows)
-#: the launch configurations the step's tuning chose on an H200 (tools/persistent_probe.py)
-TUNED = {"qkv": dict(BLOCK_N=8, BLOCK_K=512, num_warps=4, SPLIT_K=1),
-         "out": dict(BLOCK_N=8, BLOCK_K=1024, num_warps=8, SPLIT_K=1),
-         "fc": dict(BLOCK_N=32, BLOCK_K=256, num_warps=8, SPLIT_K=1),
-         "proj": dict(BLOCK_N=8, BLOCK_K=1024, num_warps=8, SPLIT_K=1)}
 #: the MLP kernel's launch configurations tried: (R rows a program, BLOCK_K, BLOCK_O, warps)
 MLP_CONFIGS = ((32, 256, 256, 8), (16, 512, 512, 4), (16, 256, 512, 4), (64, 128, 128, 8), (32, 256, 512, 8),
                (8, 1024, 1024, 4))
@@ -146,18 +142,10 @@ def main() -> int:
     import torch
 
     from pytest_greenserve.engines.fused_tuning import graph_us
-    from pytest_greenserve.roofline import measure_bandwidth_gb_s
 
-    torch.manual_seed(0)
     dev, layers = "cuda", a.layers
-
-    def weights(n, k):  # scaled so the chain keeps its size over the layers
-        return (torch.randn(layers, n, k, device=dev) * k ** -0.5).to(torch.bfloat16)
-
-    wq, wo, wf, wp = weights(QKV, HIDDEN), weights(HIDDEN, HIDDEN), weights(FF, HIDDEN), weights(HIDDEN, FF)
+    (wq, wo, wf, wp), x0, (v, q, o, h) = starcoder_chain(layers, dev)
     wpt = wp.transpose(1, 2).contiguous()  # the down projection's columns as rows
-    x0 = torch.randn(HIDDEN, device=dev)
-    v, q, o, h = (torch.zeros(n, device=dev) for n in (HIDDEN, QKV, HIDDEN, FF))
     sums = torch.zeros(2, HIDDEN, device=dev)  # the MLP kernel's outputs, a layer's each
     want = x0.clone()
     for i in range(layers):  # torch's chain, fp32 over the bf16 weights
@@ -199,14 +187,7 @@ def main() -> int:
             continue
         result["configs"][name] = {"us": us, "us_again": us_again, "max_rel_diff": diff}
         print(json.dumps({name: result["configs"][name]}), flush=True)
-    weight_bytes = sum(t.numel() * t.element_size() for t in (wq, wo, wf, wp))
-    bandwidth = measure_bandwidth_gb_s()
-    result.update(weight_gb=weight_bytes / 1e9, bandwidth_gb_s=round(bandwidth, 1),
-                  bytes_at_bandwidth_us=round(weight_bytes / (bandwidth * 1e9) * 1e6, 1))
-    print(json.dumps(result), flush=True)
-    if a.out:
-        Path(a.out).write_text(json.dumps(result, indent=1))
-    return 0
+    return report(result, (wq, wo, wf, wp), a.out)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,37 @@ def _persistent_kernel(v_ptr, q_ptr, o_ptr, h_ptr, wq_ptr, wo_ptr, wf_ptr, wp_pt
         _grid_sync(counter_ptr, arrived)
 
 
+def starcoder_chain(layers: int, dev: str) -> tuple:
+    """starcoderbase-1b's four GEMV weights for ``layers`` layers (bf16, each (layers, rows, K),
+    scaled so the chain keeps its size over the layers), an input x0, and buffers for the
+    four GEMVs' outputs (fp32); seeded, so every probe gets the same."""
+    import torch
+
+    torch.manual_seed(0)
+
+    def weights(n, k):
+        return (torch.randn(layers, n, k, device=dev) * k ** -0.5).to(torch.bfloat16)
+
+    chain = weights(QKV, HIDDEN), weights(HIDDEN, HIDDEN), weights(FF, HIDDEN), weights(HIDDEN, FF)
+    outputs = tuple(torch.zeros(n, device=dev) for n in (HIDDEN, QKV, HIDDEN, FF))
+    return chain, torch.randn(HIDDEN, device=dev), outputs
+
+
+def report(result: dict, chain, out: str | None) -> int:
+    """``result`` with the chain's weight bytes, the card's copy rate and the bytes' time at it:
+    printed as one JSON line, and written to ``out`` where given."""
+    from pytest_greenserve.roofline import measure_bandwidth_gb_s
+
+    weight_bytes = sum(t.numel() * t.element_size() for t in chain)
+    bandwidth = measure_bandwidth_gb_s()
+    result.update(weight_gb=weight_bytes / 1e9, bandwidth_gb_s=round(bandwidth, 1),
+                  bytes_at_bandwidth_us=round(weight_bytes / (bandwidth * 1e9) * 1e6, 1))
+    print(json.dumps(result), flush=True)
+    if out:
+        Path(out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
 def persistent_constants(programs: int) -> dict:
     """Row block sizes (the next power of two of each GEMV's rows per program) and K chunks."""
     def block(rows):
@@ -156,17 +187,9 @@ def main() -> int:
     import torch
 
     from pytest_greenserve.engines.fused_tuning import graph_us
-    from pytest_greenserve.roofline import measure_bandwidth_gb_s
 
-    torch.manual_seed(0)
     dev, layers = "cuda", a.layers
-
-    def weights(n, k):  # scaled so the chain keeps its size over the layers
-        return (torch.randn(layers, n, k, device=dev) * k ** -0.5).to(torch.bfloat16)
-
-    wq, wo, wf, wp = weights(QKV, HIDDEN), weights(HIDDEN, HIDDEN), weights(FF, HIDDEN), weights(HIDDEN, FF)
-    x0 = torch.randn(HIDDEN, device=dev)
-    v, q, o, h = (torch.zeros(n, device=dev) for n in (HIDDEN, QKV, HIDDEN, FF))
+    (wq, wo, wf, wp), x0, (v, q, o, h) = starcoder_chain(layers, dev)
     want = x0.clone()
     for i in range(layers):  # torch's chain, fp32 over the bf16 weights
         want = wp[i].float() @ (wf[i].float() @ (wo[i].float() @ (wq[i].float() @ want)[:HIDDEN]))
@@ -195,14 +218,7 @@ def main() -> int:
         torch.cuda.synchronize()
         result[f"{name}_max_rel_diff"] = ((v - want).abs().max() / want.abs().max()).item()
         result[f"{name}_us"] = round(graph_us(fn, replays=20, warmup=3), 1)
-    weight_bytes = sum(t.numel() * t.element_size() for t in (wq, wo, wf, wp))
-    bandwidth = measure_bandwidth_gb_s()
-    result.update(weight_gb=weight_bytes / 1e9, bandwidth_gb_s=round(bandwidth, 1),
-                  bytes_at_bandwidth_us=round(weight_bytes / (bandwidth * 1e9) * 1e6, 1))
-    print(json.dumps(result), flush=True)
-    if a.out:
-        Path(a.out).write_text(json.dumps(result, indent=1))
-    return 0
+    return report(result, (wq, wo, wf, wp), a.out)
 
 
 if __name__ == "__main__":
