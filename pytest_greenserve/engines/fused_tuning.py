@@ -17,8 +17,8 @@ without it, the tuning chose others (q/k/v's K split four ways among them), and
 starcoderbase-1b's bf16 step took 789 µs on an H200 against 772 µs (docs/measurements.md).
 
 The choice is kept on disk (:func:`tuned`), keyed by everything it depends on (the card, the
-sites' shapes and flags, the weights' dtype, the position timed at, the candidates, Triton's
-and torch's versions): a later load of the same shapes on the same kind of card, the
+sites' shapes and flags, the weights' dtype, the position timed at, the candidates, the
+kernels' source, Triton's and torch's versions): a later load of the same shapes on the same kind of card, the
 roofline's child process included, reuses it instead of tuning again, and runs the same
 kernels. Delete the folder to tune again.
 """
@@ -119,10 +119,19 @@ def tune(decoder) -> dict:
     return {"sites": timed, "tuning_s": time.perf_counter() - started}
 
 
+def kernels_digest() -> str:
+    """The kernels' source (engines/fused_kernels.py), hashed: the configurations fastest for
+    one version of a kernel need not be for the next (when the GEMVs read their epilogue's
+    constants before their wait, the tuning chose 16 rows for q/k/v instead of 4-8)."""
+    from . import fused_kernels as fk
+
+    return hashlib.sha256(Path(fk.__file__).read_bytes()).hexdigest()[:12]
+
+
 def tuning_key(decoder) -> dict:
     """What a tuning result depends on: the card, the GEMV sites' shapes and flags (the norm
     folded in, a gated MLP), the weights' dtype, the launch mode, the position timed at, the
-    candidates, and the versions of Triton and torch."""
+    candidates, the kernels' source, and the versions of Triton and torch."""
     import torch
     import triton
 
@@ -134,6 +143,7 @@ def tuning_key(decoder) -> dict:
             "norm": sorted(decoder.layers[0].norm_1), "gated": decoder.gated, "dtype": str(decoder.lm_head.dtype),
             "pdl": fk.USE_PDL, "tuning_position": TUNING_POSITION,
             "candidates": hashlib.sha256(json.dumps(fk.candidate_configs(), sort_keys=True).encode()).hexdigest()[:12],
+            "kernels": kernels_digest(),
             "triton": triton.__version__, "torch": torch.__version__}
 
 

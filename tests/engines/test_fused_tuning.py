@@ -70,6 +70,17 @@ def test_other_shapes_a_torn_file_or_a_configuration_that_no_longer_fits_are_tun
     assert tune.calls == 4
 
 
+def test_changed_kernels_are_tuned_again(tmp_path, monkeypatch):
+    """A tuning kept by an earlier version of the kernels is not reused: what was fastest for
+    them need not be for these."""
+    tune = StandIn()
+    fused_tuning.tuned(decoder(), tmp_path, tune)
+    assert fused_tuning.tuned(decoder(), tmp_path, tune)["cache"] == "hit"
+    monkeypatch.setattr(fused_tuning, "kernels_digest", lambda: "0123456789ab")  # the kernels' source changed
+    assert fused_tuning.tuned(decoder(), tmp_path, tune)["cache"] == "stored"
+    assert tune.calls == 2
+
+
 def test_without_a_folder_it_tunes_at_every_load():
     tune = StandIn()
     assert fused_tuning.tuned(decoder(), None, tune)["cache"] == "off"
