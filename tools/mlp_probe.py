@@ -40,9 +40,11 @@ import triton.language as tl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from persistent_probe import HIDDEN, TUNED, report, starcoder_chain  # noqa: E402  (the same chain, shapes and configurations)
+# the same chain, shapes, configurations and report as the persistent probe's
+from persistent_probe import HIDDEN, TUNED, report, starcoder_chain  # noqa: E402
 
 from pytest_greenserve.engines import fused_kernels as fk  # noqa: E402
+
 #: the MLP kernel's launch configurations tried: (R rows a program, BLOCK_K, BLOCK_O, warps)
 MLP_CONFIGS = ((32, 256, 256, 8), (16, 512, 512, 4), (16, 256, 512, 4), (64, 128, 128, 8), (32, 256, 512, 8),
                (8, 1024, 1024, 4))
@@ -70,7 +72,7 @@ def _mlp_kernel(x_ptr, wf_ptr, wpt_ptr, out_ptr, zero_ptr, H, PDL: tl.constexpr,
     ro = tl.arange(0, BLOCK_O)
     d = tl.load(wpt_ptr + rn[:, None] * H + ro[None, :], eviction_policy="evict_first")  # down's first tile
     acc += w.to(tl.float32) * tl.load(x_ptr + H - BLOCK_K + rk)[None, :]
-    h = fk._activated(tl.sum(acc, axis=1), 1)  # GELU, tanh form (gpt_bigcode's)
+    h = fk._activated(tl.sum(acc, axis=1), fk._GELU_TANH)  # gpt_bigcode's GELU
     for o0 in range(BLOCK_O, H, BLOCK_O):
         d_next = tl.load(wpt_ptr + rn[:, None] * H + (o0 + ro)[None, :], eviction_policy="evict_first")
         tl.atomic_add(out_ptr + o0 - BLOCK_O + ro, tl.sum(d.to(tl.float32) * h[:, None], axis=0), sem="relaxed")

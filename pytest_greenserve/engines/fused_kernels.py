@@ -637,7 +637,7 @@ def _rows_epilogue(y, y_up, total, squares, out, both, rn, n_mask, bias_ptr, ln_
     rowsum = _row_constants(ln_rowsum_ptr, rn, n_mask, NORM == _LAYER_NORM)[:, None]
     y, y_up = _normed(y, y_up, total[None, :], squares[None, :], rowsum, K, eps, NORM)
     if HAS_BIAS:
-        y += tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+        y += _row_constants(bias_ptr, rn, n_mask, HAS_BIAS)[:, None]
     y = _activated(y, ACT)
     if GLU:
         y = y * y_up

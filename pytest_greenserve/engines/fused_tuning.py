@@ -18,9 +18,9 @@ starcoderbase-1b's bf16 step took 789 µs on an H200 against 772 µs (docs/measu
 
 The choice is kept on disk (:func:`tuned`), keyed by everything it depends on (the card, the
 sites' shapes and flags, the weights' dtype, the position timed at, the candidates, the
-kernels' source, Triton's and torch's versions): a later load of the same shapes on the same kind of card, the
-roofline's child process included, reuses it instead of tuning again, and runs the same
-kernels. Delete the folder to tune again.
+kernels' source, Triton's and torch's versions): a later load of the same shapes on the same
+kind of card, the roofline's child process included, reuses it instead of tuning again, and
+runs the same kernels. Delete the folder to tune again.
 """
 
 from __future__ import annotations
